@@ -1,0 +1,20 @@
+"""What every command shares: user errors as one line and a non-zero exit, no traceback."""
+from __future__ import annotations
+
+import click
+
+from morph.errors import UserError
+
+
+class Group(click.Group):
+    """A click group whose commands turn ``UserError`` into ``Error: <one sentence>`` + exit 2."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except UserError as e:
+            click.echo(f"Error: {e}", err=True)
+            ctx.exit(2)
+        except KeyboardInterrupt:
+            click.echo("Interrupted; re-run the same command to resume.", err=True)
+            ctx.exit(130)

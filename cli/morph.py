@@ -1,0 +1,102 @@
+"""`morph`: 3DMM files -> sampled identities -> rendered, aligned faces."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from cli.common import Group
+
+
+@click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"]})
+def main():
+    """The 3D morphable model side of GANFaces: sample new identities from a 3DMM, render
+    them aligned like MTCNN-cropped photos, and preview the result.
+
+    \b
+    Quickstart (embedded default model, no licensed files needed):
+      morph sample-identities --model default --n-identities 8 --images-per-identity 6 -o identities.h5
+      morph render identities.h5 -o synthetic.h5
+      morph preview synthetic.h5 -o sheet.png
+    """
+
+
+MODEL_HELP = ("3DMM: 'default' (embedded), a model file (BFM 2009 .mat, BFM 2017 .h5, LSFM .mat, "
+              "face3d .mat, eos .bin, 3DDFA_V2 .pkl) or a YAML composing files "
+              "(shape:, texture:, expression:, landmarks:).")
+
+
+@main.command("sample-identities")
+@click.option("--model", "model_spec", default="default", show_default=True, help=MODEL_HELP)
+@click.option("--priors", "priors_path", default=None,
+              help="Priors YAML for expression, pose, lighting and camera (default: embedded).")
+@click.option("--n-identities", type=click.IntRange(1), required=True, help="Number of new identities.")
+@click.option("--images-per-identity", type=click.IntRange(1), required=True, help="Images of each identity.")
+@click.option("--seed", type=int, default=0, show_default=True,
+              help="Identity i of seed s is the same in any run, batch size or machine.")
+@click.option("--first-identity", type=click.IntRange(0), default=0, show_default=True,
+              help="Number of the first identity (to continue or split a set).")
+@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), required=True)
+def sample_identities(model_spec, priors_path, n_identities, images_per_identity, seed, first_identity, output):
+    """Sample shape and colour of new identities from the model's Gaussian, and expression,
+    pose, lighting and camera per image from the priors (paper section 4, Data)."""
+    from morph.h5io import provenance, write_identities
+    from morph.models import load_model
+    from morph.priors import load_priors
+    from morph.sample import sample_block
+
+    model = load_model(model_spec)
+    priors = load_priors(priors_path)
+    s = sample_block(model, priors, seed, range(first_identity, first_identity + n_identities),
+                     images_per_identity)
+    _check_writable(output)
+    write_identities(output, s, provenance(
+        seed=seed, model=str(model_spec), model_name=model.name, model_sources=model.sources,
+        priors=priors.text, priors_source=priors.source, n_identities=n_identities,
+        images_per_identity=images_per_identity, first_identity=first_identity))
+    click.echo(f"{output}: {n_identities} identities x {images_per_identity} images (seed {seed}).")
+
+
+@main.command("render")
+@click.argument("identities", type=click.Path(path_type=Path))
+@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), required=True)
+@click.option("--model", "model_spec", default=None, help="Override the model recorded in IDENTITIES. " + MODEL_HELP)
+@click.option("--size", type=click.IntRange(16, 1024), default=108, show_default=True, help="Image size in pixels.")
+@click.option("--backend", type=click.Choice(["auto", "cpu", "pytorch3d"]), default="auto", show_default=True,
+              help="Rasterizer: our CPU z-buffer or PyTorch3D (auto: PyTorch3D on CUDA, ours on CPU).")
+@click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
+@click.option("--batch-size", type=click.IntRange(1), default=64, show_default=True)
+@click.option("--threads", type=click.IntRange(1), default=None, help="CPU threads (default: all cores).")
+def render(identities, output, model_spec, size, backend, device, batch_size, threads):
+    """Render every image of IDENTITIES, aligned to the 5-point template (the same crop rule as
+    'morph align' uses for real photos). Resumes after a kill."""
+    from morph.render_job import render_identities
+
+    render_identities(identities, output, model_spec=model_spec, size=size, backend=backend,
+                      device=device, batch_size=batch_size, threads=threads)
+
+
+@main.command("preview")
+@click.argument("file", type=click.Path(path_type=Path))
+@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), required=True)
+@click.option("--identities", "max_identities", type=click.IntRange(1), default=8, show_default=True,
+              help="Rows: the first N identities.")
+@click.option("--images", "max_images", type=click.IntRange(1), default=8, show_default=True,
+              help="Columns: up to N images per identity.")
+def preview(file, output, max_identities, max_images):
+    """Contact sheet of an image set (synthetic.h5, real.h5): one row per identity."""
+    from morph.preview import contact_sheet
+
+    contact_sheet(file, output, max_identities, max_images)
+    click.echo(f"{output}")
+
+
+def _check_writable(path: Path) -> None:
+    from morph.errors import UserError
+    parent = path.resolve().parent
+    if not parent.is_dir():
+        raise UserError(f"{path}: folder {parent} does not exist; create it first.")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,162 @@
+"""The HDF5 files between pipeline steps, and what made them.
+
+identities.h5 (``morph sample-identities``)::
+
+    identity/alpha   (I, n_shape)  float32   shape coefficients, model std units
+    identity/gamma   (I, n_texture) float32  colour coefficients
+    image/identity   (M,) int64     identity of each image (0-based, = label)
+    image/index      (M,) int64     image number within its identity
+    image/beta       (M, n_exp) float32;  image/pose (M, 3) degrees pitch, yaw, roll
+    image/sh         (M, 9, 3) float32;   image/camera_distance (M,) mm
+
+synthetic.h5 (``morph render``), one chunk per image, gzip::
+
+    images     (M, H, W, 3) uint8 RGB
+    labels     (M,) int64 identity;   index (M,) int64
+    landmarks  (M, 68, 2) float32 pixel coordinates (pixel centres at integer + 0.5)
+    masks      (M, H, W) bool
+    params/... the per-image parameters that made each image (as in identities.h5, per image)
+
+Root attributes of both: ``command``, ``version``, ``created``, ``seed``, ``model`` (spec),
+``model_name``, ``model_sources`` (JSON), ``priors`` (the YAML text), plus counts. A file being
+written is named ``NAME.partial`` and carries ``n_done``; it is renamed to ``NAME`` only when
+complete, so nothing half-written looks complete and a re-run resumes from ``n_done``.
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from morph.errors import UserError
+from morph.sample import Sample
+
+
+def version() -> str:
+    from importlib.metadata import PackageNotFoundError, version as v
+    try:
+        return v("ganfaces")
+    except PackageNotFoundError:  # running from a source tree that is not installed
+        return "unknown"
+
+
+def provenance(**extra) -> dict:
+    """Root attributes recording what made a file."""
+    attrs = {"command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]), "version": version(),
+             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    for k, v in extra.items():
+        attrs[k] = json.dumps(v) if isinstance(v, (dict, list)) else v
+    return attrs
+
+
+def open_h5(path: str | Path, what: str) -> h5py.File:
+    """Open an existing HDF5 file for reading, with a clear error when it is missing or corrupt."""
+    p = Path(path)
+    if not p.is_file():
+        raise UserError(f"{p}: no such {what}; check the path.")
+    try:
+        return h5py.File(p, "r")
+    except OSError as e:
+        raise UserError(f"{p}: cannot be read as HDF5 ({e.__class__.__name__}: {str(e).split(';')[0]}); "
+                        "the file is truncated or not an HDF5 file: re-create it.") from None
+
+
+def require(f: h5py.File, keys, what: str, fix: str):
+    missing = [k for k in keys if k not in f]
+    if missing:
+        raise UserError(f"{f.filename}: not a {what} (missing {', '.join(missing)}); {fix}")
+
+
+def write_identities(path: str | Path, s: Sample, attrs: dict) -> None:
+    """Write identities.h5 atomically (temporary name, then rename)."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".partial")
+    with h5py.File(tmp, "w") as f:
+        for k, v in attrs.items():
+            f.attrs[k] = v
+        f["identity/alpha"] = s.alpha
+        f["identity/gamma"] = s.gamma
+        f["image/identity"] = s.identity
+        f["image/index"] = s.image
+        f["image/beta"] = s.beta
+        f["image/pose"] = s.pose
+        f["image/sh"] = s.sh
+        f["image/camera_distance"] = s.camera_distance
+    os.replace(tmp, path)
+
+
+IDENTITY_KEYS = ("identity/alpha", "identity/gamma", "image/identity", "image/index", "image/beta",
+                 "image/pose", "image/sh", "image/camera_distance")
+
+
+def read_identities(path: str | Path) -> tuple[Sample, dict]:
+    with open_h5(path, "identities file") as f:
+        require(f, IDENTITY_KEYS, "identities file", "make one with 'morph sample-identities'.")
+        s = Sample(alpha=f["identity/alpha"][()], gamma=f["identity/gamma"][()],
+                   identity=f["image/identity"][()], image=f["image/index"][()],
+                   beta=f["image/beta"][()], pose=f["image/pose"][()], sh=f["image/sh"][()],
+                   camera_distance=f["image/camera_distance"][()])
+        attrs = dict(f.attrs)
+    return s, attrs
+
+
+class ImageWriter:
+    """Incremental, resumable writer of an image set (synthetic.h5 / real.h5 layout).
+
+    Datasets are created at full size up front; ``n_done`` is bumped after each flushed batch.
+    ``key`` identifies the job: a partial file written for another key is not resumed.
+    """
+
+    def __init__(self, path: str | Path, n: int, size: int, attrs: dict, key: str,
+                 extra: dict[str, tuple[tuple, str]] | None = None):
+        self.path = Path(path)
+        self.tmp = self.path.with_name(self.path.name + ".partial")
+        self.n = n
+        if self.tmp.exists():
+            try:
+                f = h5py.File(self.tmp, "a")
+                if f.attrs.get("job_key") != key:
+                    f.close()
+                    raise OSError("different job")
+                self.f = f
+            except OSError:
+                self.tmp.unlink()
+        if not self.tmp.exists():
+            self.f = h5py.File(self.tmp, "w")
+            for k, v in attrs.items():
+                self.f.attrs[k] = v
+            self.f.attrs["job_key"] = key
+            self.f.attrs["n_done"] = 0
+            comp = dict(compression="gzip", compression_opts=4, shuffle=True)
+            self.f.create_dataset("images", (n, size, size, 3), np.uint8, chunks=(1, size, size, 3), **comp)
+            self.f.create_dataset("labels", (n,), np.int64)
+            self.f.create_dataset("index", (n,), np.int64)
+            for name, (shape, dtype) in (extra or {}).items():
+                chunks = (1, *shape) if shape else None
+                self.f.create_dataset(name, (n, *shape), dtype, chunks=chunks,
+                                      **(comp if len(shape) >= 2 else {}))
+        self.n_done = int(self.f.attrs["n_done"])
+
+    def write(self, start: int, arrays: dict[str, np.ndarray]) -> None:
+        stop = start + len(next(iter(arrays.values())))
+        for k, v in arrays.items():
+            self.f[k][start:stop] = v
+        self.f.flush()  # data first, then the counter: a kill never counts unwritten images
+        self.f.attrs["n_done"] = stop
+        self.f.flush()
+        self.n_done = stop
+
+    def finish(self) -> None:
+        self.f.attrs["complete"] = True
+        del self.f.attrs["n_done"]
+        self.f.close()
+        os.replace(self.tmp, self.path)
+
+    def close(self) -> None:
+        if self.f.id.valid:
+            self.f.close()

@@ -1,0 +1,101 @@
+"""`morph render`: identities.h5 -> synthetic.h5, in batches, resumable after a kill."""
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from morph.errors import UserError
+from morph.h5io import ImageWriter, provenance, read_identities, open_h5
+from morph.model import MorphableModel
+from morph.sample import Sample
+
+
+def to_uint8(images: np.ndarray) -> np.ndarray:
+    """(B, 3, H, W) float in [0, 1] -> (B, H, W, 3) uint8, rounding to nearest."""
+    return np.round(np.clip(images, 0.0, 1.0) * 255.0).astype(np.uint8).transpose(0, 2, 3, 1)
+
+
+def check_dims(model: MorphableModel, s: Sample, source: Path) -> None:
+    for name, have, want in (("shape", s.alpha.shape[1], model.n_shape),
+                             ("colour", s.gamma.shape[1], model.n_texture),
+                             ("expression", s.beta.shape[1], model.n_expression)):
+        if have != want:
+            raise UserError(f"{source}: has {have} {name} coefficients but the model {model.name} has {want}; "
+                            "render with the model the identities were sampled from (--model).")
+
+
+def job_key(s: Sample, *settings) -> str:
+    h = hashlib.sha256()
+    for a in (s.alpha, s.gamma, s.identity, s.beta, s.pose, s.sh, s.camera_distance):
+        h.update(np.ascontiguousarray(a).tobytes())
+    h.update(repr(settings).encode())
+    return h.hexdigest()
+
+
+def render_identities(identities: Path, output: Path, model_spec: str | None = None, size: int = 108,
+                      backend: str = "auto", device: str = "cpu", batch_size: int = 64,
+                      threads: int | None = None, progress: bool = True) -> Path:
+    from morph.models import load_model
+    from morph.render import RenderSettings, render_batch
+
+    _set_threads(threads)
+    s, attrs = read_identities(identities)
+    spec = model_spec or str(attrs.get("model", "default"))
+    model = load_model(spec)
+    check_dims(model, s, identities)
+    key = job_key(s, spec, size, backend)
+    output = Path(output)
+    if output.exists():
+        with open_h5(output, "image set") as f:
+            if f.attrs.get("job_key") == key and f.attrs.get("complete"):
+                if progress:
+                    print(f"{output}: already complete.")
+                return output
+        raise UserError(f"{output}: exists and holds another render; choose another name or delete it.")
+    if not output.resolve().parent.is_dir():
+        raise UserError(f"{output}: folder {output.resolve().parent} does not exist; create it first.")
+
+    m = len(s.identity)
+    first = int(attrs.get("first_identity", 0))
+    extra = {"landmarks": ((68, 2), np.float32), "masks": ((size, size), bool),
+             "params/beta": ((s.beta.shape[1],), np.float32), "params/pose": ((3,), np.float32),
+             "params/sh": ((9, 3), np.float32), "params/camera_distance": ((), np.float32),
+             "params/alpha": ((s.alpha.shape[1],), np.float32), "params/gamma": ((s.gamma.shape[1],), np.float32)}
+    keep = {k: attrs[k] for k in ("seed", "model", "model_name", "model_sources", "priors") if k in attrs}
+    writer = ImageWriter(output, m, size, provenance(**keep, identities=str(identities), size=size,
+                                                     backend=backend, n_images=m), key, extra)
+    settings = RenderSettings(image_size=size, backend=backend, device=device)
+    try:
+        bar = tqdm(total=m, initial=writer.n_done, unit="img", desc="render", disable=not progress)
+        for start in range(writer.n_done, m, batch_size):
+            sl = slice(start, min(start + batch_size, m))
+            rows = s.identity[sl] - first
+            params = {"alpha": s.alpha[rows], "gamma": s.gamma[rows], "beta": s.beta[sl],
+                      "pose": s.pose[sl], "sh": s.sh[sl], "camera_distance": s.camera_distance[sl]}
+            out = render_batch(model, params, settings)
+            writer.write(start, {
+                "images": to_uint8(_np(out.image)), "labels": s.identity[sl], "index": s.image[sl],
+                "landmarks": _np(out.landmarks).astype(np.float32), "masks": _np(out.mask)[:, 0].astype(bool),
+                **{f"params/{k}": v for k, v in params.items()}})
+            bar.update(sl.stop - sl.start)
+        bar.close()
+        writer.finish()
+    finally:
+        writer.close()
+    return output
+
+
+def _np(x):
+    return x.detach().cpu().numpy() if hasattr(x, "detach") else np.asarray(x)
+
+
+def _set_threads(threads: int | None) -> None:
+    if threads is None:
+        return
+    import numba
+    import torch
+    torch.set_num_threads(threads)
+    numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))

@@ -1,0 +1,23 @@
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from morph.model import MorphableModel, PCAModel
+
+ROOT = Path(__file__).resolve().parents[1]
+TESTDATA = ROOT.parent / "shared" / "testdata"
+
+
+@pytest.fixture
+def tiny_model() -> MorphableModel:
+    """A 4-vertex tetrahedron with 3/2/2 random components: enough for sampling logic."""
+    rng = np.random.default_rng(0)
+    mean = np.array([[0, 0, 0], [1, 0, 0], [0, 1, 0], [0, 0, 1]], np.float32).reshape(-1)
+
+    def part(k, m=mean):
+        q, _ = np.linalg.qr(rng.standard_normal((12, k)))
+        return PCAModel(m, q, rng.uniform(0.5, 2, k), source="tiny")
+
+    return MorphableModel(shape=part(3), texture=part(2, np.full(12, 0.5, np.float32)), expression=part(2),
+                          triangles=np.array([[0, 1, 2], [0, 1, 3], [0, 2, 3], [1, 2, 3]]), name="tiny")
