@@ -2,10 +2,11 @@
 
 A model is three linear (PCA) parts on one mesh (Blanz & Vetter 1999; paper section 3.1):
 
-    S(alpha, beta) = S_mean + U_id  (sigma_id  * alpha) + U_exp (sigma_exp * beta)   (shape)
+    S(alpha, beta) = S_mean + U_id  (sigma_id  * alpha) + E_mean + U_exp (sigma_exp * beta)  (shape)
     T(gamma)       = T_mean + U_tex (sigma_tex * gamma)                                (colour)
 
-with alpha, beta, gamma ~ N(0, I): coefficients are always in units of standard deviations, so
+where E_mean is the expression model's mean deformation (an offset: FaceWarehouse/3DDFA's
+``mu_exp``, zero for blendshapes), and alpha, beta, gamma ~ N(0, I): coefficients are always in units of standard deviations, so
 that sampling "from the Gaussian of the original model" (paper section 4, Data) is
 ``rng.standard_normal(k)`` for every model. Loaders convert each file's own convention
 (orthonormal basis + eigenvalues, pre-scaled basis, variances ...) into this one.
@@ -126,9 +127,11 @@ class MorphableModel:
         """(B, N, 3) vertex positions for shape coefficients alpha (B, K_id) and expression beta."""
         alpha = np.atleast_2d(alpha).astype(np.float32)
         flat = self.shape.mean[None] + alpha @ self.shape.scaled_basis().T
-        if beta is not None and self.expression is not None:
-            beta = np.atleast_2d(beta).astype(np.float32)
-            flat = flat + beta @ self.expression.scaled_basis().T
+        if self.expression is not None:
+            flat = flat + self.expression.mean[None]  # the expression model's mean deformation
+            if beta is not None:
+                beta = np.atleast_2d(beta).astype(np.float32)
+                flat = flat + beta @ self.expression.scaled_basis().T
         return flat.reshape(flat.shape[0], -1, 3)
 
     def colors(self, gamma: np.ndarray) -> np.ndarray:
