@@ -38,6 +38,9 @@ class PCAModel:
            by the loader, moving the scale into ``std``)
     std:   (K,) float32, standard deviation of each coefficient
     names: optional K names of the modes (e.g. "jaw open")
+    low, high: optional (K,) bounds on the coefficients that the model's maker recommends for
+           sampling (e.g. a synthetic "jaw open" mode is meaningless below 0); the sampler clips
+           draws into them.
     """
 
     mean: np.ndarray
@@ -45,6 +48,8 @@ class PCAModel:
     std: np.ndarray
     names: list[str] | None = None
     source: str = ""
+    low: np.ndarray | None = None
+    high: np.ndarray | None = None
 
     def __post_init__(self):
         self.mean = np.ascontiguousarray(self.mean, dtype=np.float32).reshape(-1)
@@ -55,6 +60,14 @@ class PCAModel:
                 f"{self.source or 'model'}: basis has {self.basis.shape[1]} components but "
                 f"{self.std.shape[0]} standard deviations; the file is inconsistent."
             )
+        for bound in ("low", "high"):
+            v = getattr(self, bound)
+            if v is not None:
+                v = np.asarray(v, np.float64).reshape(-1)
+                if v.shape[0] != self.std.shape[0]:
+                    raise UserError(f"{self.source or 'model'}: {v.shape[0]} coefficient bounds for "
+                                    f"{self.std.shape[0]} components; the file is inconsistent.")
+                setattr(self, bound, v)
         if not np.all(np.isfinite(self.std)) or np.any(self.std < 0):
             raise UserError(f"{self.source or 'model'}: negative or non-finite standard deviations.")
 
@@ -68,7 +81,17 @@ class PCAModel:
 
     def truncate(self, k: int) -> "PCAModel":
         return replace(self, basis=self.basis[:, :k], std=self.std[:k],
-                       names=None if self.names is None else self.names[:k])
+                       names=None if self.names is None else self.names[:k],
+                       low=None if self.low is None else self.low[:k],
+                       high=None if self.high is None else self.high[:k])
+
+    def clip(self, coeffs: np.ndarray) -> np.ndarray:
+        """Coefficients clipped into the model's recommended bounds (unchanged without bounds)."""
+        if self.low is not None:
+            coeffs = np.maximum(coeffs, self.low)
+        if self.high is not None:
+            coeffs = np.minimum(coeffs, self.high)
+        return coeffs
 
 
 @dataclass

@@ -55,16 +55,21 @@ def check_priors(model: MorphableModel, priors: Priors) -> None:
 def sample_identity(model: MorphableModel, priors: Priors, seed: int, i: int) -> tuple[np.ndarray, np.ndarray]:
     """Shape and colour coefficients of identity ``i`` (paper: from the model's Gaussian)."""
     rng = _rng(seed, i)
-    alpha = priors["shape"].draw(rng, model.n_shape)
+    alpha = model.shape.clip(priors["shape"].draw(rng, model.n_shape))
     gamma = priors["texture"].draw(rng, model.n_texture)
+    if model.texture is not None:
+        gamma = model.texture.clip(gamma)
     return alpha.astype(np.float32), gamma.astype(np.float32)
 
 
 def sample_image(model: MorphableModel, priors: Priors, seed: int, i: int, j: int) -> dict[str, np.ndarray]:
     """Expression, pose, lighting and camera of image ``j`` of identity ``i``."""
     rng = _rng(seed, i, j + 1)
+    beta = priors["expression"].draw(rng, model.n_expression)
+    if model.expression is not None:
+        beta = model.expression.clip(beta)
     return {
-        "beta": priors["expression"].draw(rng, model.n_expression).astype(np.float32),
+        "beta": beta.astype(np.float32),
         "pose": priors["pose"].draw(rng).astype(np.float32),
         "sh": priors["sh"].draw(rng).reshape(9, 3).astype(np.float32),
         "camera_distance": np.float32(priors["camera_distance"].draw(rng)[0]),

@@ -100,3 +100,14 @@ def test_fitted_prior_of_wrong_dimension_is_refused(tiny_model):
     doc["expression"] = {"mean": [0.0] * 29, "std": [1.0] * 29, "basis": "face3d-exp29"}
     with pytest.raises(UserError, match="29 dimensions"):
         sample_block(tiny_model, parse_priors(doc, source="p.yaml"), 0, range(1), 1)
+
+
+def test_model_bounds_clip_draws():
+    from morph.models import load_model
+
+    model = load_model("default")
+    s = sample_block(model, load_priors(), 0, range(200), 2)
+    jaw = model.expression.names.index("jaw open")
+    assert s.beta[:, jaw].min() == 0.0 and (s.beta[:, jaw] > 0).mean() > 0.3
+    eye = model.expression.names.index("eye closure")
+    assert s.beta[:, eye].min() >= -1.0 and s.beta[:, eye].max() <= 2.7 + 1e-6

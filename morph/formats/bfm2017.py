@@ -11,6 +11,8 @@ Datasets read (N vertices, F triangles, K modes per part):
     shape/representer/points      (3, N)            reference mesh (not used)
     color/model/{mean, pcaBasis, pcaVariance[, names]}       colours r0 g0 b0 ..., in [0, 1]
     expression/model/{mean, pcaBasis, pcaVariance[, names]}  expression deformations, mm
+    */model attributes coefficient_low, coefficient_high (optional, ours): (K,) sampling bounds
+                      in std units
     landmarks/ibug68              (68,)    int      optional: iBUG 68 vertex indices, -1 unknown
 
 ``color`` and ``expression`` are optional (a shape-only file loads). Units are already ours (mm,
@@ -66,7 +68,11 @@ def _read(f, path: Path, name: str) -> MorphableModel:
         if np.any(var < 0):
             raise c.fail(path, f"'{group}/model/pcaVariance' has negative variances", "the file is corrupt")
         names = _names(path, g, group, basis.shape[1])
-        parts[role] = c.pca_part(path, mean, basis, np.sqrt(var), names=names)
+        part = c.pca_part(path, mean, basis, np.sqrt(var), names=names)
+        # Optional sampling bounds in std units (our default model sets them for 'jaw open').
+        part.low = _bounds(path, g, group, "coefficient_low", basis.shape[1])
+        part.high = _bounds(path, g, group, "coefficient_high", basis.shape[1])
+        parts[role] = part
     if n3 % 3:
         raise c.fail(path, f"'shape/model/mean' has {n3} values, not a multiple of 3", "the file is corrupt")
     cells = f.get("shape/representer/cells")
@@ -81,6 +87,16 @@ def _read(f, path: Path, name: str) -> MorphableModel:
     return MorphableModel(shape=parts["shape"], triangles=tris, texture=parts.get("texture"),
                           expression=parts.get("expression"), landmarks=landmarks,
                           name=name or path.stem, sources=sources)
+
+
+def _bounds(path, g, group: str, attr: str, k: int):
+    if attr not in g.attrs:
+        return None
+    v = np.asarray(g.attrs[attr], np.float64).reshape(-1)
+    if v.shape[0] != k:
+        raise c.fail(path, f"attribute '{group}/model.{attr}' has {v.shape[0]} values for {k} modes",
+                     "give one bound per mode or remove the attribute")
+    return v
 
 
 def _names(path, g, group: str, k: int):
