@@ -91,6 +91,25 @@ def preview(file, output, max_identities, max_images):
     click.echo(f"{output}")
 
 
+@main.command("fit-priors")
+@click.argument("annotations", type=click.Path(path_type=Path))
+@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), required=True,
+              help="Priors YAML to write.")
+@click.option("--base", default=None, help="Priors YAML whose other groups are kept (default: embedded).")
+@click.option("--expression-model", type=click.Path(path_type=Path), default=None,
+              help="3DDFA Model_Expression.mat or face3d BFM.mat, to fit expression in its basis.")
+def fit_priors(annotations, output, base, expression_model):
+    """Fit pose, lighting (and expression) priors to a folder of 300W-LP / AFLW2000-3D .mat
+    annotations: mean and covariance, as the paper does (section 4, Data)."""
+    from morph.fit_priors import fit_priors as fit
+
+    _check_writable(output)
+    r = fit(annotations, output, base=base, expression_model=expression_model,
+            report=lambda line: click.echo(line, err=True))
+    click.echo(f"{output}: fitted to {r['n_used']} of {r['n_files']} files "
+               f"(expression {r['n_expression']}, lighting {r['n_lighting']}).")
+
+
 def _check_writable(path: Path) -> None:
     from morph.errors import UserError
     parent = path.resolve().parent
