@@ -67,13 +67,32 @@ def sample_identities(model_spec, priors_path, n_identities, images_per_identity
 @click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
 @click.option("--batch-size", type=click.IntRange(1), default=64, show_default=True)
 @click.option("--threads", type=click.IntRange(1), default=None, help="CPU threads (default: all cores).")
-def render(identities, output, model_spec, size, backend, device, batch_size, threads):
+@click.option("--with", "extra", type=click.Choice(["depth", "normals"]), multiple=True,
+              help="Also store per-pixel depth (mm) or camera-frame normals; repeatable.")
+def render(identities, output, model_spec, size, backend, device, batch_size, threads, extra):
     """Render every image of IDENTITIES, aligned to the 5-point template (the same crop rule as
     'morph align' uses for real photos). Resumes after a kill."""
     from morph.render_job import render_identities
 
     render_identities(identities, output, model_spec=model_spec, size=size, backend=backend,
-                      device=device, batch_size=batch_size, threads=threads)
+                      device=device, batch_size=batch_size, threads=threads, extra_outputs=extra)
+
+
+@main.command("mesh")
+@click.argument("identities", type=click.Path(path_type=Path))
+@click.option("--image", "image_index", type=click.IntRange(0), default=0, show_default=True,
+              help="Row of the image in IDENTITIES (its identity, expression and colour).")
+@click.option("--neutral", is_flag=True, help="Leave the expression out.")
+@click.option("--model", "model_spec", default=None, help="Override the model recorded in IDENTITIES.")
+@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), required=True,
+              help=".obj or .ply, with per-vertex colours (albedo).")
+def mesh(identities, image_index, neutral, model_spec, output):
+    """Export the 3D face of one sampled image as a mesh with vertex colours."""
+    from morph.render_job import export_sample_mesh
+
+    _check_writable(output)
+    export_sample_mesh(identities, image_index, output, model_spec=model_spec, neutral=neutral)
+    click.echo(f"{output}")
 
 
 @main.command("preview")

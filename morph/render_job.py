@@ -37,7 +37,7 @@ def job_key(s: Sample, *settings) -> str:
 
 def render_identities(identities: Path, output: Path, model_spec: str | None = None, size: int = 108,
                       backend: str = "auto", device: str = "cpu", batch_size: int = 64,
-                      threads: int | None = None, progress: bool = True) -> Path:
+                      threads: int | None = None, progress: bool = True, extra_outputs=()) -> Path:
     from morph.models import load_model
     from morph.render import RenderSettings, render_batch
 
@@ -46,7 +46,8 @@ def render_identities(identities: Path, output: Path, model_spec: str | None = N
     spec = model_spec or str(attrs.get("model", "default"))
     model = load_model(spec)
     check_dims(model, s, identities)
-    key = job_key(s, spec, size, backend)
+    extra_outputs = tuple(sorted(set(extra_outputs)))
+    key = job_key(s, spec, size, backend, extra_outputs)
     output = Path(output)
     if output.exists():
         with open_h5(output, "image set") as f:
@@ -64,10 +65,15 @@ def render_identities(identities: Path, output: Path, model_spec: str | None = N
              "params/beta": ((s.beta.shape[1],), np.float32), "params/pose": ((3,), np.float32),
              "params/sh": ((9, 3), np.float32), "params/camera_distance": ((), np.float32),
              "params/alpha": ((s.alpha.shape[1],), np.float32), "params/gamma": ((s.gamma.shape[1],), np.float32)}
+    if "depth" in extra_outputs:
+        extra["depth"] = ((size, size), np.float32)
+    if "normals" in extra_outputs:
+        extra["normals"] = ((size, size, 3), np.float32)
     keep = {k: attrs[k] for k in ("seed", "model", "model_name", "model_sources", "priors") if k in attrs}
     writer = ImageWriter(output, m, size, provenance(**keep, identities=str(identities), size=size,
                                                      backend=backend, n_images=m), key, extra)
-    settings = RenderSettings(image_size=size, backend=backend, device=device)
+    settings = RenderSettings(image_size=size, backend=backend, device=device,
+                              outputs=("image", "mask", "landmarks", *extra_outputs))
     try:
         bar = tqdm(total=m, initial=writer.n_done, unit="img", desc="render", disable=not progress)
         for start in range(writer.n_done, m, batch_size):
@@ -79,7 +85,9 @@ def render_identities(identities: Path, output: Path, model_spec: str | None = N
             writer.write(start, {
                 "images": to_uint8(_np(out.image)), "labels": s.identity[sl], "index": s.image[sl],
                 "landmarks": _np(out.landmarks).astype(np.float32), "masks": _np(out.mask)[:, 0].astype(bool),
-                **{f"params/{k}": v for k, v in params.items()}})
+                **{f"params/{k}": v for k, v in params.items()},
+                **({"depth": _np(out.depth)[:, 0]} if "depth" in extra_outputs else {}),
+                **({"normals": _np(out.normals).transpose(0, 2, 3, 1)} if "normals" in extra_outputs else {})})
             bar.update(sl.stop - sl.start)
         bar.close()
         writer.finish()
@@ -99,3 +107,20 @@ def _set_threads(threads: int | None) -> None:
     import torch
     torch.set_num_threads(threads)
     numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
+
+
+def export_sample_mesh(identities: Path, index: int, output: Path, model_spec: str | None = None,
+                       neutral: bool = False) -> Path:
+    """The mesh (model frame, mm) and albedo of image ``index`` of an identities file."""
+    from morph.models import load_model
+    from morph.render import export_mesh
+
+    s, attrs = read_identities(identities)
+    if index >= len(s.identity):
+        raise UserError(f"{identities}: has {len(s.identity)} images; --image must be below that.")
+    model = load_model(model_spec or str(attrs.get("model", "default")))
+    check_dims(model, s, identities)
+    row = s.identity[index] - int(attrs.get("first_identity", 0))
+    verts = model.vertices(s.alpha[row], None if neutral else s.beta[index])[0]
+    colors = model.colors(s.gamma[row])[0]
+    return export_mesh(output, verts, colors, model.triangles)

@@ -144,3 +144,52 @@ def test_command_line_entry_point_prints_no_traceback(tmp_path):
                        capture_output=True, text=True)
     assert p.returncode == 2
     assert p.stderr.strip().startswith("Error: ") and "Traceback" not in p.stderr
+
+
+def _model_cases(p):
+    import fixtures_formats as fx
+
+    fx.write_bfm2009(p / "01_MorphableModel.mat")
+    data = (p / "01_MorphableModel.mat").read_bytes()
+    (p / "cut.mat").write_bytes(data[: len(data) // 2])
+    fx.write_bfm2017(p / "model2017.h5")
+    data = (p / "model2017.h5").read_bytes()
+    (p / "cut.h5").write_bytes(data[: len(data) // 2])
+    import scipy.io
+    scipy.io.savemat(p / "wrongkeys.mat", {"shapeMean": np.zeros((3, 1))})
+    fx.write_bfm2017(p / "other_topology.h5", tris=fx.other_diagonal())
+    (p / "compose.yaml").write_text("shape: model2017.h5\nexpression: other_topology.h5\n")
+
+
+@pytest.mark.parametrize("model, message", [
+    ("cut.mat", "cut.mat"), ("cut.h5", "cut.h5"), ("wrongkeys.mat", "wrongkeys.mat"),
+    ("compose.yaml", "other_topology.h5"), ("absent.h5", "absent.h5"),
+])
+def test_bad_model_files_are_one_clear_line(tmp_path, monkeypatch, model, message):
+    monkeypatch.chdir(tmp_path)
+    _model_cases(tmp_path)
+    res = run("sample-identities", "--model", model, "--n-identities", "1", "--images-per-identity", "1",
+              "-o", "x.h5")
+    assert res.exit_code == 2, res.output
+    assert message in res.output and "Traceback" not in res.output
+    assert len(res.output.strip().splitlines()) == 1
+    if model == "compose.yaml":
+        assert "model2017.h5" in res.output  # both files named
+
+
+def test_mesh_export_and_extra_outputs(tmp_path):
+    import trimesh
+
+    ids = sample(tmp_path, "ids.h5", 2, 2)
+    res = run("mesh", ids, "--image", 3, "-o", tmp_path / "face.ply")
+    assert res.exit_code == 0, res.output
+    mesh = trimesh.load(tmp_path / "face.ply", process=False)
+    assert mesh.vertices.shape == (53349, 3) and mesh.faces.shape == (106111, 3)
+    assert mesh.visual.vertex_colors.shape[0] == 53349
+    res = run("render", ids, "-o", tmp_path / "r.h5", "--with", "depth", "--with", "normals")
+    assert res.exit_code == 0, res.output
+    with h5py.File(tmp_path / "r.h5", "r") as f:
+        depth, normals, masks = f["depth"][()], f["normals"][()], f["masks"][()]
+    assert depth.shape == (4, 108, 108) and normals.shape == (4, 108, 108, 3)
+    assert np.all(depth[masks] > 0) and np.all(depth[~masks] == 0)
+    assert np.allclose(np.linalg.norm(normals[masks], axis=-1), 1, atol=1e-3)
