@@ -95,6 +95,28 @@ def mesh(identities, image_index, neutral, model_spec, output):
     click.echo(f"{output}")
 
 
+@main.command("align")
+@click.argument("photos", type=click.Path(path_type=Path))
+@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), required=True)
+@click.option("--all-faces", is_flag=True, help="Keep every face, not just the most confident one near the centre.")
+@click.option("--size", type=click.IntRange(16, 1024), default=108, show_default=True)
+@click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
+@click.option("--batch-size", type=click.IntRange(1), default=16, show_default=True, help="Photos per detector batch.")
+@click.option("--min-face-size", type=float, default=20.0, show_default=True, help="Smallest face in pixels.")
+@click.option("--thresholds", type=(float, float, float), default=(0.6, 0.7, 0.7), show_default=True,
+              help="P-Net, R-Net, O-Net face probability thresholds.")
+def align(photos, output, all_faces, size, device, batch_size, min_face_size, thresholds):
+    """Detect faces in a folder of photos with MTCNN and crop them with the renders' 5-point
+    template (sub-folders = identity labels). Unreadable or faceless photos are listed in
+    OUTPUT.report.tsv. Resumes after a kill."""
+    from morph.align_job import align_folder
+
+    r = align_folder(photos, output, all_faces=all_faces, size=size, device=device, batch_size=batch_size,
+                     min_face_size=min_face_size, thresholds=thresholds,
+                     report=lambda line: click.echo(line, err=True))
+    click.echo(f"{output}: {r['n_faces']} faces; {len(r['skipped'])} photos skipped (see {r.get('report', '')}).")
+
+
 @main.command("preview")
 @click.argument("file", type=click.Path(path_type=Path))
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), required=True)
@@ -127,6 +149,37 @@ def fit_priors(annotations, output, base, expression_model):
             report=lambda line: click.echo(line, err=True))
     click.echo(f"{output}: fitted to {r['n_used']} of {r['n_files']} files "
                f"(expression {r['n_expression']}, lighting {r['n_lighting']}).")
+
+
+@main.command("render-pairs")
+@click.argument("annotated", type=click.Path(path_type=Path))
+@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), required=True,
+              help="pairs.h5 to write.")
+@click.option("--model", "model_spec", required=True,
+              help="The 3DMM the annotations were fitted with (300W-LP / AFLW2000-3D: face3d's BFM.mat). "
+                   + MODEL_HELP)
+@click.option("--size", type=click.IntRange(16, 1024), default=108, show_default=True, help="Crop size in pixels.")
+@click.option("--max-landmark-error", type=click.FloatRange(0, min_open=True), default=None,
+              help="Flag pairs whose mean landmark error exceeds this many photo pixels "
+                   "[default: 10% of the annotation's inter-ocular distance].")
+@click.option("--batch-size", type=click.IntRange(1), default=32, show_default=True)
+def render_pairs(annotated, output, model_spec, size, max_landmark_error, batch_size):
+    """Pair real photos with renders of their fitted 3DMM parameters (paper section 3.2: the
+    paired data of G'). ANNOTATED is a folder in 300W-LP / AFLW2000-3D layout: NAME.jpg (or .png)
+    next to NAME.mat (Pose_Para, Shape_Para, Exp_Para, Tex_Para, Color_Para, Illum_Para, pt2d).
+    Each photo's parameters are rendered in the photo's own frame (the dataset's weak perspective
+    and Phong lighting) and photo and render are cropped by the same 5-point similarity, so each
+    pair is pixel-aligned. Files that cannot be used are skipped with one line each. Resumes
+    after a kill."""
+    from morph.pairs import render_pairs as run
+
+    r = run(annotated, output, model_spec, size=size, max_landmark_error=max_landmark_error,
+            batch_size=batch_size)
+    if not r["complete"]:
+        ignored = (f"; {r['n_mat_without_image']} .mat files without an image ignored"
+                   if r["n_mat_without_image"] else "")
+        click.echo(f"{output}: {r['n_pairs']} pairs ({r['n_skipped']} files skipped, {r['n_flagged']} pairs "
+                   f"flagged for landmark error{ignored}).")
 
 
 def _check_writable(path: Path) -> None:

@@ -110,13 +110,19 @@ class ImageWriter:
 
     Datasets are created at full size up front; ``n_done`` is bumped after each flushed batch.
     ``key`` identifies the job: a partial file written for another key is not resumed.
+    ``images=False`` leaves out the standard ``images``/``labels``/``index`` datasets (only
+    ``extra`` is created); ``resizable=True`` makes every dataset extendible along its first axis
+    so that ``finish(n_rows)`` can drop rows never written (jobs that skip bad inputs).
     """
 
     def __init__(self, path: str | Path, n: int, size: int, attrs: dict, key: str,
-                 extra: dict[str, tuple[tuple, str]] | None = None):
+                 extra: dict[str, tuple[tuple, str]] | None = None, images: bool = True,
+                 resizable: bool = False):
         self.path = Path(path)
         self.tmp = self.path.with_name(self.path.name + ".partial")
         self.n = n
+        self.resizable = resizable
+        self.row_datasets = (["images", "labels", "index"] if images else []) + list(extra or {})
         if self.tmp.exists():
             try:
                 f = h5py.File(self.tmp, "a")
@@ -130,16 +136,22 @@ class ImageWriter:
             self.f = h5py.File(self.tmp, "w")
             for k, v in attrs.items():
                 self.f.attrs[k] = v
-            self.f.attrs["job_key"] = key
             self.f.attrs["n_done"] = 0
             comp = dict(compression="gzip", compression_opts=4, shuffle=True)
-            self.f.create_dataset("images", (n, size, size, 3), np.uint8, chunks=(1, size, size, 3), **comp)
-            self.f.create_dataset("labels", (n,), np.int64)
-            self.f.create_dataset("index", (n,), np.int64)
+            grow = (lambda shape: dict(maxshape=(None, *shape))) if resizable else (lambda shape: {})
+            if images:
+                self.f.create_dataset("images", (n, size, size, 3), np.uint8, chunks=(1, size, size, 3),
+                                      **comp, **grow((size, size, 3)))
+                self.f.create_dataset("labels", (n,), np.int64, **grow(()))
+                self.f.create_dataset("index", (n,), np.int64, **grow(()))
             for name, (shape, dtype) in (extra or {}).items():
-                chunks = (1, *shape) if shape else None
+                # chunk per row; a row with no values (e.g. colour coefficients of a model without
+                # a colour model) cannot be chunked at all
+                chunks = (1, *shape) if shape and 0 not in shape else (True if resizable else None)
                 self.f.create_dataset(name, (n, *shape), dtype, chunks=chunks,
-                                      **(comp if len(shape) >= 2 else {}))
+                                      **(comp if len(shape) >= 2 else {}), **grow(shape))
+            self.f.attrs["job_key"] = key
+            self.f.flush()
         self.n_done = int(self.f.attrs["n_done"])
 
     def write(self, start: int, arrays: dict[str, np.ndarray]) -> None:
@@ -151,7 +163,14 @@ class ImageWriter:
         self.f.flush()
         self.n_done = stop
 
-    def finish(self) -> None:
+    def finish(self, n_rows: int | None = None) -> None:
+        """Mark complete and rename; with ``n_rows`` (resizable writers only) the writer's
+        datasets are first cut to their first ``n_rows`` rows."""
+        if n_rows is not None and n_rows != self.n:
+            if not self.resizable:
+                raise ValueError("finish(n_rows): the writer was not created resizable")
+            for name in self.row_datasets:
+                self.f[name].resize(n_rows, axis=0)
         self.f.attrs["complete"] = True
         del self.f.attrs["n_done"]
         self.f.close()

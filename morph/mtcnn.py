@@ -49,7 +49,7 @@ import torch
 import torch.nn.functional as F
 
 from morph.mtcnn_nets import ONet, PNet, RNet
-from morph.template import ALIGNED_SIZE, five_point_template, similarity_from_points
+from morph.template import ALIGNED_SIZE, five_point_template, similarity_from_points, warp_similarity
 
 try:  # torchvision's C++ NMS is the fast path; our own greedy NMS is the fallback.
     from torchvision.ops import batched_nms as _tv_batched_nms
@@ -450,19 +450,7 @@ def align_face(image, landmarks5, size: int = ALIGNED_SIZE, padding_mode: str = 
     pts = np.asarray(landmarks5, np.float64)
     single = pts.ndim == 2
     pts = pts.reshape(-1, 5, 2)
-    h, w = img.shape[:2]
     # Work in "pixel centres at integer + 0.5" coordinates, the template's.
     m = similarity_from_points(pts + LANDMARK_CENTRE_OFFSET, five_point_template(size)[None])  # (K, 2, 3)
-    a_inv = np.linalg.inv(m[:, :, :2])  # template -> image
-    t = m[:, :, 2]
-    ys, xs = np.meshgrid(np.arange(size) + 0.5, np.arange(size) + 0.5, indexing="ij")
-    q = np.stack([xs, ys], -1).reshape(1, -1, 2) - t[:, None, :]  # (K, size*size, 2)
-    p = np.einsum("kij,knj->kni", a_inv, q)
-    # grid_sample with align_corners=False puts -1 / +1 on the outer edges of the border pixels,
-    # i.e. exactly the "centre at + 0.5" convention.
-    grid = (2 * p / np.array([w, h]) - 1).reshape(-1, size, size, 2)
-    src = torch.from_numpy(np.ascontiguousarray(img[..., :3])).permute(2, 0, 1)[None].float()
-    out = F.grid_sample(src.expand(grid.shape[0], -1, -1, -1), torch.from_numpy(grid).float(),
-                        mode="bilinear", padding_mode=padding_mode, align_corners=False)
-    out = out.round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
+    out = warp_similarity(img, m, size, padding_mode)
     return out[0] if single else out

@@ -44,3 +44,31 @@ def similarity_from_points(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
     rot = np.stack([np.stack([a, -b], -1), np.stack([b, a], -1)], -2)
     t = mu_d[..., 0, :] - (rot @ mu_s[..., 0, :, None])[..., 0]
     return np.concatenate([rot, t[..., None]], -1)
+
+
+def warp_similarity(image: np.ndarray, transforms: np.ndarray, size: int = ALIGNED_SIZE,
+                    padding_mode: str = "zeros") -> np.ndarray:
+    """(K, size, size, 3) uint8 crops of an H x W x 3 image through K (2, 3) transforms that map
+    image pixels to crop pixels (both with pixel centres at integer + 0.5); bilinear sampling,
+    black outside the image (``padding_mode="zeros"``) or its nearest edge pixel (``"border"``).
+
+    The one warp of the project: real photos (``morph align``) and 300W-LP photos
+    (``morph render-pairs``) are cropped by it, so both domains are resampled alike.
+    """
+    import torch
+    import torch.nn.functional as F
+
+    img = np.asarray(image)
+    h, w = img.shape[:2]
+    m = np.asarray(transforms, np.float64).reshape(-1, 2, 3)
+    a_inv = np.linalg.inv(m[:, :, :2])  # crop -> image
+    ys, xs = np.meshgrid(np.arange(size) + 0.5, np.arange(size) + 0.5, indexing="ij")
+    q = np.stack([xs, ys], -1).reshape(1, -1, 2) - m[:, None, :, 2]
+    p = np.einsum("kij,knj->kni", a_inv, q)
+    # grid_sample with align_corners=False puts -1 / +1 on the outer edges of the border pixels,
+    # i.e. exactly the "centre at + 0.5" convention.
+    grid = torch.from_numpy((2 * p / np.array([w, h]) - 1).reshape(-1, size, size, 2)).float()
+    src = torch.from_numpy(np.ascontiguousarray(img[..., :3])).permute(2, 0, 1)[None].float()
+    out = F.grid_sample(src.expand(grid.shape[0], -1, -1, -1), grid, mode="bilinear",
+                        padding_mode=padding_mode, align_corners=False)
+    return out.round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()

@@ -18,7 +18,7 @@ hold named deformations d_i (3N,) in mm. They are not a PCA model: we represent 
 expression part with ``basis[:, i] = d_i / |d_i|`` and ``std_i = |d_i|``, so coefficient 1 is the
 full blendshape, 0 none, and ``vertices(alpha, beta)`` adds ``sum_i beta_i d_i`` exactly as eos
 does; names are the blendshape names. The columns are not orthogonal, and sampling beta from
-N(0, 1) gives negative weights too - give expression priors that suit blendshapes.
+N(0, s) draws are clipped into [0, 1] (``PCAModel.low``/``high``).
 
 Landmarks: eos keeps the iBUG mapping beside the model, as ``ibug_to_sfm.txt`` (TOML:
 ``[landmark_mappings]`` with ``<iBUG number 1..68> = <0-based vertex id>``). When the model's
@@ -121,6 +121,10 @@ def _blendshape_part(path, shapes, n3: int) -> PCAModel:
         cols.append(d)
     basis = np.stack(cols, axis=1)
     part = c.pca_part(path, np.zeros(n3), basis, np.ones(basis.shape[1]), names=[str(b.name) for b in shapes])
+    # Blendshapes are weights between none (0) and the full expression (1): negative weights
+    # turn faces inside out, so the sampler clips draws into [0, 1].
+    part.low = np.zeros(basis.shape[1])
+    part.high = np.ones(basis.shape[1])
     return part
 
 

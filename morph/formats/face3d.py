@@ -23,7 +23,10 @@ also how the 300W-LP / AFLW2000-3D annotations ``Shape_Para`` (199) and ``Exp_Pa
 meant to be used - RAW coefficients multiplied straight into the stored bases:
 
     vertices_um = shapeMU + expMU + shapePC @ Shape_Para + expPC @ Exp_Para
-    colours     = (texMU + texPC @ (texEV * Tex_Para)) / 255
+    colours     = (texMU + texPC @ Tex_Para) / 255        (300W-LP's MATLAB example: raw)
+
+(face3d's own ``generate_colors`` multiplies ``Tex_Para`` by ``texEV`` first, i.e. treats it as
+already normalised; the dataset's example does not, and ``raw_to_normalized`` follows the dataset.)
 
 face3d's fitting regularises the raw coefficients with ``shapeEV`` / ``expEV`` as their standard
 deviations, so sigma is the std of the raw coefficient whatever the column length.
