@@ -32,7 +32,7 @@ import numpy as np
 from tqdm import tqdm
 
 from morph.errors import UserError
-from morph.h5io import ImageWriter, open_h5, provenance
+from morph.h5io import ImageWriter, completed_output, open_h5, provenance
 from morph.imageio import IMAGE_SUFFIXES, read_rgb
 
 STR = h5py.string_dtype("utf-8")
@@ -69,14 +69,10 @@ def align_folder(photos_dir: Path, output: Path, all_faces: bool = False, size: 
     label_of = {c: i for i, c in enumerate(classes)}
     h = hashlib.sha256(("\n".join(rel) + repr((all_faces, size, min_face_size, thresholds))).encode())
     key = h.hexdigest()
-    if output.exists():
+    if completed_output(output, key, "image set"):
+        report(f"{output}: already complete.")
         with open_h5(output, "image set") as f:
-            if f.attrs.get("job_key") == key and f.attrs.get("complete"):
-                report(f"{output}: already complete.")
-                return {"n_faces": int(f["images"].shape[0]), "skipped": list(f["skipped"].asstr()[()])}
-        raise UserError(f"{output}: exists and holds another set; choose another name or delete it.")
-    if not output.resolve().parent.is_dir():
-        raise UserError(f"{output}: folder {output.resolve().parent} does not exist; create it first.")
+            return {"n_faces": int(f["images"].shape[0]), "skipped": list(f["skipped"].asstr()[()])}
 
     extra = {"source": ((), STR), "boxes": ((4,), np.float32), "scores": ((), np.float32),
              "landmarks5": ((5, 2), np.float32)}

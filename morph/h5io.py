@@ -66,6 +66,23 @@ def open_h5(path: str | Path, what: str) -> h5py.File:
                         "the file is truncated or not an HDF5 file: re-create it.") from None
 
 
+def completed_output(output: Path, key: str, what: str) -> bool:
+    """Whether ``output`` already holds this job, complete (a re-run then has nothing to do).
+
+    Raises when it holds something else (never overwrite a user's file) or when its folder is
+    missing; returns False when the job is still to be done (or resumed from ``NAME.partial``).
+    """
+    output = Path(output)
+    if output.exists():
+        with open_h5(output, what) as f:
+            if f.attrs.get("job_key") == key and f.attrs.get("complete"):
+                return True
+        raise UserError(f"{output}: exists and holds another {what}; choose another name or delete it.")
+    if not output.resolve().parent.is_dir():
+        raise UserError(f"{output}: folder {output.resolve().parent} does not exist; create it first.")
+    return False
+
+
 def require(f: h5py.File, keys, what: str, fix: str):
     missing = [k for k in keys if k not in f]
     if missing:

@@ -348,7 +348,7 @@ def render_pairs(annotated: Path, output: Path, model_spec: str, size: int = 108
                  max_landmark_error: float | None = None, batch_size: int = 32, progress: bool = True,
                  report=None) -> dict:
     """Write ``output`` (pairs.h5) from a 300W-LP / AFLW2000-3D folder; return a summary dict."""
-    from morph.h5io import ImageWriter, open_h5, provenance
+    from morph.h5io import ImageWriter, completed_output, open_h5, provenance
     from morph.imageio import read_rgb
     from morph.models import load_model
 
@@ -369,16 +369,12 @@ def render_pairs(annotated: Path, output: Path, model_spec: str, size: int = 108
     conv = raw_convention(model)
     key = _job_key(folder, items, str(model_spec), model, size, max_landmark_error)
     output = Path(output)
-    if output.exists():
+    if completed_output(output, key, "pairs file"):
+        if progress:
+            print(f"{output}: already complete.")
         with open_h5(output, "pairs file") as f:
-            if f.attrs.get("job_key") == key and f.attrs.get("complete"):
-                if progress:
-                    print(f"{output}: already complete.")
-                return {"n_pairs": int(f.attrs.get("n_pairs", 0)), "n_skipped": int(f.attrs.get("n_skipped", 0)),
-                        "n_flagged": int(f.attrs.get("n_flagged", 0)), "complete": True}
-        raise UserError(f"{output}: exists and holds other pairs; choose another name or delete it.")
-    if not output.resolve().parent.is_dir():
-        raise UserError(f"{output}: folder {output.resolve().parent} does not exist; create it first.")
+            return {"n_pairs": int(f.attrs.get("n_pairs", 0)), "n_skipped": int(f.attrs.get("n_skipped", 0)),
+                    "n_flagged": int(f.attrs.get("n_flagged", 0)), "complete": True}
 
     s = size
     extra = {"real": ((s, s, 3), np.uint8), "render": ((s, s, 3), np.uint8), "mask": ((s, s), bool),

@@ -8,7 +8,7 @@ import numpy as np
 from tqdm import tqdm
 
 from morph.errors import UserError
-from morph.h5io import ImageWriter, provenance, read_identities, open_h5
+from morph.h5io import ImageWriter, completed_output, provenance, read_identities
 from morph.model import MorphableModel
 from morph.sample import Sample
 
@@ -49,15 +49,10 @@ def render_identities(identities: Path, output: Path, model_spec: str | None = N
     extra_outputs = tuple(sorted(set(extra_outputs)))
     key = job_key(s, spec, size, backend, extra_outputs)
     output = Path(output)
-    if output.exists():
-        with open_h5(output, "image set") as f:
-            if f.attrs.get("job_key") == key and f.attrs.get("complete"):
-                if progress:
-                    print(f"{output}: already complete.")
-                return output
-        raise UserError(f"{output}: exists and holds another render; choose another name or delete it.")
-    if not output.resolve().parent.is_dir():
-        raise UserError(f"{output}: folder {output.resolve().parent} does not exist; create it first.")
+    if completed_output(output, key, "image set"):
+        if progress:
+            print(f"{output}: already complete.")
+        return output
 
     m = len(s.identity)
     first = int(attrs.get("first_identity", 0))
