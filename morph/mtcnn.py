@@ -46,7 +46,6 @@ from typing import NamedTuple, Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from morph.mtcnn_nets import ONet, PNet, RNet
 from morph.template import ALIGNED_SIZE, five_point_template, similarity_from_points, warp_similarity

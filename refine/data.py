@@ -1,0 +1,98 @@
+"""The three training sets, read batch by batch from their HDF5 files.
+
+- synthetic.h5 (``morph render``): ``images`` (M, 108, 108, 3) uint8 and ``labels`` (identity).
+- real.h5 (``morph align``): ``images``.
+- pairs.h5 (``morph render-pairs``): ``real`` and ``render``, pixel-aligned.
+
+Batches are drawn by index from an explicit ``torch.Generator`` (its state is saved in every
+checkpoint, so a resumed run draws the same batches), and read from the file in index order
+(h5py reads sorted indices in one call) - no whole-set copy in memory, so GANFaces-size sets
+(hundreds of thousands of renders) train as they are. Files are opened lazily per process, which
+is what forked DataLoader workers and torchrun ranks need.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import h5py
+import numpy as np
+import torch
+
+from morph.errors import UserError
+from morph.h5io import open_h5
+
+
+def to_tensor(images: np.ndarray) -> torch.Tensor:
+    """(B, H, W, 3) uint8 -> (B, 3, H, W) float32 in [-1, 1], the generators' range (tanh)."""
+    return torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float().div(127.5).sub(1.0)
+
+
+def to_uint8(images: torch.Tensor) -> np.ndarray:
+    """(B, 3, H, W) in [-1, 1] -> (B, H, W, 3) uint8."""
+    x = ((images.detach().float().cpu().clamp(-1, 1) + 1.0) * 127.5).round().to(torch.uint8)
+    return x.permute(0, 2, 3, 1).numpy()
+
+
+class H5Images:
+    """Random batches of one or more image datasets of an HDF5 file (the same rows of each)."""
+
+    def __init__(self, path: str | Path, keys: tuple[str, ...], what: str, size: int, fix: str,
+                 labels: str | None = None):
+        self.path, self.keys, self.what, self.labels_key = Path(path), keys, what, labels
+        with open_h5(self.path, what) as f:
+            missing = [k for k in (*keys, *([labels] if labels else [])) if k not in f]
+            if missing:
+                raise UserError(f"{self.path}: not a {what} (missing {', '.join(missing)}); {fix}")
+            if not f.attrs.get("complete", True) or self.path.name.endswith(".partial"):
+                raise UserError(f"{self.path}: is not complete; finish the command that writes it first.")
+            shapes = {k: f[k].shape for k in keys}
+            self.labels = f[labels][()].astype(np.int64) if labels else None
+        n = {s[0] for s in shapes.values()}
+        if len(n) != 1:
+            raise UserError(f"{self.path}: datasets {', '.join(keys)} differ in length; re-create the file.")
+        self.n = n.pop()
+        if self.n == 0:
+            raise UserError(f"{self.path}: holds no images; re-create it with more input.")
+        for k, s in shapes.items():
+            if len(s) != 4 or s[1:] != (size, size, 3):
+                raise UserError(f"{self.path}: '{k}' holds images of shape {s[1:]}, but training uses "
+                                f"{size}x{size}x3; re-create it with --size {size}.")
+        self._f = None
+
+    def _file(self) -> h5py.File:
+        if self._f is None:
+            self._f = h5py.File(self.path, "r")
+        return self._f
+
+    def batch(self, gen: torch.Generator, batch_size: int) -> tuple[list[torch.Tensor], torch.Tensor | None]:
+        """Tensors in [-1, 1] for ``batch_size`` rows drawn uniformly with replacement."""
+        idx = torch.randint(self.n, (batch_size,), generator=gen).numpy()
+        return self.rows(idx)
+
+    def rows(self, idx: np.ndarray) -> tuple[list[torch.Tensor], torch.Tensor | None]:
+        order = np.argsort(idx, kind="stable")
+        uniq, inverse = np.unique(idx[order], return_inverse=True)
+        f = self._file()
+        out = []
+        for k in self.keys:
+            block = f[k][uniq]  # h5py wants increasing, unique indices
+            picked = np.empty((len(idx), *block.shape[1:]), block.dtype)
+            picked[order] = block[inverse]
+            out.append(to_tensor(picked))
+        labels = None if self.labels is None else torch.from_numpy(self.labels[idx])
+        return out, labels
+
+    def close(self):
+        if self._f is not None:
+            self._f.close()
+            self._f = None
+
+
+def open_sets(synthetic: Path, real: Path, pairs: Path | None, size: int = 108):
+    syn = H5Images(synthetic, ("images",), "synthetic image set", size,
+                   "make it with 'morph render'.", labels="labels")
+    rea = H5Images(real, ("images",), "real image set", size, "make it with 'morph align'.")
+    pai = None
+    if pairs is not None:
+        pai = H5Images(pairs, ("render", "real"), "pairs file", size, "make it with 'morph render-pairs'.")
+    return syn, rea, pai

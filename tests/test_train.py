@@ -1,0 +1,156 @@
+"""refine train on tiny real data: renders of the default model, aligned real photos, round-trip pairs."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import h5py
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+from cli.morph import main as morph
+from cli.refine import main as refine
+from conftest import TESTDATA
+
+STEPS = 40
+# Narrow networks keep 40 CPU steps short; the machinery under test is the same at full width
+# (bench/train_step.py measures the paper's networks at batch 16).
+SMALL = "g_width: 8\nd_hidden: 16\nlog_every: 1\ngrid_every: 20\n"
+
+
+def run(group, *args):
+    return CliRunner().invoke(group, [str(a) for a in args])
+
+
+@pytest.fixture(scope="module")
+def sets(tmp_path_factory):
+    """synthetic.h5 (6 identities x 4), real.h5 (the test photos), pairs.h5 (4 round-trip pairs)."""
+    from test_pairs import write_default_sample
+
+    from morph.models import load_model
+
+    d = tmp_path_factory.mktemp("sets")
+    assert run(morph, "sample-identities", "--n-identities", 6, "--images-per-identity", 4, "-o",
+               d / "ids.h5").exit_code == 0
+    assert run(morph, "render", d / "ids.h5", "-o", d / "synthetic.h5").exit_code == 0
+    assert run(morph, "align", TESTDATA / "real", "-o", d / "real.h5", "--all-faces").exit_code == 0
+    (d / "ann").mkdir()
+    model = load_model("default")
+    for i in range(4):
+        write_default_sample(d / "ann", f"p{i}", model, seed=i, yaw_deg=-30 + 20 * i)
+    res = run(morph, "render-pairs", d / "ann", "-o", d / "pairs.h5", "--model", "default")
+    assert res.exit_code == 0, res.output
+    (d / "small.yaml").write_text(SMALL)
+    return d
+
+
+def losses(run_dir):
+    return [json.loads(line) for line in (run_dir / "losses.jsonl").read_text().splitlines()]
+
+
+def train_args(sets, out, steps=STEPS, *extra):
+    return ["train", "--synthetic", sets / "synthetic.h5", "--real", sets / "real.h5", "--pairs",
+            sets / "pairs.h5", "--out", out, "--steps", steps, "--batch-size", 2, "--checkpoint-every", 20,
+            "--config", sets / "small.yaml", *extra]
+
+
+def test_40_steps_all_losses_finite_and_k_in_range(sets, tmp_path):
+    out = tmp_path / "run"
+    res = run(refine, *train_args(sets, out))
+    assert res.exit_code == 0, res.output
+    log = losses(out)
+    assert [r["step"] for r in log] == list(range(1, STEPS + 1))
+    for r in log:
+        for k, v in r.items():
+            assert np.isfinite(v), (r["step"], k)
+        for k in ("k_R", "k_S", "k_P"):
+            assert 0.0 <= r[k] <= 1.0
+    for key in ("L_G", "L_cyc", "L_DP", "L_C", "L_id", "M_R", "M_S", "M_P"):
+        assert key in log[0]
+    assert any(r["k_R"] > 0 for r in log)  # the balance term moves
+    ckpts = sorted((out / "checkpoints").glob("step_*.pt"))
+    assert [c.name for c in ckpts] == ["step_00000020.pt", "step_00000040.pt"]
+    assert (out / "config.yaml").exists() and list((out / "tensorboard").iterdir())
+    state = torch.load(ckpts[-1], weights_only=True)
+    assert state["step"] == STEPS and state["centroids"].abs().sum() > 0
+
+
+def test_resume_after_sigkill_logs_the_same_losses(sets, tmp_path):
+    ref = tmp_path / "ref"
+    assert run(refine, *train_args(sets, ref)).exit_code == 0
+    out = tmp_path / "killed"
+    cmd = [sys.executable, "-m", "cli.refine", *map(str, train_args(sets, out))]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    ckpt = out / "checkpoints" / "step_00000020.pt"
+    deadline = time.time() + 600
+    while not ckpt.exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert ckpt.exists()
+    res = run(refine, *train_args(sets, out), "--resume")
+    assert res.exit_code == 0, res.output
+    a, b = losses(ref), losses(out)
+    assert [r["step"] for r in b] == list(range(1, STEPS + 1))
+    for ra, rb in zip(a[20:], b[20:]):
+        for k in ra:
+            assert abs(ra[k] - rb[k]) <= 1e-6, (ra["step"], k, ra[k], rb[k])
+
+
+def _bad_sets(sets, tmp):
+    with h5py.File(tmp / "small.h5", "w") as f:
+        f["images"] = np.zeros((3, 64, 64, 3), np.uint8)
+        f["labels"] = np.zeros(3, np.int64)
+    with h5py.File(tmp / "nopairs.h5", "w") as f:
+        f["real"] = np.zeros((0, 108, 108, 3), np.uint8)
+        f["render"] = np.zeros((0, 108, 108, 3), np.uint8)
+    (tmp / "file").write_text("x")
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"--synthetic": "small.h5"}, "64, 64, 3"),
+    ({"--real": "small.h5"}, "64, 64, 3"),
+    ({"--pairs": "nopairs.h5"}, "holds no images"),
+    ({"--out": "file/run"}, "cannot write the run directory"),
+    ({"--synthetic": "absent.h5"}, "no such"),
+])
+def test_bad_input_fails_before_training(sets, tmp_path, change, message):
+    _bad_sets(sets, tmp_path)
+    args = train_args(sets, tmp_path / "run")
+    for k, v in change.items():
+        args[args.index(k) + 1] = tmp_path / v
+    res = run(refine, *args)
+    assert res.exit_code == 2, res.output
+    assert message in res.output and "Traceback" not in res.output
+    assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_checkpoint_of_another_config_is_refused(sets, tmp_path):
+    out = tmp_path / "run"
+    assert run(refine, *train_args(sets, out, 2)).exit_code == 0
+    res = run(refine, *train_args(sets, out, 4, "--variant", "no_pairs"), "--resume")
+    assert res.exit_code == 2 and "another configuration" in res.output
+
+
+def test_torchrun_two_processes_gloo_and_checkpoint_loads_in_one(sets, tmp_path):
+    out = tmp_path / "ddp"
+    args = [str(a) for a in train_args(sets, out, 4)]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    p = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+                        "--master_port", "29517", "-m", "cli.refine", *args],
+                       capture_output=True, text=True, env=env, timeout=900)
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert "ranks disagree" not in p.stderr
+    ckpt = out / "checkpoints" / "step_00000004.pt"
+    state = torch.load(ckpt, weights_only=True)
+    assert state["world_size"] == 2
+    log = losses(out)
+    assert [r["step"] for r in log] == [1, 2, 3, 4]  # one writer
+    # the 2-process checkpoint continues in a 1-process run
+    res = run(refine, *train_args(sets, out, 6), "--resume")
+    assert res.exit_code == 0, res.output
+    assert [r["step"] for r in losses(out)] == [1, 2, 3, 4, 5, 6]
