@@ -154,3 +154,37 @@ def test_torchrun_two_processes_gloo_and_checkpoint_loads_in_one(sets, tmp_path)
     res = run(refine, *train_args(sets, out, 6), "--resume")
     assert res.exit_code == 0, res.output
     assert [r["step"] for r in losses(out)] == [1, 2, 3, 4, 5, 6]
+
+
+def test_ctrl_c_saves_a_checkpoint_and_nan_stops_keeping_the_last_good_one(sets, tmp_path, monkeypatch):
+    import refine.losses as L
+    from refine.train import Trainer
+
+    original = Trainer.train_step
+
+    def interrupted(self):
+        if self.step == 3:
+            raise KeyboardInterrupt
+        return original(self)
+
+    monkeypatch.setattr(Trainer, "train_step", interrupted)
+    out = tmp_path / "run"
+    res = run(refine, *train_args(sets, out, 10))
+    assert res.exit_code != 0
+    assert (out / "checkpoints" / "step_00000003.pt").exists()
+    monkeypatch.setattr(Trainer, "train_step", original)
+
+    real_loss = L.began_generator_loss
+    monkeypatch.setattr(L, "began_generator_loss",
+                        lambda a, b: real_loss(a, b) * (float("nan") if a.shape[0] and _calls() > 4 else 1.0))
+    res = run(refine, *train_args(sets, out, 10), "--resume")
+    assert res.exit_code == 2 and "training diverged" in res.output and "step_00000003.pt" in res.output
+    assert sorted(p.name for p in (out / "checkpoints").glob("*.pt")) == ["step_00000003.pt"]
+
+
+_count = {"n": 0}
+
+
+def _calls():
+    _count["n"] += 1
+    return _count["n"]
