@@ -108,7 +108,9 @@ Identity shape (``shape/model``; 25 modes, millimetres):
 
 Albedo (``color/model``; 10 modes, RGB in [0, 1]; sums are clipped to [0, 1] by the model):
 
-The mean albedo replaces the false colours: skin (0.72, 0.53, 0.43); lips (0.64, 0.38, 0.36)
+The mean albedo replaces the false colours. It is painted by ``morph.albedo.paint`` (the same
+painting gives models without a colour model their fixed albedo; the toolkit must be importable,
+from an install or this checkout): skin (0.72, 0.53, 0.43); lips (0.64, 0.38, 0.36)
 inside the outer lip contour L[48..59] (soft 1 mm edge) with a darker rim (0.45, 0.20, 0.20)
 at the mouth slit; eyebrows (0.30, 0.22, 0.17) in a band 2.5 mm below the brow landmarks, 5.2
 to 9.2 mm wide (thicker medially); inside the lid contours an eye: sclera (0.86, 0.82, 0.78),
@@ -192,6 +194,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
+# The painting of the mean albedo is the toolkit's (morph/albedo.py, shared with models that
+# have no colour model): this checkout's, whatever is installed.
+_ROOT = Path(__file__).resolve().parents[1]
+if (_ROOT / "morph" / "albedo.py").is_file() and str(_ROOT) not in sys.path:
+    sys.path.insert(0, str(_ROOT))
+from morph import albedo as paint_lib  # noqa: E402
+from morph.albedo import SKIN, FaceRegions, smoothstep, vec, vertex_normals  # noqa: E402
 
 MENPO3D_VERSION = "0.8.6"
 SDIST = f"menpo3d-{MENPO3D_VERSION}.tar.gz"
@@ -298,14 +308,6 @@ def parse_ljson(raw: bytes) -> np.ndarray:
 # mesh helpers
 # --------------------------------------------------------------------------------------------
 
-def vertex_normals(v: np.ndarray, f: np.ndarray) -> np.ndarray:
-    fn = np.cross(v[f[:, 1]] - v[f[:, 0]], v[f[:, 2]] - v[f[:, 0]])
-    n = np.zeros_like(v)
-    for k in range(3):
-        np.add.at(n, f[:, k], fn)
-    return n / np.maximum(np.linalg.norm(n, axis=1, keepdims=True), 1e-12)
-
-
 def boundary_loops(f: np.ndarray) -> list[np.ndarray]:
     """Ordered vertex loops along the mesh's boundary edges (edges used by one triangle)."""
     e = np.concatenate([f[:, [0, 1]], f[:, [1, 2]], f[:, [2, 0]]])
@@ -361,25 +363,20 @@ def softplus(t: np.ndarray, width: float) -> np.ndarray:
     return width * np.logaddexp(0.0, t / width)
 
 
-def smoothstep(t: np.ndarray) -> np.ndarray:
-    t = np.clip(t, 0.0, 1.0)
-    return t * t * (3 - 2 * t)
-
-
 # --------------------------------------------------------------------------------------------
 # the template with its derived regions
 # --------------------------------------------------------------------------------------------
 
-class Head:
-    """The template in millimetres plus the landmark-defined points and masks the modes use."""
+class Head(FaceRegions):
+    """The template in millimetres plus the landmark-defined points and masks the modes use.
+    The landmark regions (eyes, lids, lips, brows, nostrils: ``morph.albedo.FaceRegions``) are
+    the toolkit's, at scale 1 (the sizes there are this head's millimetres)."""
 
     def __init__(self, verts_mm: np.ndarray, tris: np.ndarray, lm_points_mm: np.ndarray):
         from scipy.spatial import cKDTree
 
-        self.v = verts_mm
+        super().__init__(verts_mm, vertex_normals(verts_mm, tris), None, scale=1.0, soft=0.0)
         self.f = tris
-        self.n = len(verts_mm)
-        self.normals = vertex_normals(verts_mm, tris)
         self.lap, self.adj = graph_laplacian(self.n, tris)
         # the mouth slit: the boundary loop nearest the mouth landmarks
         loops = boundary_loops(tris)
@@ -416,17 +413,6 @@ class Head:
         self.L = verts_mm[idx]
         self.jaw_weight = self._jaw_weight()
 
-    # ---- basic fields
-    def gauss(self, c, s) -> np.ndarray:
-        s = np.broadcast_to(np.asarray(s, np.float64), (3,))
-        d = (self.v - np.asarray(c)) / s
-        return np.exp(-0.5 * (d * d).sum(1))
-
-    def mirrored(self, c) -> np.ndarray:
-        c = np.asarray(c, np.float64).copy()
-        c[0] = -c[0]
-        return c
-
     def radial(self) -> np.ndarray:
         """Unit horizontal direction away from the head's vertical axis (x = 0, z = z of L[0]):
         a smooth stand-in for the surface normal on the cheeks (vertex normals are noisy and
@@ -438,31 +424,6 @@ class Head:
     def outward(self) -> np.ndarray:
         """Unit x direction away from the mid-sagittal plane, per vertex."""
         return np.where(self.v[:, 0] >= 0, 1.0, -1.0)
-
-    def eye_centre(self, side: int) -> np.ndarray:
-        ids = range(36, 42) if side < 0 else range(42, 48)
-        return self.L[list(ids)].mean(0)
-
-    def lid_curves(self, side: int):
-        """(x_upper, y_upper), (x_lower, y_lower) polylines of one eye, sorted by x."""
-        up, lo = ((36, 37, 38, 39), (36, 41, 40, 39)) if side < 0 else ((42, 43, 44, 45), (42, 47, 46, 45))
-        out = []
-        for ids in (up, lo):
-            p = self.L[list(ids)]
-            o = np.argsort(p[:, 0])
-            out.append((p[o, 0], p[o, 1]))
-        return out
-
-    def eye_opening(self, side: int):
-        """(t, h, inside_x) per vertex: height above the lower lid, opening height at x, x-window."""
-        (xu, yu), (xl, yl) = self.lid_curves(side)
-        x, y = self.v[:, 0], self.v[:, 1]
-        ylo = np.interp(x, xl, yl)
-        h = np.maximum(np.interp(x, xu, yu) - ylo, 0.0)
-        x0, x1 = xl[0], xl[-1]
-        wx = np.exp(-0.5 * (np.maximum(np.maximum(x0 - x, x - x1), 0.0) / 2.0) ** 2)
-        zmask = smoothstep((self.v[:, 2] - (self.eye_centre(side)[2] - 20.0)) / 8.0)
-        return y - ylo, h, wx * zmask
 
     def _jaw_weight(self) -> np.ndarray:
         """1 on what moves with the mandible, 0 on the skull; harmonic in between (mesh graph)."""
@@ -490,93 +451,12 @@ class Head:
             w[self.pinned_upper] = 0.0
         return np.clip(w, 0.0, 1.0)
 
-    # ---- masks for the albedo
-    def lip_mask(self) -> np.ndarray:
-        poly = self.L[48:60, :2]
-        inside = _inside_polygon(self.v[:, :2], poly)
-        d = _distance_to_polyline(self.v[:, :2], np.vstack([poly, poly[:1]]))
-        sd = np.where(inside, d, -d)  # signed, + inside
-        m = smoothstep((sd + 0.5) / 1.2)
-        front = smoothstep((self.v[:, 2] - (self.L[48, 2] - 12.0)) / 4.0)
-        return m * front
-
-    def brow_mask(self) -> np.ndarray:
-        out = np.zeros(self.n)
-        for ids in ((17, 18, 19, 20, 21), (26, 25, 24, 23, 22)):
-            p = self.L[list(ids)].copy()  # lateral -> medial
-            p[:, 1] -= 2.5
-            half = np.linspace(2.6, 4.6, len(ids))  # thicker medially
-            # distance to the polyline with a half-thickness interpolated along it
-            best = np.full(self.n, np.inf)
-            for a, b, ha, hb in zip(p[:-1], p[1:], half[:-1], half[1:]):
-                ab = b - a
-                t = np.clip(((self.v - a) @ ab) / (ab @ ab), 0, 1)
-                d = np.linalg.norm(self.v - (a + t[:, None] * ab), axis=1) / (ha + t * (hb - ha))
-                best = np.minimum(best, d)
-            # taper beyond the ends
-            out = np.maximum(out, smoothstep((1.25 - best) / 0.6))
-        return out
-
-    def eye_paint(self):
-        """(sclera, iris, pupil, limbus, lashes, caruncle) weights in [0, 1]."""
-        parts = {k: np.zeros(self.n) for k in ("sclera", "iris", "pupil", "limbus", "lashes", "caruncle")}
-        for side in (-1, 1):
-            t, h, wx = self.eye_opening(side)
-            inside = smoothstep(t / 0.6) * smoothstep((h - t) / 0.6) * (h > 0.3) * wx
-            c = self.eye_centre(side)
-            (xu, yu), (xl, yl) = self.lid_curves(side)
-            cx = 0.5 * (xl[0] + xl[-1])
-            cy = 0.5 * (np.interp(cx, xu, yu) + np.interp(cx, xl, yl)) + 0.4
-            r = np.hypot(self.v[:, 0] - cx, self.v[:, 1] - cy)
-            near = smoothstep((self.v[:, 2] - (c[2] - 10.0)) / 3.0)
-            iris = smoothstep((5.6 - r) / 0.5) * inside * near
-            parts["iris"] = np.maximum(parts["iris"], iris)
-            parts["pupil"] = np.maximum(parts["pupil"], smoothstep((1.8 - r) / 0.4) * inside * near)
-            limbus = np.exp(-0.5 * ((r - 5.4) / 0.5) ** 2) * inside * near
-            parts["limbus"] = np.maximum(parts["limbus"], limbus)
-            parts["sclera"] = np.maximum(parts["sclera"], inside * (1 - iris))
-            inner = xl[-1] if side < 0 else xl[0]
-            caruncle = inside * np.exp(-0.5 * ((self.v[:, 0] - inner) / 1.5) ** 2)
-            parts["caruncle"] = np.maximum(parts["caruncle"], caruncle)
-            # lash line: just above the upper lid contour, inside the eye's x-range
-            yup = np.interp(self.v[:, 0], xu, yu)
-            lash = np.exp(-0.5 * ((self.v[:, 1] - yup - 0.3) / 0.6) ** 2) * wx * (h > 0.5) * near
-            parts["lashes"] = np.maximum(parts["lashes"], lash)
-        return parts
-
-    def nostril_mask(self) -> np.ndarray:
-        m = np.zeros(self.n)
-        for i in (32, 34):
-            c = self.L[i] + np.array([0.0, 1.5, -3.0])
-            m = np.maximum(m, self.gauss(c, (3.0, 2.5, 3.5)))
-        down = smoothstep((-self.normals[:, 1] - 0.2) / 0.5)
-        return m * down
-
     def rim_mask(self) -> np.ndarray:
         from scipy.spatial import cKDTree
 
         rims = np.r_[self.upper_rim, self.lower_rim]
         d, _ = cKDTree(self.v[rims]).query(self.v)
         return np.exp(-0.5 * (d / 1.0) ** 2) * self.lip_mask()
-
-
-def _inside_polygon(p: np.ndarray, poly: np.ndarray) -> np.ndarray:
-    x, y = p[:, 0], p[:, 1]
-    inside = np.zeros(len(p), bool)
-    for (x0, y0), (x1, y1) in zip(poly, np.roll(poly, -1, 0)):
-        crosses = (y0 > y) != (y1 > y)
-        xint = x0 + (y - y0) * (x1 - x0) / np.where(y1 == y0, 1e-12, y1 - y0)
-        inside ^= crosses & (x < xint)
-    return inside
-
-
-def _distance_to_polyline(p: np.ndarray, line: np.ndarray) -> np.ndarray:
-    best = np.full(len(p), np.inf)
-    for a, b in zip(line[:-1], line[1:]):
-        ab = b - a
-        t = np.clip(((p - a) @ ab) / (ab @ ab), 0, 1)
-        best = np.minimum(best, np.linalg.norm(p - (a + t[:, None] * ab), axis=1))
-    return best
 
 
 # --------------------------------------------------------------------------------------------
@@ -593,10 +473,6 @@ class Mode:
 def peak1(field: np.ndarray) -> np.ndarray:
     """The field scaled to a largest per-vertex displacement of 1."""
     return field / np.linalg.norm(field, axis=1).max()
-
-
-def vec(w: np.ndarray, d) -> np.ndarray:
-    return w[:, None] * np.asarray(d, np.float64)[None, :]
 
 
 def bilateral(head: Head, c, s, d) -> np.ndarray:
@@ -718,66 +594,13 @@ def expression_modes(h: Head) -> list[Mode]:
     return out
 
 
-SKIN = np.array([0.72, 0.53, 0.43])
-LIPS = np.array([0.64, 0.38, 0.36])
-IRIS = np.array([0.30, 0.20, 0.14])
-
-
 def albedo(h: Head) -> tuple[np.ndarray, list[Mode]]:
-    """The mean albedo (N, 3) and the colour modes."""
-    L = h.L
-    lips = h.lip_mask()
-    brows = h.brow_mask() * (1 - lips)
-    eye = h.eye_paint()
-    eyes_all = np.clip(eye["sclera"] + eye["iris"], 0, 1)
-    nostr = h.nostril_mask()
-    rim = h.rim_mask()
-    skin_w = np.clip(1 - eyes_all - 0.3 * lips - 0.6 * brows - 0.7 * nostr, 0, 1)
-
-    # cheeks and nose tip (redness), beard and under-eye regions
-    cheek_c = L[45] + np.array([-6.0, -22.0, 6.0])
-    red = np.maximum(h.gauss(cheek_c, 16.0), h.gauss(h.mirrored(cheek_c), 16.0))
-    red = np.maximum(red, 0.6 * h.gauss(L[30], 8.0))
-    beard = np.zeros(h.n)
-    for i in range(2, 15):
-        beard = np.maximum(beard, h.gauss(L[i] + np.array([0, 6.0, 0.0]), 12.0))
-    beard = np.maximum(beard, h.gauss(L[8] + np.array([0, 8.0, 0.0]), 16.0))
-    beard = np.maximum(beard, h.gauss(0.5 * (L[33] + L[51]), (16.0, 4.0, 8.0)))
-    below_nose = smoothstep((L[33, 1] - 2.0 - h.v[:, 1]) / 6.0)
-    below_jaw = smoothstep((h.v[:, 1] - (L[8, 1] - 30.0)) / 15.0)
-    front = smoothstep((h.v[:, 2] - 10.0) / 15.0)
-    beard = beard * below_nose * below_jaw * front * (1 - lips) * (1 - nostr)
-    under = np.zeros(h.n)
-    for side in (-1, 1):
-        c = h.eye_centre(side)
-        rr = np.hypot(h.v[:, 0] - c[0], (h.v[:, 1] - c[1]) * np.where(h.v[:, 1] < c[1], 1.0, 1.6))
-        ring = np.exp(-0.5 * ((rr - 9.0) / 4.0) ** 2) * smoothstep((h.v[:, 2] - (c[2] - 20.0)) / 8.0)
-        under = np.maximum(under, ring)
-    under *= (1 - eyes_all) * (1 - brows)
-
-    col = np.tile(SKIN, (h.n, 1))
-    # steps of the modes whose mean holds part of the mode, so that negative values stay plausible
-    red_step = np.array([0.015, -0.006, -0.004])
-    beard_step = np.array([-0.05, -0.042, -0.03])
-    under_step = -0.025 * np.array([1.0, 0.68, 0.55])  # a hue between light and dark skin
-    col += vec(red * skin_w, red_step)  # mean = +1 std of the redness mode
-    col += vec(beard, beard_step)  # mean = +1 std of the beard mode
-    col += vec(under, under_step)  # mean = +1 std of the under-eye mode
-
-    def blend(c, w, target):
-        return c * (1 - w[:, None]) + np.asarray(target)[None] * w[:, None]
-
-    col = blend(col, lips, LIPS)
-    col = blend(col, rim, (0.45, 0.20, 0.20))
-    col = blend(col, brows * 0.85, (0.30, 0.22, 0.17))
-    col = blend(col, nostr * 0.8, (0.25, 0.13, 0.11))
-    col = blend(col, eye["sclera"], (0.86, 0.82, 0.78))
-    col = blend(col, eye["caruncle"] * 0.8, (0.80, 0.52, 0.50))
-    col = blend(col, eye["iris"], IRIS)
-    col = blend(col, eye["limbus"] * 0.7, (0.12, 0.08, 0.06))
-    col = blend(col, eye["pupil"], (0.03, 0.03, 0.03))
-    col = blend(col, eye["lashes"] * 0.8, (0.12, 0.09, 0.08))
-    col = np.clip(col, 0.0, 1.0)
+    """The mean albedo (N, 3) and the colour modes. The mean is painted by ``morph.albedo.paint``
+    (the painting models without a colour model get too), with the mouth slit's rims as the line
+    where the lips meet and +1 std of the redness, beard and under-eye modes."""
+    col, m = paint_lib.paint(h, rim=h.rim_mask(), beard=True)
+    lips, brows, eye, eyes_all = m["lips"], m["brows"], m["eye"], m["eyes_all"]
+    skin_w, red, beard, under = m["skin_w"], m["red"], m["beard"], m["under"]
 
     tone_w = np.clip(skin_w + 0.4 * brows, 0, 1) * (1 - eyes_all) * (1 - lips)
     chroma = SKIN - SKIN.mean()
@@ -785,12 +608,12 @@ def albedo(h: Head) -> tuple[np.ndarray, list[Mode]]:
         Mode("skin tone", vec(tone_w, (0.125, 0.115, 0.10)) + vec(lips, (0.14, 0.09, 0.08)), 1.0),
         Mode("undertone (olive vs pink)", vec(tone_w, (0.0, 0.012, -0.018)), 1.0),
         Mode("saturation", vec(tone_w, chroma * 0.10), 1.0),
-        Mode("cheek and nose redness", vec(red * skin_w, red_step), 1.0),
+        Mode("cheek and nose redness", vec(red * skin_w, paint_lib.RED_STEP), 1.0),
         Mode("lip tint", vec(lips, (0.035, -0.02, -0.01)), 1.0),
         Mode("lip darkness", vec(lips, (-0.035, -0.035, -0.025)), 1.0),
         Mode("brow darkness", vec(brows, (-0.10, -0.08, -0.06)), 1.0),
-        Mode("beard shadow", vec(beard, beard_step), 1.0),
-        Mode("under-eye darkness", vec(under, under_step), 1.0),
+        Mode("beard shadow", vec(beard, paint_lib.BEARD_STEP), 1.0),
+        Mode("under-eye darkness", vec(under, paint_lib.UNDER_STEP), 1.0),
         Mode("iris lightness", vec(eye["iris"] * (1 - eye["pupil"]), (0.045, 0.045, 0.05)), 1.0),
     ]
     return col, modes

@@ -101,6 +101,10 @@ class MorphableModel:
     triangles: (F, 3) int64, 0-based
     landmarks: (68,) int64 vertex index per iBUG point, -1 where unknown (None if none known)
     texture / expression may be None (e.g. the SFM shape model has no colour model).
+    paint_albedo: what a model without a colour model looks like (``fixed_albedo``): True paints
+        one fixed albedo from its landmarks (``morph.albedo``: skin, lips, brows, eyes, nostrils),
+        False (the default for models built in code) a uniform grey. ``morph.models.load_model``
+        (every ``morph`` command) sets it True. It changes nothing for models with a colour model.
     """
 
     shape: PCAModel
@@ -110,6 +114,8 @@ class MorphableModel:
     landmarks: np.ndarray | None = None
     name: str = ""
     sources: dict = field(default_factory=dict)
+    paint_albedo: bool = False
+    _fixed_albedo: np.ndarray | None = field(default=None, init=False, repr=False, compare=False)
 
     def __post_init__(self):
         self.triangles = np.ascontiguousarray(self.triangles, dtype=np.int64).reshape(-1, 3)
@@ -158,12 +164,28 @@ class MorphableModel:
         return flat.reshape(flat.shape[0], -1, 3)
 
     def colors(self, gamma: np.ndarray) -> np.ndarray:
-        """(B, N, 3) per-vertex albedo in [0, 1] for colour coefficients gamma (B, K_tex)."""
+        """(B, N, 3) per-vertex albedo in [0, 1] for colour coefficients gamma (B, K_tex);
+        ``fixed_albedo()`` for every row when the model has no colour model (K_tex = 0)."""
         gamma = np.atleast_2d(gamma).astype(np.float32)
         if self.texture is None:
-            return np.full((gamma.shape[0], self.n_vertices, 3), 0.7, np.float32)
+            return np.repeat(self.fixed_albedo()[None], gamma.shape[0], axis=0)
         flat = self.texture.mean[None] + gamma @ self.texture.scaled_basis().T
         return np.clip(flat.reshape(flat.shape[0], -1, 3), 0.0, 1.0)
+
+    def fixed_albedo(self) -> np.ndarray:
+        """(N, 3) float32 albedo of a model without a colour model: painted from the landmarks
+        on the mean shape when ``paint_albedo`` is set and the landmarks L[17..59] are known
+        (``morph.albedo.painted_albedo``), else uniform grey 0.7. Computed once per model (a copy
+        is returned); the model's ``texture`` stays None, so every identity gets this albedo."""
+        if self._fixed_albedo is None:
+            from morph import albedo
+
+            painted = albedo.painted_albedo(self) if self.paint_albedo else None
+            if painted is None:
+                painted = np.full((self.n_vertices, 3), albedo.GREY, np.float32)
+            painted.setflags(write=False)
+            self._fixed_albedo = painted
+        return self._fixed_albedo.copy()
 
     def five_point_vertices(self) -> list[np.ndarray]:
         """Vertex index groups whose mean gives the 5 MTCNN points (eyes, nose, mouth corners)."""

@@ -5,6 +5,10 @@
 - a path to a model file; its format is told by its extension and keys (see ``morph.formats``).
 - a YAML file that composes files: ``{shape: FILE, texture: FILE, expression: FILE,
   landmarks: FILE}`` (paths relative to the YAML).
+
+A model without a colour model (the Surrey Face Model, a shape-only LSFM or 3DDFA_V2 file) is
+rendered with a fixed albedo painted from its 68 landmarks (``morph.albedo``: skin, lips, brows,
+eyes, nostrils), the same for every identity; without landmarks L[17..59] it stays uniform grey.
 """
 from __future__ import annotations
 
@@ -23,5 +27,8 @@ def load_model(spec: str | Path) -> MorphableModel:
     from morph import formats
 
     if str(spec) == "default":
-        return formats.load(default_model_path(), name="default")
-    return formats.load_spec(Path(spec))
+        model = formats.load(default_model_path(), name="default")
+    else:
+        model = formats.load_spec(Path(spec))
+    model.paint_albedo = True  # used only when the model has no colour model
+    return model

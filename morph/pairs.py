@@ -95,7 +95,6 @@ DEFAULT_IOD_FRACTION = 0.10
 #: Order in which images sharing one name are preferred (300W-LP ships .jpg).
 _PREFERRED = (".jpg", ".jpeg", ".png")
 #: Albedo of models without a colour model (as the renderer).
-_GREY = 0.7
 
 
 # ----------------------------------------------------------------------------- coefficients
@@ -274,8 +273,8 @@ class PairRenderer:
         if self.tex_mean is not None:
             albedo = np.clip(self.tex_mean + self.tex_basis @ ann.coeffs["texture"].astype(np.float32), 0, 1)
             albedo = albedo.reshape(-1, 3)
-        else:
-            albedo = np.full_like(verts, _GREY)
+        else:  # a shape-only model: its landmark-painted albedo (morph.albedo), as 'morph render'
+            albedo = self.model.fixed_albedo()
         normals = np.empty_like(verts)
         vertex_normals(verts, self.triangles32, normals)  # numba, as the renderer's CPU engine
         colors = phong_300wlp(torch.from_numpy(albedo)[None], torch.from_numpy(normals)[None],

@@ -4,6 +4,7 @@
 
 1. ``compute_shape``    S = S_mean + U_id (sigma_id alpha) + U_exp (sigma_exp beta)       (B, N, 3) mm
 2. ``compute_texture``  T = clip(T_mean + U_tex (sigma_tex gamma), 0, 1)                  (B, N, 3)
+   (a model without a colour model: its ``fixed_albedo()``, painted from its landmarks)
 3. ``camera.compute_rotation`` R = Rz(roll) Ry(yaw) Rx(pitch) from degrees (face3d convention)
 4. ``camera.perspective_project`` camera on +z at ``camera_distance`` mm, looking at the face
    centre; pixels u = W/2 + f x / d, v = H/2 - f y / d with d = distance - z
@@ -47,8 +48,6 @@ from morph.template import five_point_template
 
 OUTPUTS = ("image", "mask", "landmarks", "depth", "normals")
 ENGINES = ("auto", "numba", "torch")
-#: Albedo of models without a colour model (as ``MorphableModel.colors``).
-_GREY = 0.7
 
 
 @dataclass(frozen=True)
@@ -128,6 +127,7 @@ class _Prepared:
     tex_mean: np.ndarray | None
     tex_basis_t: np.ndarray | None
     tex_std: np.ndarray | None
+    albedo: np.ndarray | None  # (N, 3) fixed albedo of a model without a colour model
     landmarks: np.ndarray | None
     five_groups: list[np.ndarray] | None
     on_device: dict = field(default_factory=dict)
@@ -135,7 +135,8 @@ class _Prepared:
     def tensors(self, device: torch.device) -> dict[str, torch.Tensor]:
         key = str(device)
         if key not in self.on_device:
-            names = ("triangles", "shape_mean", "shape_basis_t", "shape_std", "tex_mean", "tex_basis_t", "tex_std")
+            names = ("triangles", "shape_mean", "shape_basis_t", "shape_std", "tex_mean", "tex_basis_t", "tex_std",
+                     "albedo")
             self.on_device[key] = {n: torch.from_numpy(getattr(self, n)).to(device)
                                    for n in names if getattr(self, n) is not None}
             self.on_device[key]["triangles"] = self.on_device[key]["triangles"].long()
@@ -168,6 +169,7 @@ def _prepare(model: MorphableModel) -> _Prepared:
         tex_mean=None if tex is None else tex.mean,
         tex_basis_t=None if tex is None else np.ascontiguousarray(tex.basis.T),
         tex_std=None if tex is None else tex.std,
+        albedo=model.fixed_albedo() if tex is None else None,
         landmarks=None if model.landmarks is None else model.landmarks.copy(),
         five_groups=five)
     _PREPARED[key] = prep
@@ -317,8 +319,8 @@ def _vertex_stage_numba(prep, p, settings, hw, focal, shaded, want_normals) -> d
         albedo = np.empty((b, 3 * n), np.float32)
         cpu.blend(prep.tex_mean, prep.tex_basis_t, p.tex_coeffs, albedo)
         albedo = np.clip(albedo, 0.0, 1.0, out=albedo).reshape(b, n, 3)
-    else:
-        albedo = np.full((b, n, 3), _GREY, np.float32)
+    else:  # the same fixed albedo for every image (as MorphableModel.colors)
+        albedo = np.ascontiguousarray(np.broadcast_to(prep.albedo[None], (b, n, 3)))
     groups = prep.five_groups if settings.align else [np.zeros(1, np.int64)]
     index = np.concatenate(groups).astype(np.int64)
     start = np.cumsum([0] + [len(g) for g in groups]).astype(np.int64)
@@ -351,7 +353,7 @@ def _vertex_stage_torch(prep, p, settings, hw, focal, shaded, want_normals) -> d
         if "tex_mean" in t:
             albedo = compute_texture(t["tex_mean"], t["tex_basis_t"], torch.from_numpy(p.tex_coeffs).to(dev))
         else:
-            albedo = torch.full((b, prep.n_vertices, 3), _GREY, device=dev)
+            albedo = t["albedo"][None].expand(b, -1, -1)
         out["colors"] = shading.compute_color(albedo, out["normals"], torch.from_numpy(p.sh).to(dev))
     return out
 
