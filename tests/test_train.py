@@ -188,3 +188,19 @@ _count = {"n": 0}
 def _calls():
     _count["n"] += 1
     return _count["n"]
+
+
+@pytest.mark.parametrize("variant, present, absent", [
+    ("no_pairs", ["L_C", "L_cyc"], ["L_DP"]),
+    ("no_identity", ["L_DP", "L_cyc"], ["L_C"]),
+    ("cyclegan", ["L_cyc"], ["L_DP", "L_C"]),
+    ("simgan", ["L_reg"], ["L_cyc", "L_DP", "L_C", "L_Gp"]),
+    ("recons", ["L_recons", "L_DP", "L_C"], []),
+])
+def test_ablation_variants_train(sets, tmp_path, variant, present, absent):
+    out = tmp_path / variant
+    res = run(refine, *train_args(sets, out, 2, "--variant", variant))
+    assert res.exit_code == 0, res.output
+    last = losses(out)[-1]
+    assert all(k in last and np.isfinite(last[k]) for k in present)
+    assert not any(k in last for k in absent)
