@@ -64,9 +64,13 @@ class H5Images:
             self._f = h5py.File(self.path, "r")
         return self._f
 
-    def batch(self, gen: torch.Generator, batch_size: int) -> tuple[list[torch.Tensor], torch.Tensor | None]:
-        """Tensors in [-1, 1] for ``batch_size`` rows drawn uniformly with replacement."""
-        idx = torch.randint(self.n, (batch_size,), generator=gen).numpy()
+    def batch(self, gen: torch.Generator, batch_size: int, rank: int = 0, world: int = 1
+              ) -> tuple[list[torch.Tensor], torch.Tensor | None]:
+        """Tensors in [-1, 1] for ``batch_size`` rows drawn uniformly with replacement from this
+        rank's shard (rows rank, rank + world, ...; the whole set in one process)."""
+        shard = max(1, (self.n - rank + world - 1) // world) if self.n > rank else 1
+        pick = torch.randint(shard, (batch_size,), generator=gen).numpy()
+        idx = np.minimum(pick * world + rank, self.n - 1) if world > 1 else pick
         return self.rows(idx)
 
     def rows(self, idx: np.ndarray) -> tuple[list[torch.Tensor], torch.Tensor | None]:

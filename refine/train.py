@@ -20,8 +20,8 @@ one shared forward graph (``torch.autograd.grad`` restricted to that network's p
 all three optimisers step. Then the three BEGAN balance terms move,
 k <- clip(k + lambda_k (gamma L_real - L_fake), 0, 1), and G's moving average is updated.
 
-Several processes (``torchrun``): each rank draws its own batches (generator seeded by seed and
-rank); gradients are averaged over ranks with ``all_reduce`` before each step (data-parallel, as
+Several processes (``torchrun``): each rank draws its own batches from its own shard of each
+set (rows rank, rank + world, ...; generator seeded by seed and rank); gradients are averaged over ranks with ``all_reduce`` before each step (data-parallel, as
 DDP does - DDP's reducer expects one backward per forward, and this step takes three gradients
 of one graph), the balance terms move by the rank-averaged losses and the centroids by the
 all-gathered embeddings, so every rank holds identical networks, k's and centroids; only rank 0
@@ -89,6 +89,13 @@ class Trainer:
                                                     cfg.variant == "recons" else None, cfg.image_size)
         # identity labels -> 0..N-1 rows of the centroid table
         self.id_values, self.id_rows = np.unique(self.syn.labels, return_inverse=True)
+        # what sampled the training identities (synthetic.h5's root attributes), recorded in every
+        # checkpoint so that 'refine export-dataset' refuses to re-sample them as "new" identities
+        import h5py
+        with h5py.File(synthetic, "r") as f:
+            seed, model = f.attrs.get("seed"), f.attrs.get("model")
+        self.train_seed = None if seed is None else int(seed)
+        self.train_model = None if model is None else str(model)
         self.syn.labels = self.id_rows.astype(np.int64)
         torch.manual_seed(cfg.seed)  # initial weights: the same on every rank
         gen = lambda skips, dropout: Generator(skips=skips, dropout=dropout, norm=cfg.norm,  # noqa: E731
@@ -126,12 +133,13 @@ class Trainer:
 
     def train_step(self) -> dict[str, float]:
         cfg, dev = self.cfg, self.device
-        (x,), labels = self.syn.batch(self.data_gen, cfg.batch_size)
-        (y,), _ = self.real.batch(self.data_gen, cfg.batch_size)
+        shard = (self.ddp.rank, self.ddp.world)
+        (x,), labels = self.syn.batch(self.data_gen, cfg.batch_size, *shard)
+        (y,), _ = self.real.batch(self.data_gen, cfg.batch_size, *shard)
         x, y, labels = x.to(dev), y.to(dev), labels.to(dev)
         pair = None
         if self.pairs is not None:
-            (s, r), _ = self.pairs.batch(self.data_gen, cfg.batch_size)
+            (s, r), _ = self.pairs.batch(self.data_gen, cfg.batch_size, *shard)
             pair = (s.to(dev), r.to(dev))
         self.G.train()
         logs: dict[str, torch.Tensor] = {}
@@ -292,6 +300,7 @@ class Trainer:
             "sched": {k: s.state_dict() for k, s in self.sched.items()},
             "k": dict(self.k), "centroids": self.centroids.cpu(),
             "identities": torch.from_numpy(self.id_values),
+            "train_seed": self.train_seed, "train_model": self.train_model,
             "rng": {"data": self.data_gen.get_state(), "aug": self.aug_gen.get_state(),
                     "torch": torch.get_rng_state()},
         }
