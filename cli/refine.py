@@ -47,5 +47,111 @@ def train(synthetic, real, pairs, run_dir, config_path, steps, batch_size, lr, v
         click.echo(f"{run_dir}: trained to step {cfg.steps}; checkpoint {last}")
 
 
+@main.command("evaluate")
+@click.argument("dataset", type=click.Path(path_type=Path))
+@click.option("-o", "--output", "prefix", type=click.Path(dir_okay=False, path_type=Path), required=True,
+              help="Report prefix: writes PREFIX.json and PREFIX.png (e.g. -o reports/ganfaces).")
+@click.option("--against", type=click.Path(path_type=Path), default=None,
+              help="A real set (real.h5 from 'morph align', or any set this command reads) to measure the "
+                   "Fréchet distance and KID to, in the embedder's feature space.")
+@click.option("--embedder", default="dlib", show_default=True,
+              help="Face network: 'dlib', a TorchScript file, or a facenet-pytorch InceptionResnetV1 state dict.")
+@click.option("--pairs", "n_pairs", type=click.IntRange(1), default=1000, show_default=True,
+              help="Same-identity and different-identity pairs, each [paper: 1000]; fewer if the set has fewer.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Draws the pairs and the image samples.")
+@click.option("--max-images", type=click.IntRange(2), default=2000, show_default=True,
+              help="Images per set (drawn with --seed) for face detection, Fréchet distance and KID.")
+@click.option("--min-face-size", type=click.FloatRange(min=1.0), default=20.0, show_default=True,
+              help="MTCNN's smallest face, in px of the 108x108 images.")
+@click.option("--kind", type=click.Choice(["rendered", "refined", "real"]), default=None,
+              help="What the set is, for the report (default: told from the file).")
+@click.option("--batch-size", type=click.IntRange(1), default=64, show_default=True, help="Images per embedder call.")
+@click.option("--device", default="cpu", show_default=True, help="cpu, cuda, cuda:1 ...")
+def evaluate(dataset, prefix, against, embedder, n_pairs, seed, max_images, min_face_size, kind, batch_size,
+             device):
+    """Verification report of an image set, as the paper's Fig. 7: distances of same- and
+    different-identity pairs embedded by a pre-trained face network, their histograms, ROC,
+    AUC and EER; the fraction of images where MTCNN finds a face; with --against, distribution
+    distances to a real set.
+
+    \b
+    DATASET: an .h5 with 'images' and 'labels' (synthetic.h5 from 'morph render', real.h5 from
+    'morph align', an exported ganfaces.h5), a folder holding ganfaces.h5, or an ImageFolder
+    tree DIR/IDENTITY/IMAGE.jpg.
+    \b
+    Example:
+      refine evaluate synthetic.h5 --against real.h5 -o reports/synthetic
+    """
+    from refine.evaluate import evaluate as run
+
+    r = run(dataset, prefix, against=against, embedder=embedder, n_pairs=n_pairs, seed=seed,
+            max_images=max_images, min_face_size=min_face_size, kind=kind, batch_size=batch_size, device=device)
+    for note in r["notes"]:
+        click.echo(f"Note: {note}.", err=True)
+    line = (f"{dataset}: AUC {r['auc']:.4f}, EER {100 * r['eer']:.2f}% (distance {r['eer_threshold']:.3f}) on "
+            f"{r['pairs']['positive']} + {r['pairs']['negative']} pairs; MTCNN finds a face in "
+            f"{100 * r['face_detection']['fraction']:.1f}% of {r['face_detection']['n_images']} images")
+    if r["against"]:
+        line += f"; Fréchet {r['against']['frechet_distance']:.4f}, KID {r['against']['kid_mmd2']:.5f}"
+    click.echo(f"{line}.\n{r['figure'][:-4]}.json, {r['figure']}")
+
+
+@main.command("export-dataset")
+@click.option("--checkpoint", type=click.Path(path_type=Path), required=True,
+              help="A checkpoint of 'refine train' (RUN/checkpoints/step_*.pt); its EMA generator refines.")
+@click.option("--model", "model_spec", default="default", show_default=True,
+              help="3DMM to sample and render new identities from: 'default', a model file or a composing YAML "
+                   "(as 'morph sample-identities --model').")
+@click.option("--priors", "priors_path", default=None,
+              help="Priors YAML for expression, pose, lighting and camera (default: embedded).")
+@click.option("--n-identities", type=click.IntRange(1), required=True, help="Number of new identities (classes).")
+@click.option("--images-per-identity", type=click.IntRange(1), required=True, help="Images of each identity.")
+@click.option("--seed", type=int, required=True,
+              help="Sampling seed; must not re-make the checkpoint's training identities.")
+@click.option("--first-identity", type=click.IntRange(0), default=0, show_default=True,
+              help="Number of the first identity (identities first .. first+N-1 of the seed).")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True,
+              help="Output folder (new, empty, or this export's own folder to resume it).")
+@click.option("--format", "fmt", type=click.Choice(["imagefolder", "hdf5"]), default="imagefolder",
+              show_default=True, help="imagefolder: OUT/IDENTITY/IMAGE.jpg; hdf5: OUT/ganfaces.h5 with every "
+                                      "parameter of each image.")
+@click.option("--quality", type=click.IntRange(1, 100), default=95, show_default=True, help="JPEG quality.")
+@click.option("--png", is_flag=True, help="Write lossless PNG instead of JPEG (imagefolder).")
+@click.option("--max-dr-error", type=click.FloatRange(0), default=None,
+              help="Re-draw an image whose D_R reconstruction error |G(x) - D_R(G(x))| is above this.")
+@click.option("--max-cycle-error", type=click.FloatRange(0), default=None,
+              help="Re-draw an image whose cycle error |G'(G(x)) - x| is above this.")
+@click.option("--max-retries", type=click.IntRange(0), default=10, show_default=True,
+              help="Re-draws per image before the best draw is kept (and flagged in scores.csv).")
+@click.option("--scores/--no-scores", default=True, show_default=True,
+              help="Score every image with D_R, G' and C (most of the time on a CPU); --no-scores leaves the "
+                   "score columns of scores.csv empty.")
+@click.option("--batch-size", type=click.IntRange(1), default=16, show_default=True,
+              help="Images per network batch (rounded up to a multiple of 8; does not change any output).")
+@click.option("--device", default="cpu", show_default=True, help="Where the networks run: cpu, cuda, cuda:1 ...")
+@click.option("--threads", type=click.IntRange(1), default=None, help="CPU threads (default: all cores).")
+def export_dataset(checkpoint, model_spec, priors_path, n_identities, images_per_identity, seed, first_identity,
+                   out, fmt, quality, png, max_dr_error, max_cycle_error, max_retries, scores, batch_size, device,
+                   threads):
+    """Sample new identities, render them, refine them with the checkpoint's EMA generator and
+    write a labelled dataset (paper section 5, GANFaces) with OUT/scores.csv and OUT/manifest.json.
+    Resumes after a kill (re-run the same command); under 'torchrun --nproc_per_node K' each
+    process exports its own range of identities, with the same bytes as one process."""
+    import os
+
+    from refine.export import ExportOptions, export_dataset as run
+
+    opts = ExportOptions(checkpoint=checkpoint, out=out, n_identities=n_identities,
+                         images_per_identity=images_per_identity, seed=seed, model=model_spec, priors=priors_path,
+                         first_identity=first_identity, format=fmt, quality=quality, png=png,
+                         max_dr_error=max_dr_error, max_cycle_error=max_cycle_error, max_retries=max_retries,
+                         scores=scores, batch_size=batch_size, device=device, threads=threads)
+    manifest = run(opts)
+    if int(os.environ.get("RANK", "0")) == 0:
+        c = manifest.get("counts", {})
+        click.echo(f"{out}: {n_identities} identities x {images_per_identity} images ({fmt}); "
+                   f"{c.get('flagged', 0)} flagged; scores in {out / 'scores.csv'}")
+
+
 if __name__ == "__main__":
     main()

@@ -1,0 +1,156 @@
+"""Benchmark: `refine export-dataset` end to end on this CPU - sample -> render -> refine -> JPEG on disk.
+
+Uses the paper's full-size networks (G, G' c7s1-32 ResNets, BEGAN D_R with 64 filters, dlib's
+ResNet as C), untrained: a checkpoint in `refine train`'s layout is written with freshly
+initialised weights, which cost exactly what trained ones do. The default model renders 108x108
+faces. Two exports run in-process through ``refine.export.export_dataset``:
+
+- ``scored``: the default, every image also scored with D_R, G' and C (scores.csv);
+- ``unscored``: ``--no-scores``, only G refines (score columns left empty).
+
+For each: images/s over the whole call (model, checkpoint and embedder loading included, Python
+imports not), the steady rate (images over the time spent in the pipeline's stages), the share of
+time per stage (sample, render, refine = G, score = D_R + G' + C, write = JPEG encoding and files,
+finish = scores.csv/manifest), this process's CPU-seconds per image, and how much of the machine
+other processes used meanwhile (a shared machine skews wall-clock rates). It also checks that the
+full-size networks give the same bits in batches of 8 and 16 (the export's batch invariance).
+
+Prints progress, then one JSON line last.
+
+    python bench/export.py [--n-identities 16] [--images-per-identity 16] [--batch-size 16] [--threads 2]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as the CLI does (cli/common.py)
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import numpy as np
+import torch
+
+
+def write_checkpoint(path: Path) -> Path:
+    """An untrained full-size checkpoint with the layout of ``Trainer.state()``."""
+    import copy
+
+    from refine.config import TrainConfig
+    from refine.nets import BEGANDiscriminator, Generator
+    from refine.train import CHECKPOINT_FORMAT
+
+    cfg = TrainConfig()
+    torch.manual_seed(0)
+    g = Generator(skips=True, dropout=0.1, norm=cfg.norm, width=cfg.g_width)
+    nets = {"G": g, "ema": copy.deepcopy(g), "D_R": BEGANDiscriminator(cfg.image_size, hidden=cfg.d_hidden),
+            "Gp": Generator(skips=False, dropout=0.0, norm=cfg.norm, width=cfg.g_width),
+            "D_S": BEGANDiscriminator(cfg.image_size, hidden=cfg.d_hidden)}
+    torch.save({"format": CHECKPOINT_FORMAT, "step": 0, "config": cfg.to_dict(), "world_size": 1,
+                "architecture": cfg.architecture_key(), "nets": {k: v.state_dict() for k, v in nets.items()},
+                "identities": torch.arange(0), "train_seed": 1000, "train_model": "default"}, path)
+    return path
+
+
+def _cpu_jiffies() -> tuple[int, int, int]:
+    """(all, idle, this process's) CPU jiffies so far, from /proc (zeros where unavailable)."""
+    try:
+        fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+        own = Path(f"/proc/{os.getpid()}/stat").read_text().rsplit(")", 1)[1].split()
+        return sum(fields), fields[3] + fields[4], int(own[11]) + int(own[12])
+    except (OSError, ValueError, IndexError):
+        return 0, 0, 0
+
+
+def timed_export(ckpt: Path, out: Path, a, scores: bool) -> dict:
+    from refine.export import ExportOptions, export_dataset
+
+    n = a.n_identities * a.images_per_identity
+    opts = ExportOptions(checkpoint=ckpt, out=out, n_identities=a.n_identities,
+                         images_per_identity=a.images_per_identity, seed=0, scores=scores,
+                         batch_size=a.batch_size, threads=a.threads)
+    stats: dict[str, float] = {}
+    before = _cpu_jiffies()
+    t = time.perf_counter()
+    export_dataset(opts, progress=True, stats=stats)
+    wall = time.perf_counter() - t
+    after = _cpu_jiffies()
+    total, idle, own = (x - y for x, y in zip(after, before))
+    hz = os.sysconf("SC_CLK_TCK")
+    staged = sum(stats.values())
+    files = [p for p in out.rglob("*.jpg")]
+    assert len(files) == n, (len(files), n)
+    return {
+        "images": n, "wall_s": round(wall, 2), "img_per_s": round(n / wall, 2),
+        "steady_img_per_s": round(n / staged, 2) if staged else None,
+        "stage_share": {k: round(v / staged, 3) for k, v in sorted(stats.items(), key=lambda kv: -kv[1])},
+        "stage_ms_per_image": {k: round(v / n * 1e3, 2) for k, v in sorted(stats.items(), key=lambda kv: -kv[1])},
+        "cpu_s_per_image": round(own / hz / n, 4) if hz else None,
+        "img_per_cpu_s": round(n / (own / hz), 2) if own else None,
+        "cpu_used_by_other_processes": round(max(total - idle - own, 0) / total, 3) if total > 0 else None,
+        "jpeg_kb_per_image": round(sum(p.stat().st_size for p in files) / n / 1024, 2),
+    }
+
+
+def batch_invariant(ckpt: Path, renders: np.ndarray) -> bool:
+    from refine.export import Refiner
+
+    state = torch.load(ckpt, weights_only=True)
+    outs = [Refiner(state, ckpt, state["config"], "cpu", b, True, 108).run(renders) for b in (8, 16)]
+    return all(np.array_equal(outs[0][k], outs[1][k]) for k in ("image", "dr_error", "cycle_error", "embedding"))
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--n-identities", type=int, default=16)
+    ap.add_argument("--images-per-identity", type=int, default=16)
+    ap.add_argument("--batch-size", type=int, default=16)
+    ap.add_argument("--threads", type=int, default=2, help="torch and numba threads (default 2)")
+    ap.add_argument("--skip-scored", action="store_true", help="time only the --no-scores export")
+    a = ap.parse_args()
+    torch.set_num_threads(a.threads)
+    out = {"image_size": 108, "threads": a.threads, "batch_size": a.batch_size,
+           "n_identities": a.n_identities, "images_per_identity": a.images_per_identity,
+           "networks": "paper size, untrained (G/G' width 32, D_R 64 filters, C dlib ResNet)",
+           "cpu": _cpu_name()}
+    with tempfile.TemporaryDirectory() as tmp:
+        d = Path(tmp)
+        ckpt = write_checkpoint(d / "untrained.pt")
+        print("warm-up export (numba kernels, oneDNN primitives) ...", flush=True)
+        timed_export(ckpt, d / "warm", argparse.Namespace(**{**vars(a), "n_identities": 1,
+                                                             "images_per_identity": 8}), True)
+        for name, scores in (("unscored", False), ("scored", True)):
+            if name == "scored" and a.skip_scored:
+                continue
+            print(f"{name}: {a.n_identities} identities x {a.images_per_identity} images ...", flush=True)
+            out[name] = timed_export(ckpt, d / name, a, scores)
+            r = out[name]
+            print(f"  {r['img_per_s']} images/s end to end ({r['steady_img_per_s']} steady), "
+                  f"{r['img_per_cpu_s']} images per CPU-second; shares {r['stage_share']}; "
+                  f"other processes used {r['cpu_used_by_other_processes']:.0%} of the machine", flush=True)
+        from PIL import Image
+        renders = np.stack([np.asarray(Image.open(p)) for p in sorted((d / "unscored").rglob("*.jpg"))[:16]])
+        out["batch_invariant_8_vs_16"] = batch_invariant(ckpt, renders)
+        print(f"full-size networks bit-identical in batches of 8 and 16: {out['batch_invariant_8_vs_16']}",
+              flush=True)
+    out["target_img_per_s"] = 30
+    print(json.dumps(out))
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return "unknown"
+
+
+if __name__ == "__main__":
+    main()

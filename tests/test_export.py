@@ -1,0 +1,348 @@
+"""refine export-dataset on a tiny checkpoint: formats, bit-exact resume, torchrun, filtering, bad input.
+
+The checkpoint comes from a few training steps with narrow networks (as tests/test_train.py does)
+on renders of the default model (seed 0, identities 0..5); real.h5 and pairs.h5 are made from the
+same renders in their exact layouts, which is all a short run needs. Exports use seed 1.
+"""
+import errno
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+from cli.morph import main as morph
+from cli.refine import main as refine
+
+ROOT = Path(__file__).resolve().parents[1]
+N, M = 5, 4
+SMALL = "g_width: 8\nd_hidden: 16\nlog_every: 1\ngrid_every: 100\n"
+
+
+def run(group, *args):
+    return CliRunner().invoke(group, [str(a) for a in args])
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory):
+    d = tmp_path_factory.mktemp("export_sets")
+    assert run(morph, "sample-identities", "--n-identities", 6, "--images-per-identity", 4, "--seed", 0,
+               "-o", d / "ids.h5").exit_code == 0
+    assert run(morph, "render", d / "ids.h5", "-o", d / "synthetic.h5").exit_code == 0
+    with h5py.File(d / "synthetic.h5", "r") as f:
+        renders = f["images"][()]
+    with h5py.File(d / "real.h5", "w") as f:
+        f["images"] = renders[:, :, ::-1]  # stand-in "photos": mirrored renders
+    with h5py.File(d / "pairs.h5", "w") as f:
+        f["render"], f["real"] = renders[:8], renders[:8, :, ::-1]
+    (d / "small.yaml").write_text(SMALL)
+    res = run(refine, "train", "--synthetic", d / "synthetic.h5", "--real", d / "real.h5", "--pairs",
+              d / "pairs.h5", "--out", d / "run", "--steps", 4, "--batch-size", 2, "--checkpoint-every", 4,
+              "--config", d / "small.yaml")
+    assert res.exit_code == 0, res.output
+    path = d / "run" / "checkpoints" / "step_00000004.pt"
+    state = torch.load(path, weights_only=True)
+    assert state["train_seed"] == 0 and state["train_model"] == "default"
+    return path
+
+
+def export_args(ckpt, out, *extra, n=N, m=M, seed=1):
+    return ["export-dataset", "--checkpoint", ckpt, "--n-identities", n, "--images-per-identity", m,
+            "--seed", seed, "--out", out, *extra]
+
+
+def tree(out: Path) -> dict[str, bytes]:
+    """Every file of an export except the manifest (it records time and command), by relative path."""
+    return {str(p.relative_to(out)): p.read_bytes() for p in sorted(out.rglob("*"))
+            if p.is_file() and p.name != "manifest.json"}
+
+
+@pytest.fixture(scope="module")
+def reference(ckpt, tmp_path_factory):
+    """One uninterrupted single-process export of each format (default batch size, 2 threads)."""
+    d = tmp_path_factory.mktemp("reference")
+    for fmt in ("imagefolder", "hdf5"):
+        res = run(refine, *export_args(ckpt, d / fmt, "--format", fmt))
+        assert res.exit_code == 0, res.output
+    return d
+
+
+# ------------------------------------------------------------------------------ (1) formats --
+
+def test_imagefolder_loads_in_torchvision_with_scores_and_manifest(reference):
+    from torchvision.datasets import ImageFolder
+
+    out = reference / "imagefolder"
+    ds = ImageFolder(str(out))
+    assert len(ds.classes) == N and len(ds) == N * M
+    assert ds.classes == [f"{i:05d}" for i in range(N)]
+    img, label = ds[M + 1]
+    assert img.size == (108, 108) and label == 1
+    lines = (out / "scores.csv").read_text().splitlines()
+    assert lines[0] == "identity,image,draw,path,dr_error,cycle_error,identity_loss,retries,flagged"
+    rows = [r.split(",") for r in lines[1:]]
+    assert len(rows) == N * M
+    assert [(int(r[0]), int(r[1])) for r in rows] == [(i, j) for i in range(N) for j in range(M)]
+    for r in rows:
+        assert (out / r[3]).is_file() and int(r[2]) == int(r[1]) and r[7:] == ["0", "0"]
+        assert all(float(v) >= 0 for v in r[4:7])
+    man = json.loads((out / "manifest.json").read_text())
+    assert man["complete"] and man["seed"] == 1 and man["n_images"] == N * M and man["format"] == "imagefolder"
+    assert len(man["checkpoint"]["sha256"]) == 64 and man["checkpoint"]["train_seed"] == 0
+    assert "shape" in man["priors"] and man["model"] == "default" and "torch" in man["versions"]
+    assert set(man["scores"]["columns"]) >= {"dr_error", "cycle_error", "identity_loss"}
+    assert not (out / ".export").exists()
+
+
+def test_hdf5_holds_every_parameter_and_the_ema_generators_output(reference, ckpt):
+    from morph.models import load_model
+    from morph.priors import load_priors
+    from morph.render import RenderSettings, render_batch
+    from morph.render_job import to_uint8 as render_uint8
+    from morph.sample import sample_block
+    from refine.data import to_tensor, to_uint8
+    from refine.nets import Generator
+
+    out = reference / "hdf5"
+    assert sorted(p.name for p in out.iterdir()) == ["ganfaces.h5", "manifest.json", "scores.csv"]
+    model, priors = load_model("default"), load_priors(None)
+    s = sample_block(model, priors, 1, range(N), M)
+    with h5py.File(out / "ganfaces.h5", "r") as f:
+        assert f.attrs["complete"] and int(f.attrs["seed"]) == 1
+        images = f["images"][()]
+        assert images.shape == (N * M, 108, 108, 3) and images.dtype == np.uint8
+        np.testing.assert_array_equal(f["labels"][()], s.identity)
+        np.testing.assert_array_equal(f["index"][()], s.image)
+        np.testing.assert_array_equal(f["draw"][()], s.image)
+        for k in ("beta", "pose", "sh", "camera_distance"):
+            np.testing.assert_array_equal(f[f"params/{k}"][()], getattr(s, k))
+        np.testing.assert_array_equal(f["params/alpha"][()], s.alpha[s.identity])
+        np.testing.assert_array_equal(f["params/gamma"][()], s.gamma[s.identity])
+        assert f["landmarks"].shape == (N * M, 68, 2) and f["masks"].shape == (N * M, 108, 108)
+        dr = f["scores/dr_error"][()]
+    # the images are G_ema of the 8-bit renders, and the two formats hold the same images
+    state = torch.load(ckpt, weights_only=True)
+    g = Generator(skips=True, dropout=0.1, norm=state["config"]["norm"], width=state["config"]["g_width"])
+    g.load_state_dict(state["nets"]["ema"])
+    r = render_batch(model, {k: v[:8] for k, v in s.render_params().items()}, RenderSettings(image_size=108))
+    with torch.inference_mode():
+        mine = to_uint8(g.eval()(to_tensor(render_uint8(r.image.numpy()))))
+    # (the export runs the nets in channels-last layout: float rounding may move a value by one level)
+    assert np.abs(mine.astype(int) - images[:8]).max() <= 1 and (mine == images[:8]).mean() > 0.999
+    from PIL import Image
+    jpg = np.asarray(Image.open(reference / "imagefolder" / "00001" / "0002.jpg"))
+    assert np.abs(jpg.astype(float) - images[M + 2]).mean() < 3
+    csv = [r.split(",") for r in (out / "scores.csv").read_text().splitlines()[1:]]
+    assert [r[3] for r in csv[:2]] == ["ganfaces.h5#images/0", "ganfaces.h5#images/1"]
+    np.testing.assert_allclose([float(r[4]) for r in csv], dr, atol=1e-6)
+    ic = [r.split(",") for r in (reference / "imagefolder" / "scores.csv").read_text().splitlines()[1:]]
+    assert [r[4:] for r in ic] == [r[4:] for r in csv]  # same scores whatever the format
+
+
+def test_refiner_results_do_not_depend_on_batch_or_threads(ckpt, reference):
+    """Every bit of G(x) and of the scores is the same in batches of 8, 16 and 24 images, at any
+    position, with 1 or 2 threads (fixed, padded batch shapes)."""
+    from refine.export import Refiner
+
+    state = torch.load(ckpt, weights_only=True)
+    with h5py.File(ckpt.parent.parent.parent / "synthetic.h5", "r") as f:
+        renders = f["images"][()][:21]
+    results = []
+    threads = torch.get_num_threads()
+    try:
+        for batch, nthreads, shift in ((16, threads, 0), (8, threads, 3), (24, 1, 5), (8, 1, 0)):
+            torch.set_num_threads(nthreads)
+            ref = Refiner(state, ckpt, state["config"], "cpu", batch, True, 108)
+            order = np.roll(np.arange(len(renders)), shift)
+            out = ref.run(renders[order])
+            back = np.argsort(order)
+            results.append({k: out[k][back] for k in ("image", "dr_error", "cycle_error", "embedding")})
+    finally:
+        torch.set_num_threads(threads)
+    for other in results[1:]:
+        for k, v in results[0].items():
+            np.testing.assert_array_equal(other[k], v, err_msg=k)
+
+
+# --------------------------------------------------------------------------- (2) kill/resume --
+
+def _env():
+    return dict(os.environ, PYTHONPATH=str(ROOT), OMP_WAIT_POLICY="PASSIVE")
+
+
+def test_sigkill_then_resume_gives_the_uninterrupted_bytes(ckpt, reference, tmp_path):
+    out = tmp_path / "killed"
+    args = [str(a) for a in export_args(ckpt, out, "--batch-size", 8)]  # 2 identities per chunk
+    proc = subprocess.Popen([sys.executable, "-m", "cli.refine", *args], cwd=ROOT, env=_env(),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None and not list(out.glob("0000?")):
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    done = sorted(p.name for p in out.glob("0000?"))
+    assert done and not (out / "scores.csv").exists(), "the export finished before the kill"
+    for name in done:  # whatever the kill hit, a visible identity folder is whole
+        assert len(list((out / name).iterdir())) == M
+    res = run(refine, *args)
+    assert res.exit_code == 0, res.output
+    assert tree(out) == tree(reference / "imagefolder")
+    assert not (out / ".export").exists()
+    # complete: nothing to do, nothing changes - but what a kill right after completing can leave
+    # (work state that ImageFolder would take for a class, a temporary file) is cleaned up
+    (out / ".export" / "tmp").mkdir(parents=True)
+    (out / "scores.csv.partial").write_text("x")
+    again = run(refine, *args)
+    assert again.exit_code == 0 and "already complete" in again.output
+    assert tree(out) == tree(reference / "imagefolder")
+    assert sorted(p.name for p in out.iterdir() if not p.is_dir()) == ["manifest.json", "scores.csv"]
+
+
+# ------------------------------------------------------------------------------ (3) torchrun --
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_torchrun_two_processes_write_the_same_bytes_as_one(ckpt, reference, tmp_path):
+    out = tmp_path / "ddp"
+    args = [str(a) for a in export_args(ckpt, out, "--batch-size", 8)]
+    env = dict(_env(), OMP_NUM_THREADS="1")
+    p = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
+                        str(_free_port()), "-m", "cli.refine", *args], cwd=ROOT, env=env, capture_output=True,
+                       text=True, timeout=600, check=False)
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert tree(out) == tree(reference / "imagefolder")
+    assert json.loads((out / "manifest.json").read_text())["complete"]
+
+
+# ----------------------------------------------------------------------------- filtering --
+
+def test_filter_redraws_from_the_identitys_next_images(ckpt, reference, tmp_path):
+    from morph.models import load_model
+    from morph.priors import load_priors
+    from morph.sample import sample_image
+
+    with h5py.File(reference / "hdf5" / "ganfaces.h5", "r") as f:
+        dr0 = f["scores/dr_error"][()]
+    limit = float(np.median(dr0))
+    out = tmp_path / "filtered"
+    res = run(refine, *export_args(ckpt, out, "--format", "hdf5", "--max-dr-error", limit, "--max-retries", 2))
+    assert res.exit_code == 0, res.output
+    rows = [r.split(",") for r in (out / "scores.csv").read_text().splitlines()[1:]]
+    with h5py.File(out / "ganfaces.h5", "r") as f:
+        draw, dr, flagged = f["draw"][()], f["scores/dr_error"][()], f["scores/flagged"][()]
+        retries, pose, labels = f["scores/retries"][()], f["params/pose"][()], f["labels"][()]
+    assert (dr0 > limit).any() and (draw >= M).any()
+    keep = dr0 <= limit
+    np.testing.assert_array_equal(draw[keep], np.tile(np.arange(M), N)[keep])  # passing first draws stay
+    assert np.all((dr <= limit) | flagged)
+    assert np.all(retries[flagged] == 2)
+    for r, fl in zip(rows, flagged):
+        assert r[8] == str(int(fl))
+    # re-draws take the identity's next image numbers M, M+1, ... of its own seed stream
+    model, priors = load_model("default"), load_priors(None)
+    for k in np.flatnonzero(draw >= M):
+        np.testing.assert_array_equal(pose[k], sample_image(model, priors, 1, int(labels[k]), int(draw[k]))["pose"])
+    for i in range(N):
+        d = draw[labels == i]
+        assert len(set(d)) == M and set(d[d >= M]) <= set(range(M, M + M * 2))
+
+
+# ----------------------------------------------------------------------------- (4) bad input --
+
+def test_training_identities_are_refused_with_the_fix(ckpt, tmp_path):
+    res = run(refine, *export_args(ckpt, tmp_path / "x", seed=0))
+    assert res.exit_code == 2 and "Traceback" not in res.output
+    assert "identities 0..5 of seed 0" in res.output and "--seed" in res.output
+    assert "--first-identity 6" in res.output
+    assert not (tmp_path / "x").exists()
+    res = run(refine, *export_args(ckpt, tmp_path / "y", "--first-identity", 6, seed=0, n=1, m=1))
+    assert res.exit_code == 0, res.output
+
+
+def test_checkpoint_of_another_image_size_is_refused(ckpt, tmp_path):
+    state = torch.load(ckpt, weights_only=True)
+    state["config"]["image_size"] = 64
+    torch.save(state, tmp_path / "c64.pt")
+    res = run(refine, *export_args(tmp_path / "c64.pt", tmp_path / "x"))
+    assert res.exit_code == 2 and "Traceback" not in res.output
+    assert "trained on 64x64 images" in res.output and "108x108" in res.output
+    (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
+    res = run(refine, *export_args(tmp_path / "junk.pt", tmp_path / "x"))
+    assert res.exit_code == 2 and "not a readable checkpoint" in res.output
+    assert not (tmp_path / "x").exists()
+
+
+def test_folder_of_another_export_or_other_files_is_refused(ckpt, reference, tmp_path):
+    before = tree(reference / "imagefolder")
+    res = run(refine, *export_args(ckpt, reference / "imagefolder", seed=2))
+    assert res.exit_code == 2 and "holds another export (different seed)" in res.output
+    res = run(refine, *export_args(ckpt, reference / "imagefolder", "--format", "hdf5", "--quality", 80))
+    assert res.exit_code == 2 and "holds another export (different file_type, format, jpeg_quality)" in res.output
+    assert tree(reference / "imagefolder") == before
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("x")
+    res = run(refine, *export_args(ckpt, tmp_path / "mine"))
+    assert res.exit_code == 2 and "not empty and holds no export" in res.output
+
+
+@pytest.mark.parametrize("fmt", ["imagefolder", "hdf5"])
+def test_full_disk_stops_with_one_line_and_resumes(ckpt, reference, tmp_path, monkeypatch, fmt):
+    import refine.export as E
+
+    real_write = E.Exporter.write_identity
+    calls = {"n": 0}
+
+    def write_then_fill_disk(self, i, final):
+        calls["n"] += 1
+        if calls["n"] == 3:  # the third identity hits a full disk half-way through its files
+            raise_at = {"n": 0}
+            real_encode, real_savez = E.encode_image, np.savez_compressed
+
+            def failing(*a, **k):
+                raise_at["n"] += 1
+                if raise_at["n"] >= 2 or fmt == "hdf5":
+                    raise OSError(errno.ENOSPC, "No space left on device")
+                return real_encode(*a, **k)
+            monkeypatch.setattr(E, "encode_image", failing)
+            monkeypatch.setattr(np, "savez_compressed", failing)
+            try:
+                return real_write(self, i, final)
+            finally:
+                monkeypatch.setattr(E, "encode_image", real_encode)
+                monkeypatch.setattr(np, "savez_compressed", real_savez)
+        return real_write(self, i, final)
+
+    monkeypatch.setattr(E.Exporter, "write_identity", write_then_fill_disk)
+    out = tmp_path / "full"
+    args = export_args(ckpt, out, "--format", fmt, "--batch-size", 8)
+    res = run(refine, *args)
+    assert res.exit_code == 2 and "Traceback" not in res.output
+    err = res.output.split("Error: ")[1:]  # (the progress bar may share its line)
+    assert len(err) == 1 and err[0].startswith("disk full while writing ")
+    assert err[0].splitlines()[0].endswith("; free space and re-run to resume.")
+    progress = list((out / ".export").glob("progress-*.jsonl"))
+    assert len(progress) == 1 and len(progress[0].read_text().splitlines()) == 2  # the completed part is kept
+    assert not (out / "scores.csv").exists()
+    monkeypatch.setattr(E.Exporter, "write_identity", real_write)
+    res = run(refine, *args)
+    assert res.exit_code == 0, res.output
+    if fmt == "imagefolder":
+        assert tree(out) == tree(reference / fmt)
+    else:
+        with h5py.File(out / "ganfaces.h5", "r") as a, h5py.File(reference / fmt / "ganfaces.h5", "r") as b:
+            for k in ("images", "labels", "index", "draw", "params/alpha", "params/pose", "scores/dr_error"):
+                np.testing.assert_array_equal(a[k][()], b[k][()], err_msg=k)
+        assert (out / "scores.csv").read_bytes() == (reference / fmt / "scores.csv").read_bytes()
