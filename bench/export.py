@@ -35,6 +35,7 @@ sys.path.insert(0, str(ROOT))
 
 import numpy as np
 import torch
+from cpu_load import cpu_jiffies
 
 
 def write_checkpoint(path: Path) -> Path:
@@ -57,16 +58,6 @@ def write_checkpoint(path: Path) -> Path:
     return path
 
 
-def _cpu_jiffies() -> tuple[int, int, int]:
-    """(all, idle, this process's) CPU jiffies so far, from /proc (zeros where unavailable)."""
-    try:
-        fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
-        own = Path(f"/proc/{os.getpid()}/stat").read_text().rsplit(")", 1)[1].split()
-        return sum(fields), fields[3] + fields[4], int(own[11]) + int(own[12])
-    except (OSError, ValueError, IndexError):
-        return 0, 0, 0
-
-
 def timed_export(ckpt: Path, out: Path, a, scores: bool) -> dict:
     from refine.export import ExportOptions, export_dataset
 
@@ -75,11 +66,11 @@ def timed_export(ckpt: Path, out: Path, a, scores: bool) -> dict:
                          images_per_identity=a.images_per_identity, seed=0, scores=scores,
                          batch_size=a.batch_size, threads=a.threads)
     stats: dict[str, float] = {}
-    before = _cpu_jiffies()
+    before = cpu_jiffies()
     t = time.perf_counter()
     export_dataset(opts, progress=True, stats=stats)
     wall = time.perf_counter() - t
-    after = _cpu_jiffies()
+    after = cpu_jiffies()
     total, idle, own = (x - y for x, y in zip(after, before))
     hz = os.sysconf("SC_CLK_TCK")
     staged = sum(stats.values())

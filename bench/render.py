@@ -34,6 +34,7 @@ sys.path.insert(0, str(ROOT))
 import numba
 import numpy as np
 import torch
+from cpu_load import busy_elsewhere, cpu_jiffies
 
 
 def template_model(tarball: Path, n_shape=25, n_expression=11, n_texture=10):
@@ -126,22 +127,6 @@ def stage_times(model, params, repeats):
     return out
 
 
-def _cpu_jiffies() -> tuple[int, int, int]:
-    """(all, idle, this process's) CPU jiffies so far, from /proc (zeros where unavailable)."""
-    try:
-        fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
-        own = Path(f"/proc/{os.getpid()}/stat").read_text().rsplit(")", 1)[1].split()
-        return sum(fields), fields[3] + fields[4], int(own[11]) + int(own[12])
-    except (OSError, ValueError, IndexError):
-        return 0, 0, 0
-
-
-def _busy_elsewhere(before, after) -> float:
-    """Share of the machine's CPU time that other processes used between two ``_cpu_jiffies``."""
-    total, idle, own = (a - b for a, b in zip(after, before))
-    return 0.0 if total <= 0 else max(total - idle - own, 0) / total
-
-
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--batch", type=int, default=16)
@@ -162,13 +147,13 @@ def main():
     t = time.perf_counter()
     render_batch(model, params, ours)
     first = time.perf_counter() - t
-    before = _cpu_jiffies()
+    before = cpu_jiffies()
     t = time.perf_counter()
     for _ in range(args.repeats):
         render_batch(model, params, ours)
     per_batch = (time.perf_counter() - t) / args.repeats
-    after = _cpu_jiffies()
-    others = _busy_elsewhere(before, after)
+    after = cpu_jiffies()
+    others = busy_elsewhere(before, after)
     own_cpu_s = (after[2] - before[2]) / os.sysconf("SC_CLK_TCK")
     per_cpu_s = args.batch * args.repeats / own_cpu_s if own_cpu_s > 0 else float("nan")
     compile_s = first - per_batch
