@@ -153,5 +153,30 @@ def export_dataset(checkpoint, model_spec, priors_path, n_identities, images_per
                    f"{c.get('flagged', 0)} flagged; scores in {out / 'scores.csv'}")
 
 
+@main.command("pipeline")
+@click.option("--config", "config_path", type=click.Path(dir_okay=False, path_type=Path), required=True,
+              help="Pipeline YAML (example: ganfaces_data/pipeline_example.yaml); relative paths in it are "
+                   "resolved against its folder.")
+@click.option("--quiet", is_flag=True, help="No progress bars (stage headers are still printed).")
+def pipeline(config_path, quiet):
+    """Everything in one command: sample-identities -> render -> align -> render-pairs -> train ->
+    export-dataset -> evaluate, all outputs under the YAML's 'out' folder. Each stage is skipped
+    when its output is already complete, so re-running the same command resumes after a kill.
+
+    \b
+    YAML keys: out, model, priors, device, sample, real, pairs, train, export, evaluate
+    (see ganfaces_data/pipeline_example.yaml for every one).
+    \b
+    Example:
+      refine pipeline --config pipeline.yaml
+    """
+    from refine.pipeline import run_pipeline
+
+    r = run_pipeline(config_path, echo=click.echo, progress=not quiet)
+    click.echo(f"{r['out']}: done; checkpoint {r['checkpoint']}; export "
+               + ", ".join(str(p) for p in r["exports"].values())
+               + (f"; report {r['report']}" if r["report"] else "") + ".")
+
+
 if __name__ == "__main__":
     main()
