@@ -346,3 +346,25 @@ def test_full_disk_stops_with_one_line_and_resumes(ckpt, reference, tmp_path, mo
             for k in ("images", "labels", "index", "draw", "params/alpha", "params/pose", "scores/dr_error"):
                 np.testing.assert_array_equal(a[k][()], b[k][()], err_msg=k)
         assert (out / "scores.csv").read_bytes() == (reference / fmt / "scores.csv").read_bytes()
+
+
+def test_a_real_file_size_limit_stops_with_one_line_and_resumes(ckpt, reference, tmp_path):
+    """The kernel's file-size limit (RLIMIT_FSIZE, SIGXFSZ ignored so writes fail with EFBIG) stands
+    in for a full disk: one clear line, a non-zero exit, and the completed part resumes."""
+    import resource
+
+    out = tmp_path / "limited"
+    args = [str(a) for a in export_args(ckpt, out, "--batch-size", 4)]
+    limit = 2500  # bytes per file: a 108x108 JPEG of these faces is larger, manifest and progress are not
+
+    def limited():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    p = subprocess.run([sys.executable, "-m", "cli.refine", *args], cwd=ROOT, env=_env(), preexec_fn=limited,
+                       capture_output=True, text=True, timeout=300)
+    assert p.returncode != 0
+    assert "disk full while writing" in p.stderr and "Traceback" not in p.stderr, p.stderr[-2000:]
+    res = run(refine, *args)
+    assert res.exit_code == 0, res.output
+    assert tree(out) == tree(reference / "imagefolder")
