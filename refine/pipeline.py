@@ -262,10 +262,7 @@ def run_pipeline(config_path: str | Path, echo: Callable[[str], None] = print, p
 
     # 3 align
     if "h5" in cfg.real:
-        real = cfg.real["h5"]
-        if not real.is_file():
-            raise UserError(f"{cfg.source}: real: h5 {real} does not exist.")
-        header(2, f"using existing {real}", True)
+        real = _given_h5(cfg, "real", 2, header)
     else:
         real = out / "real.h5"
         done = _h5_complete(real)
@@ -281,10 +278,7 @@ def run_pipeline(config_path: str | Path, echo: Callable[[str], None] = print, p
     if cfg.pairs is None:
         header(3, "no 'pairs' section; training without paired data", True, skipped=True)
     elif "h5" in cfg.pairs:
-        pairs = cfg.pairs["h5"]
-        if not pairs.is_file():
-            raise UserError(f"{cfg.source}: pairs: h5 {pairs} does not exist.")
-        header(3, f"using existing {pairs}", True)
+        pairs = _given_h5(cfg, "pairs", 3, header)
     else:
         pairs = out / "pairs.h5"
         done = _h5_complete(pairs)
@@ -366,3 +360,12 @@ def _export_complete(manifest: Path) -> bool:
         return bool(json.loads(manifest.read_text()).get("complete"))
     except (OSError, ValueError):
         return False
+
+
+def _given_h5(cfg, section: str, stage: int, header) -> Path:
+    """A stage's output given in the YAML (``section: {h5: FILE}``) instead of made: check it exists."""
+    path = getattr(cfg, section)["h5"]
+    if not path.is_file():
+        raise UserError(f"{cfg.source}: {section}: h5 {path} does not exist.")
+    header(stage, f"using existing {path}", True)
+    return path
