@@ -137,6 +137,7 @@ def align_folder(photos_dir: Path, output: Path, all_faces: bool = False, size: 
         del f.attrs["cursor"]
         writer.finish(rows)
     finally:
+        bar.close()  # also on failure: an open bar garbles every later message
         writer.close()
     report_path = output.with_name(output.name + ".report.tsv")
     report_path.write_text("path\treason\n" + "".join(line + "\n" for line in skipped_all))

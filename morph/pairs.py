@@ -386,6 +386,7 @@ def render_pairs(annotated: Path, output: Path, model_spec: str, size: int = 108
                        annotated=str(folder), size=size, flag_rule=rule,
                        coefficient_convention={k: v for k, v in conv.kind.items()}, n_candidates=len(items))
     writer = ImageWriter(output, len(items), size, attrs, key, extra, images=False, resizable=True)
+    bar = tqdm(total=len(items), unit="img", desc="render-pairs", disable=not progress)
     try:
         f = writer.f
         if "skipped" not in f:
@@ -403,7 +404,7 @@ def render_pairs(annotated: Path, output: Path, model_spec: str, size: int = 108
             ds.resize(ds.shape[0] + 1, axis=0)
             ds[-1] = line
 
-        bar = tqdm(total=len(items), initial=start, unit="img", desc="render-pairs", disable=not progress)
+        bar.update(start)
         for b0 in range(start, len(items), batch_size):
             batch = items[b0:b0 + batch_size]
             rows = []
@@ -453,6 +454,7 @@ def render_pairs(annotated: Path, output: Path, model_spec: str, size: int = 108
         f.attrs["n_mat_without_image"] = n_orphans
         writer.finish(n_rows)
     finally:
+        bar.close()  # also on failure: an open bar garbles every later message
         writer.close()
     return {"n_pairs": n_rows, "n_skipped": n_skipped, "n_flagged": n_flagged, "n_mat_without_image": n_orphans,
             "complete": False}

@@ -69,8 +69,8 @@ def render_identities(identities: Path, output: Path, model_spec: str | None = N
                                                      backend=backend, n_images=m), key, extra)
     settings = RenderSettings(image_size=size, backend=backend, device=device,
                               outputs=("image", "mask", "landmarks", *extra_outputs))
+    bar = tqdm(total=m, initial=writer.n_done, unit="img", desc="render", disable=not progress)
     try:
-        bar = tqdm(total=m, initial=writer.n_done, unit="img", desc="render", disable=not progress)
         for start in range(writer.n_done, m, batch_size):
             sl = slice(start, min(start + batch_size, m))
             rows = s.identity[sl] - first
@@ -87,6 +87,7 @@ def render_identities(identities: Path, output: Path, model_spec: str | None = N
         bar.close()
         writer.finish()
     finally:
+        bar.close()  # also on failure: an open bar garbles every later message
         writer.close()
     return output
 

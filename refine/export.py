@@ -616,6 +616,7 @@ class Exporter:
                     self._tick("write", t)
             finally:
                 self.log.close()
+                bar.close()  # also on failure: an open bar garbles every later message
         bar.close()
         _barrier(ddp)
         if ddp.main:

@@ -21,3 +21,19 @@ def tiny_model() -> MorphableModel:
 
     return MorphableModel(shape=part(3), texture=part(2, np.full(12, 0.5, np.float32)), expression=part(2),
                           triangles=np.array([[0, 1, 2], [0, 1, 3], [0, 2, 3], [1, 2, 3]]), name="tiny")
+
+
+@pytest.fixture(autouse=True)
+def no_progress_bar_left_open():
+    """Every progress bar a command opens is closed, even when it fails.
+
+    A bar left open makes the next bar print at a lower line and prefixes every later
+    message with cursor-movement codes (a CI run failed on exactly that)."""
+    from tqdm import tqdm
+
+    before = set(map(id, list(tqdm._instances)))
+    yield
+    left = [b for b in list(tqdm._instances) if id(b) not in before]
+    for b in left:
+        b.close()
+    assert not left, f"progress bars left open: {[b.desc for b in left]}"
