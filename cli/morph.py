@@ -69,13 +69,18 @@ def sample_identities(model_spec, priors_path, n_identities, images_per_identity
 @click.option("--threads", type=click.IntRange(1), default=None, help="CPU threads (default: all cores).")
 @click.option("--with", "extra", type=click.Choice(["depth", "normals"]), multiple=True,
               help="Also store per-pixel depth (mm) or camera-frame normals; repeatable.")
-def render(identities, output, model_spec, size, backend, device, batch_size, threads, extra):
+@click.option("--align-by", type=click.Choice(["projection", "mtcnn", "ibug68"]), default="projection",
+              show_default=True,
+              help="Crop by the 5 points projected from the 3DMM (exact), or by MTCNN run on the render "
+                   "(its points, or refined to the 68 iBUG points as 'morph align' does), as the paper did.")
+def render(identities, output, model_spec, size, backend, device, batch_size, threads, extra, align_by):
     """Render every image of IDENTITIES, aligned to the 5-point template (the same crop rule as
     'morph align' uses for real photos). Resumes after a kill."""
     from morph.render_job import render_identities
 
     render_identities(identities, output, model_spec=model_spec, size=size, backend=backend,
-                      device=device, batch_size=batch_size, threads=threads, extra_outputs=extra)
+                      device=device, batch_size=batch_size, threads=threads, extra_outputs=extra,
+                      align_by=align_by)
 
 
 @main.command("mesh")
@@ -105,14 +110,17 @@ def mesh(identities, image_index, neutral, model_spec, output):
 @click.option("--min-face-size", type=float, default=20.0, show_default=True, help="Smallest face in pixels.")
 @click.option("--thresholds", type=(float, float, float), default=(0.6, 0.7, 0.7), show_default=True,
               help="P-Net, R-Net, O-Net face probability thresholds.")
-def align(photos, output, all_faces, size, device, batch_size, min_face_size, thresholds):
+@click.option("--landmarks", type=click.Choice(["ibug68", "mtcnn"]), default="ibug68", show_default=True,
+              help="Crop points: MTCNN's refined to the 68 iBUG points and taken as the renders take them "
+                   "(dlib's 300-W model: iBUG 300-W excludes commercial use), or MTCNN's own.")
+def align(photos, output, all_faces, size, device, batch_size, min_face_size, thresholds, landmarks):
     """Detect faces in a folder of photos with MTCNN and crop them with the renders' 5-point
     template (sub-folders = identity labels). Unreadable or faceless photos are listed in
     OUTPUT.report.tsv. Resumes after a kill."""
     from morph.align_job import align_folder
 
     r = align_folder(photos, output, all_faces=all_faces, size=size, device=device, batch_size=batch_size,
-                     min_face_size=min_face_size, thresholds=thresholds,
+                     min_face_size=min_face_size, thresholds=thresholds, landmarks=landmarks,
                      report=lambda line: click.echo(line, err=True))
     click.echo(f"{output}: {r['n_faces']} faces; {len(r['skipped'])} photos skipped (see {r.get('report', '')}).")
 

@@ -1,8 +1,12 @@
 """`morph align`: a folder of photos -> real.h5 of 108x108 faces aligned like the renders.
 
-Every photo goes through the same crop rule as the renders (``morph.template``): MTCNN's 5
-points are mapped onto the 5-point template by a similarity transform (paper section 4, Data:
-"All images are aligned by MTCNN and centre cropped to the size of 108x108").
+Every photo goes through the same crop rule as the renders (``morph.template``): MTCNN finds
+the face (paper section 4, Data: "All images are aligned by MTCNN and centre cropped to the size
+of 108x108"), and its 5 points are mapped onto the 5-point template by a similarity transform.
+By default (``landmarks="ibug68"``) the 5 points are first refined to the 68 iBUG points and
+taken by the renders' own definition (eye centres, nose tip, mouth corners of the 68;
+``morph.landmarks68``), so photos and renders are framed by the same points; ``"mtcnn"`` keeps
+MTCNN's points, as the paper's code did.
 
 - Labels: each photo's folder relative to PHOTOS is its identity (CASIA-WebFace's layout,
   ``PHOTOS/0000045/001.jpg``); ``label_names`` lists them, labels index into it in sorted order.
@@ -19,7 +23,10 @@ real.h5 layout (besides ``morph.h5io``'s ``images``/``labels``/``index``)::
     source      (M,) str      photo path relative to PHOTOS
     boxes       (M, 4) float32  MTCNN box in the photo (MTCNN's 1-based pixel coordinates)
     scores      (M,) float32
-    landmarks5  (M, 5, 2) float32 MTCNN points in the photo
+    landmarks5  (M, 5, 2) float32 the 5 points the crop was made from, in the photo
+    landmarks5_mtcnn (M, 5, 2) float32 MTCNN's own 5 points
+    landmarks68 (M, 68, 2) float32 iBUG points (only with landmarks="ibug68")
+    (all in MTCNN's 1-based pixel coordinates; attribute ``landmarks`` says which rule was used)
     label_names (L,) str;  skipped (S,) str "path<TAB>reason"
 """
 from __future__ import annotations
@@ -36,6 +43,8 @@ from morph.h5io import ImageWriter, completed_output, open_h5, provenance
 from morph.imageio import IMAGE_SUFFIXES, read_rgb
 
 STR = h5py.string_dtype("utf-8")
+#: How the 5 crop points are taken: refined to the iBUG 68 (the renders' definition), or MTCNN's.
+LANDMARK_RULES = ("ibug68", "mtcnn")
 
 
 def list_photos(folder: Path) -> list[Path]:
@@ -59,15 +68,23 @@ def pick_face(boxes: np.ndarray, scores: np.ndarray, hw: tuple[int, int]) -> int
 
 def align_folder(photos_dir: Path, output: Path, all_faces: bool = False, size: int = 108,
                  device: str = "cpu", batch_size: int = 16, min_face_size: float = 20.0,
-                 thresholds=(0.6, 0.7, 0.7), progress: bool = True, report=print) -> dict:
+                 thresholds=(0.6, 0.7, 0.7), landmarks: str = "ibug68", progress: bool = True,
+                 report=print) -> dict:
     from morph.mtcnn import MTCNN, align_face
+
+    if landmarks not in LANDMARK_RULES:
+        raise UserError(f"landmarks '{landmarks}' is unknown; choose one of {', '.join(LANDMARK_RULES)}.")
+    refiner = None
+    if landmarks == "ibug68":
+        from morph.landmarks68 import LandmarkRefiner
+        refiner = LandmarkRefiner()
 
     photos_dir, output = Path(photos_dir), Path(output)
     photos = list_photos(photos_dir)
     rel = [p.relative_to(photos_dir).as_posix() for p in photos]
     classes = sorted({str(Path(r).parent) for r in rel})
     label_of = {c: i for i, c in enumerate(classes)}
-    h = hashlib.sha256(("\n".join(rel) + repr((all_faces, size, min_face_size, thresholds))).encode())
+    h = hashlib.sha256(("\n".join(rel) + repr((all_faces, size, min_face_size, thresholds, landmarks))).encode())
     key = h.hexdigest()
     if completed_output(output, key, "image set"):
         report(f"{output}: already complete.")
@@ -75,9 +92,12 @@ def align_folder(photos_dir: Path, output: Path, all_faces: bool = False, size: 
             return {"n_faces": int(f["images"].shape[0]), "skipped": list(f["skipped"].asstr()[()])}
 
     extra = {"source": ((), STR), "boxes": ((4,), np.float32), "scores": ((), np.float32),
-             "landmarks5": ((5, 2), np.float32)}
+             "landmarks5": ((5, 2), np.float32), "landmarks5_mtcnn": ((5, 2), np.float32)}
+    if refiner is not None:
+        extra["landmarks68"] = ((68, 2), np.float32)
     writer = ImageWriter(output, len(photos), size, provenance(photos=str(photos_dir), size=size,
-                                                               all_faces=all_faces, n_photos=len(photos)),
+                                                               all_faces=all_faces, n_photos=len(photos),
+                                                               landmarks=landmarks),
                          key, extra, resizable=True)
     f = writer.f
     if "cursor" not in f.attrs:
@@ -98,13 +118,20 @@ def align_folder(photos_dir: Path, output: Path, all_faces: bool = False, size: 
                 except UserError as e:  # its message starts with the path, already in the first column
                     skipped.append(f"{rel[i]}\t{str(e).removeprefix(str(photos[i]) + ': ')}")
             dets = detector.detect(images) if images else []
-            out = {k: [] for k in ("images", "labels", "index", "source", "boxes", "scores", "landmarks5")}
+            out = {k: [] for k in ("images", "labels", "index", "source", "boxes", "scores", "landmarks5",
+                                   "landmarks5_mtcnn", *(("landmarks68",) if refiner else ()))}
             for i, img, det in zip(ok, images, dets):
                 if len(det.scores) == 0:
                     skipped.append(f"{rel[i]}\tno face found")
                     continue
                 keep = range(len(det.scores)) if all_faces else [pick_face(det.boxes, det.scores, img.shape[:2])]
-                faces = align_face(img, det.landmarks[list(keep)], size)
+                five = det.landmarks[list(keep)]
+                if refiner is not None:
+                    from morph.landmarks68 import five_from_68
+                    p68 = refiner.refine(img, five)
+                    out["landmarks68"].extend(p68)
+                    five = five_from_68(p68)
+                faces = align_face(img, five, size)
                 for j, k in enumerate(keep):
                     out["images"].append(faces[j])
                     out["labels"].append(label_of[str(Path(rel[i]).parent)])
@@ -112,7 +139,8 @@ def align_folder(photos_dir: Path, output: Path, all_faces: bool = False, size: 
                     out["source"].append(rel[i])
                     out["boxes"].append(det.boxes[k])
                     out["scores"].append(det.scores[k])
-                    out["landmarks5"].append(det.landmarks[k])
+                    out["landmarks5"].append(five[j])
+                    out["landmarks5_mtcnn"].append(det.landmarks[k])
             n_new = len(out["images"])
             if rows + n_new > f["images"].shape[0]:  # --all-faces: more faces than photos
                 for name in writer.row_datasets:
