@@ -37,7 +37,11 @@ def job_key(s: Sample, *settings) -> str:
 
 def render_identities(identities: Path, output: Path, model_spec: str | None = None, size: int = 108,
                       backend: str = "auto", device: str = "cpu", batch_size: int = 64,
-                      threads: int | None = None, progress: bool = True, extra_outputs=()) -> Path:
+                      threads: int | None = None, progress: bool = True, extra_outputs=(),
+                      align_by: str = "projection") -> Path:
+    """Render every image of ``identities`` into ``output``, cropped by the projected 5 points
+    (``align_by="projection"``) or by a detector run on the render (``"mtcnn"``, ``"ibug68"``:
+    ``morph.realign``)."""
     from morph.models import load_model
     from morph.render import RenderSettings, render_batch
 
@@ -47,7 +51,13 @@ def render_identities(identities: Path, output: Path, model_spec: str | None = N
     model = load_model(spec)
     check_dims(model, s, identities)
     extra_outputs = tuple(sorted(set(extra_outputs)))
-    key = job_key(s, spec, size, backend, extra_outputs)
+    from morph.realign import ALIGNED_BY, UPSCALE, DetectorAlignment
+    if align_by not in ALIGNED_BY:
+        raise UserError(f"--align-by {align_by}: unknown; choose one of {', '.join(ALIGNED_BY)}.")
+    if align_by != "projection" and extra_outputs:
+        raise UserError(f"--with {' '.join(extra_outputs)} needs --align-by projection: depth and normals "
+                        "are not re-cropped by a detector.")
+    key = job_key(s, spec, size, backend, extra_outputs, *(() if align_by == "projection" else (align_by,)))
     output = Path(output)
     if completed_output(output, key, "image set"):
         if progress:
@@ -60,14 +70,19 @@ def render_identities(identities: Path, output: Path, model_spec: str | None = N
              "params/beta": ((s.beta.shape[1],), np.float32), "params/pose": ((3,), np.float32),
              "params/sh": ((9, 3), np.float32), "params/camera_distance": ((), np.float32),
              "params/alpha": ((s.alpha.shape[1],), np.float32), "params/gamma": ((s.gamma.shape[1],), np.float32)}
+    realign = None
+    if align_by != "projection":
+        extra["aligned_by"] = ((), np.uint8)
+        realign = DetectorAlignment(align_by, size, device)
     if "depth" in extra_outputs:
         extra["depth"] = ((size, size), np.float32)
     if "normals" in extra_outputs:
         extra["normals"] = ((size, size, 3), np.float32)
     keep = {k: attrs[k] for k in ("seed", "model", "model_name", "model_sources", "priors") if k in attrs}
     writer = ImageWriter(output, m, size, provenance(**keep, identities=str(identities), size=size,
-                                                     backend=backend, n_images=m), key, extra)
-    settings = RenderSettings(image_size=size, backend=backend, device=device,
+                                                     backend=backend, n_images=m, align_by=align_by),
+                         key, extra)
+    settings = RenderSettings(image_size=size if realign is None else UPSCALE * size, backend=backend, device=device,
                               outputs=("image", "mask", "landmarks", *extra_outputs))
     bar = tqdm(total=m, initial=writer.n_done, unit="img", desc="render", disable=not progress)
     try:
@@ -77,9 +92,12 @@ def render_identities(identities: Path, output: Path, model_spec: str | None = N
             params = {"alpha": s.alpha[rows], "gamma": s.gamma[rows], "beta": s.beta[sl],
                       "pose": s.pose[sl], "sh": s.sh[sl], "camera_distance": s.camera_distance[sl]}
             out = render_batch(model, params, settings)
+            crops = {"images": to_uint8(_np(out.image)), "landmarks": _np(out.landmarks).astype(np.float32),
+                     "masks": _np(out.mask)[:, 0].astype(bool)}
+            if realign is not None:
+                crops = realign(**crops)
             writer.write(start, {
-                "images": to_uint8(_np(out.image)), "labels": s.identity[sl], "index": s.image[sl],
-                "landmarks": _np(out.landmarks).astype(np.float32), "masks": _np(out.mask)[:, 0].astype(bool),
+                **crops, "labels": s.identity[sl], "index": s.image[sl],
                 **{f"params/{k}": v for k, v in params.items()},
                 **({"depth": _np(out.depth)[:, 0]} if "depth" in extra_outputs else {}),
                 **({"normals": _np(out.normals).transpose(0, 2, 3, 1)} if "normals" in extra_outputs else {})})
