@@ -76,7 +76,7 @@ def align_folder(photos_dir: Path, output: Path, all_faces: bool = False, size: 
         raise UserError(f"landmarks '{landmarks}' is unknown; choose one of {', '.join(LANDMARK_RULES)}.")
     refiner = None
     if landmarks == "ibug68":
-        from morph.landmarks68 import LandmarkRefiner
+        from morph.landmarks68 import LandmarkRefiner, five_from_68
         refiner = LandmarkRefiner()
 
     photos_dir, output = Path(photos_dir), Path(output)
@@ -127,7 +127,6 @@ def align_folder(photos_dir: Path, output: Path, all_faces: bool = False, size: 
                 keep = range(len(det.scores)) if all_faces else [pick_face(det.boxes, det.scores, img.shape[:2])]
                 five = det.landmarks[list(keep)]
                 if refiner is not None:
-                    from morph.landmarks68 import five_from_68
                     p68 = refiner.refine(img, five)
                     out["landmarks68"].extend(p68)
                     five = five_from_68(p68)

@@ -9,6 +9,14 @@ ROOT = Path(__file__).resolve().parents[1]
 TESTDATA = ROOT.parent / "shared" / "testdata"
 
 
+def read_pts(path) -> np.ndarray:
+    """iBUG .pts (a path, or a file name in testdata/real): (N, 2) x, y, 1-based pixel coordinates."""
+    path = Path(path) if "/" in str(path) else TESTDATA / "real" / path
+    text = path.read_text()
+    body = text[text.index("{") + 1:text.index("}")]
+    return np.array([[float(v) for v in line.split()] for line in body.strip().splitlines()])
+
+
 @pytest.fixture
 def tiny_model() -> MorphableModel:
     """A 4-vertex tetrahedron with 3/2/2 random components: enough for sampling logic."""

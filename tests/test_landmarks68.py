@@ -6,9 +6,9 @@ import h5py
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from conftest import TESTDATA, read_pts
 
 from cli.morph import main
-from conftest import TESTDATA
 from morph.errors import UserError
 from morph.imageio import read_rgb
 from morph.landmarks68 import LandmarkRefiner, five_from_68, model_path, read_mean_shape
@@ -19,12 +19,6 @@ ANNOTATED = ["takeo.ppm", "einstein.jpg", "breakingbad.jpg"]
 MIRROR = np.array(list(range(16, -1, -1)) + list(range(26, 16, -1)) + [27, 28, 29, 30] + [35, 34, 33, 32, 31]
                   + [45, 44, 43, 42, 47, 46, 39, 38, 37, 36, 41, 40]
                   + [54, 53, 52, 51, 50, 49, 48, 59, 58, 57, 56, 55, 64, 63, 62, 61, 60, 67, 66, 65])
-
-
-def read_pts(path) -> np.ndarray:
-    text = path.read_text()
-    body = text[text.index("{") + 1:text.index("}")]
-    return np.array([[float(v) for v in line.split()] for line in body.strip().splitlines()])
 
 
 @pytest.fixture(scope="module")
@@ -46,7 +40,7 @@ def annotated(detector, refiner):
         truth = read_pts(TESTDATA / "real" / (name.rsplit(".", 1)[0] + ".pts"))
         det = detector.detect([img])[0]
         k = int(np.argmin(np.linalg.norm(det.landmarks - five_from_68(truth)[None], axis=-1).mean(-1)))
-        out[name] = dict(truth=truth, mtcnn=det.landmarks[k], refined=refiner.refine(img, det.landmarks[k]))
+        out[name] = {"truth": truth, "mtcnn": det.landmarks[k], "refined": refiner.refine(img, det.landmarks[k])}
     return out
 
 

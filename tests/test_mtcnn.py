@@ -12,6 +12,7 @@ if importlib.util.find_spec("mtcnn") is None or importlib.util.find_spec("joblib
     pytest.skip("the `mtcnn` package (weights) or joblib/lz4 is not installed: "
                 "pip install mtcnn==1.0.0", allow_module_level=True)
 
+from conftest import read_pts  # noqa: E402
 from morph import mtcnn_nets  # noqa: E402
 from morph.errors import UserError  # noqa: E402
 from morph.mtcnn import MTCNN, LANDMARK_CENTRE_OFFSET, align_face, greedy_nms  # noqa: E402
@@ -25,13 +26,6 @@ NONFACE = ["chelsea.png", "coffee.png", "brick.png"]
 def load(name: str, folder: str = "real") -> np.ndarray:
     with Image.open(TESTDATA / folder / name) as img:
         return np.asarray(img.convert("RGB"))  # einstein.jpg and brick.png are greyscale
-
-
-def read_pts(name: str) -> np.ndarray:
-    """iBUG .pts: (N, 2) x, y, 1-based pixel coordinates."""
-    text = (TESTDATA / "real" / name).read_text()
-    body = text[text.index("{") + 1:text.index("}")]
-    return np.array([[float(v) for v in line.split()] for line in body.strip().splitlines()])
 
 
 def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
