@@ -134,9 +134,10 @@ def main():
     ap.add_argument("--threads", type=int, default=2, help="torch and numba threads (default 2)")
     ap.add_argument("--template", help="menpo3d-0.8.6 sdist tarball: bench its template with random bases")
     args = ap.parse_args()
-    torch.set_num_threads(args.threads)
-    numba.set_num_threads(args.threads)
+    from morph.numerics import set_threads
     from morph.render import RenderSettings, render_batch
+
+    set_threads(args.threads)
 
     model = load(args)
     print(f"model {model.name}: {model.n_vertices} vertices, {len(model.triangles)} triangles, "

@@ -17,7 +17,8 @@ synthetic.h5 (``morph render``), one chunk per image, gzip::
     masks      (M, H, W) bool
     params/... the per-image parameters that made each image (as in identities.h5, per image)
 
-Root attributes of both: ``command``, ``version``, ``created``, ``seed``, ``model`` (spec),
+Root attributes of both: ``command``, ``version``, ``created``, ``numerics`` (JSON: CPU capability,
+torch, oneDNN and numba versions, threads; ``morph.numerics``), ``seed``, ``model`` (spec),
 ``model_name``, ``model_sources`` (JSON), ``priors`` (the YAML text), plus counts. A file being
 written is named ``NAME.partial`` and carries ``n_done``; it is renamed to ``NAME`` only when
 complete, so nothing half-written looks complete and a re-run resumes from ``n_done``.
@@ -46,9 +47,12 @@ def version() -> str:
 
 
 def provenance(**extra) -> dict:
-    """Root attributes recording what made a file."""
+    """Root attributes recording what made a file (``numerics``: the instruction set, library
+    versions and threads that decide its low bits, ``morph.numerics``)."""
+    from morph.numerics import numerics
+
     attrs = {"command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]), "version": version(),
-             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "numerics": json.dumps(numerics())}
     for k, v in extra.items():
         attrs[k] = json.dumps(v) if isinstance(v, (dict, list)) else v
     return attrs

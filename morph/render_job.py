@@ -10,6 +10,7 @@ from tqdm import tqdm
 from morph.errors import UserError
 from morph.h5io import ImageWriter, completed_output, provenance, read_identities
 from morph.model import MorphableModel
+from morph.numerics import set_threads
 from morph.sample import Sample
 
 
@@ -45,7 +46,7 @@ def render_identities(identities: Path, output: Path, model_spec: str | None = N
     from morph.models import load_model
     from morph.render import RenderSettings, render_batch
 
-    _set_threads(threads)
+    set_threads(threads)
     s, attrs = read_identities(identities)
     spec = model_spec or str(attrs.get("model", "default"))
     model = load_model(spec)
@@ -114,13 +115,6 @@ def _np(x):
     return x.detach().cpu().numpy() if hasattr(x, "detach") else np.asarray(x)
 
 
-def _set_threads(threads: int | None) -> None:
-    if threads is None:
-        return
-    import numba
-    import torch
-    torch.set_num_threads(threads)
-    numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
 
 
 def export_sample_mesh(identities: Path, index: int, output: Path, model_spec: str | None = None,
