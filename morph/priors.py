@@ -21,6 +21,8 @@ N(0, s^2 I) in the model's standard-deviation units (coefficients are always in 
 """
 from __future__ import annotations
 
+import math
+
 from dataclasses import dataclass
 from importlib.resources import files
 from pathlib import Path
@@ -48,7 +50,8 @@ _KEYS = {"mean", "std", "cov", "low", "high", "std_scale", "basis", "fitted_from
 
 @dataclass
 class Gaussian:
-    """N(mean, cov) clipped into [low, high]; ``chol`` is the Cholesky factor of cov."""
+    """N(mean, cov) clipped into [low, high]; ``chol`` is the lower Cholesky factor of cov
+    (``cholesky_psd``)."""
 
     mean: np.ndarray
     chol: np.ndarray
@@ -61,11 +64,13 @@ class Gaussian:
         return model_dim if self.std_scale is not None else int(self.mean.shape[0])
 
     def draw(self, rng: np.random.Generator, model_dim: int | None = None) -> np.ndarray:
-        """One draw in float64 (one vector at a time: bit-identical whatever the batching)."""
+        """One draw in float64, ``mean + chol z``, bit-identical whatever the batching and on any
+        CPU: ``chol z`` is summed exactly rounded (``math.fsum``), not by the BLAS, whose kernels
+        differ by instruction set."""
         if self.std_scale is not None:
             return rng.standard_normal(model_dim) * self.std_scale
         z = rng.standard_normal(self.mean.shape[0])
-        x = self.mean + self.chol @ z
+        x = self.mean + np.array([math.fsum(row) for row in self.chol * z])
         if self.low is not None:
             x = np.maximum(x, self.low)
         if self.high is not None:
@@ -157,16 +162,40 @@ def _parse_group(name: str, spec, source: str) -> Gaussian:
             raise UserError(f"{where}: cov has a negative variance on its diagonal; variances must be >= 0.")
         if not np.allclose(cov, cov.T, atol=1e-8 * max(1.0, np.abs(cov).max())):
             raise UserError(f"{where}: cov is not symmetric.")
-        w, v = np.linalg.eigh(cov)
+        w = np.linalg.eigvalsh(cov)
         if w.min() < -1e-8 * max(1.0, w.max()):
             raise UserError(f"{where}: cov is not positive semi-definite (eigenvalue {w.min():.3g}).")
-        # eigh-based square root: works for singular covariances, where Cholesky fails.
-        chol = v * np.sqrt(np.clip(w, 0, None))[None, :]
+        chol = cholesky_psd(cov)
     low = _vector(spec["low"], where + " low", d) if "low" in spec else None
     high = _vector(spec["high"], where + " high", d) if "high" in spec else None
     if low is not None and high is not None and np.any(low > high):
         raise UserError(f"{where}: low is above high for some value.")
     return Gaussian(mean=mean, chol=chol, low=low, high=high, basis=spec.get("basis"))
+
+
+def cholesky_psd(cov: np.ndarray) -> np.ndarray:
+    """Lower-triangular L with L L^T = cov, for a positive SEMI-definite cov, the same bits on
+    every CPU.
+
+    The Cholesky-Crout recurrence in float64 with exactly rounded sums (``math.fsum``), so no
+    LAPACK or BLAS kernel (chosen by instruction set) takes part; a pivot at or below 1e-12 of
+    the largest variance is a zero direction and leaves its column zero (a singular cov, e.g.
+    colour channels that always move together). The factor a square root of cov is taken from
+    decides which sample a seed gives: an eigendecomposition's square root (the earlier code) is
+    not unique for repeated eigenvalues, and gave lighting draws 0.67 apart between OpenBLAS's
+    Haswell and SkylakeX kernels for the default priors' ``sh``.
+    """
+    d = cov.shape[0]
+    tol = 1e-12 * max(float(np.max(np.diag(cov))), 0.0)
+    L = np.zeros((d, d))
+    for j in range(d):
+        pivot = cov[j, j] - math.fsum(L[j, :j] * L[j, :j])
+        if pivot <= tol:
+            continue
+        L[j, j] = math.sqrt(pivot)
+        for i in range(j + 1, d):
+            L[i, j] = (cov[i, j] - math.fsum(L[i, :j] * L[j, :j])) / L[j, j]
+    return L
 
 
 def _number(x, where: str) -> float:

@@ -3,7 +3,10 @@
 Every draw comes from its own generator seeded by ``SeedSequence(seed, spawn_key=...)``:
 identity ``i`` uses spawn key ``(i,)`` and its image ``j`` uses ``(i, j + 1)``. So identity 5 of
 seed 0 is the same in a 10-identity run and a 1,000-identity run, in any batch size, worker
-count or order, and on any machine (PCG64 and float64 arithmetic on one vector at a time).
+count or order, and on any x86-64 CPU: PCG64 and float64 arithmetic on one vector at a time,
+with the priors' square roots and products summed exactly rounded instead of by BLAS kernels that
+differ by instruction set (``morph.priors.cholesky_psd``; ``tests/test_numerics.py`` compares the
+AVX2 and AVX-512 code paths).
 """
 from __future__ import annotations
 

@@ -67,6 +67,29 @@ def test_full_covariance_is_honoured():
     assert np.allclose(np.cov(x.T), cov, atol=0.3)
 
 
+def test_cholesky_of_a_singular_covariance_and_its_draws():
+    """The default lighting prior's cov is singular in 10 directions (RGB correlated 0.98 per SH
+    coefficient, repeated eigenvalues): L is lower-triangular, L L^T = cov, and on a definite
+    matrix L is LAPACK's Cholesky factor. Draws average to the mean and scatter as cov."""
+    from morph.priors import cholesky_psd
+
+    cov = np.asarray(_doc()["sh"]["cov"], np.float64)
+    L = cholesky_psd(cov)
+    assert np.array_equal(L, np.tril(L)) and np.abs(L @ L.T - cov).max() < 1e-15
+    rank1 = np.outer([1.0, 2.0, -1.0], [1.0, 2.0, -1.0])  # one direction only: two zero pivots
+    L1 = cholesky_psd(rank1)
+    assert np.allclose(L1 @ L1.T, rank1, atol=1e-15) and np.count_nonzero(np.diag(L1)) == 1
+    spd = np.array([[4.0, 3.0, 0.5], [3.0, 9.0, 0.2], [0.5, 0.2, 1.0]])
+    np.testing.assert_allclose(cholesky_psd(spd), np.linalg.cholesky(spd), rtol=1e-15, atol=1e-15)
+    p = load_priors()
+    rng = np.random.default_rng(1)
+    x = np.stack([p["sh"].draw(rng) for _ in range(20000)])
+    inside = np.all(x > p["sh"].low + 0.05, axis=1)  # the clip at 'low' bends only the far tail
+    assert inside.mean() > 0.99
+    assert np.allclose(x.mean(0), p["sh"].mean, atol=0.01)
+    assert np.allclose(np.cov(x[inside].T), cov, atol=2e-3)
+
+
 @pytest.mark.parametrize("mutate, message", [
     (lambda d: d.update(lighting={"mean": [0], "std": [1]}), "unknown parameter lighting"),
     (lambda d: d["pose"].update(std=[1, -1, 1]), "negative"),
