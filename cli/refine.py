@@ -32,8 +32,11 @@ def main():
 @click.option("--seed", type=int, default=None)
 @click.option("--checkpoint-every", type=click.IntRange(1), default=None)
 @click.option("--resume", is_flag=True, help="Continue from the newest checkpoint in --out.")
+@click.option("--threads", type=click.IntRange(1), default=None,
+              help="CPU threads (default: OMP_NUM_THREADS, else all cores). A resumed run repeats the "
+                   "uninterrupted one bit for bit with the same threads (README, Reproducibility).")
 def train(synthetic, real, pairs, run_dir, config_path, steps, batch_size, lr, variant, embedder, device, seed,
-          checkpoint_every, resume):
+          checkpoint_every, resume, threads):
     """Train G, G', D_R and D_S (paper Eq. 1-10). Ctrl-C saves a checkpoint; --resume continues
     exactly where it stopped. Under 'torchrun --nproc_per_node K' each process trains on its
     own batches and only rank 0 writes."""
@@ -42,7 +45,7 @@ def train(synthetic, real, pairs, run_dir, config_path, steps, batch_size, lr, v
 
     cfg = load_config(config_path, steps=steps, batch_size=batch_size, lr=lr, variant=variant,
                       embedder=embedder, device=device, seed=seed, checkpoint_every=checkpoint_every)
-    last = run(cfg, synthetic, real, pairs, run_dir, resume=resume)
+    last = run(cfg, synthetic, real, pairs, run_dir, resume=resume, threads=threads)
     if last is not None:
         click.echo(f"{run_dir}: trained to step {cfg.steps}; checkpoint {last}")
 
@@ -127,7 +130,8 @@ def evaluate(dataset, prefix, against, embedder, n_pairs, seed, max_images, min_
               help="Score every image with D_R, G' and C (most of the time on a CPU); --no-scores leaves the "
                    "score columns of scores.csv empty.")
 @click.option("--batch-size", type=click.IntRange(1), default=16, show_default=True,
-              help="Images per network batch (rounded up to a multiple of 8; does not change any output).")
+              help="Images per network batch, rounded up to a multiple of 8. Changes results only in their "
+                   "last bits (README, Reproducibility); an unfinished export resumes with its own.")
 @click.option("--device", default="cpu", show_default=True, help="Where the networks run: cpu, cuda, cuda:1 ...")
 @click.option("--threads", type=click.IntRange(1), default=None, help="CPU threads (default: all cores).")
 def export_dataset(checkpoint, model_spec, priors_path, n_identities, images_per_identity, seed, first_identity,
@@ -136,7 +140,8 @@ def export_dataset(checkpoint, model_spec, priors_path, n_identities, images_per
     """Sample new identities, render them, refine them with the checkpoint's EMA generator and
     write a labelled dataset (paper section 5, GANFaces) with OUT/scores.csv and OUT/manifest.json.
     Resumes after a kill (re-run the same command); under 'torchrun --nproc_per_node K' each
-    process exports its own range of identities, with the same bytes as one process."""
+    process exports its own chunks of identities, with the same bytes as one process with the
+    same threads per process (OMP_NUM_THREADS / --threads)."""
     import os
 
     from refine.export import ExportOptions, export_dataset as run

@@ -10,17 +10,23 @@ the checkpoint's image size (``morph.render``, the numba engine on the CPU), qua
     hdf5:         DIR/ganfaces.h5   images, labels, index, draw, landmarks, masks, params/..., scores/...
     always:       DIR/scores.csv    one row per image;  DIR/manifest.json  what made the export
 
-Determinism: every image depends only on (checkpoint, model, priors, seed, identity, draw). The
-renderer's numba engine is batch-invariant; the networks run in eval mode (batch norm uses its
-running statistics, dropout is off) on batches of a FIXED shape: every batch is padded to
-``batch_size`` images, rounded up to a multiple of 8 (oneDNN and MKL pick their kernels by shape:
-batches of 1, 3 or 5 images gave other low bits than batches of 8 or 16, and with 2 threads than
-with 1; with batches of 8, 16, 24, 32 or 48 an image gave the same bits in any position and with
-1 or 2 threads - ``tests/test_export.py`` and ``bench/export.py`` hold this). The networks run in
-channels-last memory format (on 2 CPU cores: G 30 -> 25, D_R 110 -> 80 CPU-ms per image; the
-3-channel 7x7 output convolution and the 108-px transposed convolution gain most). JPEGs are
-encoded by Pillow with fixed settings. So a resumed or multi-process export writes the same bytes
-as one run.
+Determinism (the README's "Reproducibility" has the whole contract): every image depends only on
+(checkpoint, model, priors, seed, identity, draw) up to float rounding. Sampling is per (seed,
+identity, image) and the renderer's numba engine is batch- and thread-invariant, so the renders
+are the same bits anywhere. The networks are not: oneDNN and MKL pick their kernels by
+instruction set, tensor shape and thread count, so G(x) and the scores may differ in the last
+bits (at most one 8-bit level in a pixel, about 1e-6 in a score) with another batch size, batch
+position, thread count or CPU kind (``tests/test_export.py`` measures that tolerance). What IS
+bit-identical on one machine with one thread count is each network batch, and the export fixes
+which images share a batch: the identities are cut into chunks of ``per_chunk`` consecutive
+identities from ``first_identity`` (``chunk_ranges``), a chunk's images always run together, in
+the same order, in network batches of ``batch_size`` rounded up to a multiple of 8 and padded to
+that size (the padding's results are dropped); a resumed chunk is recomputed whole, and torchrun
+ranks take whole chunks. So a resumed export and a multi-process export write the same bytes as
+one uninterrupted run, given the same network batch (a recorded setting: a resume with another is
+refused) and the same threads per process (``--threads``; torchrun ranks use ``OMP_NUM_THREADS``).
+The networks run in channels-last memory format (on 2 CPU cores: G 30 -> 25, D_R 110 -> 80
+CPU-ms per image). JPEGs are encoded by Pillow with fixed settings.
 
 Filtering (``max_dr_error`` / ``max_cycle_error``): an image above a threshold is replaced by a
 new draw of the same identity, taking the next image numbers of the identity's per-image seed
@@ -30,11 +36,12 @@ re-draws were tried; then the best draw (lowest ``max(score / threshold)``) is k
 Resume: an identity is written whole - its images into ``DIR/.export/tmp/`` then renamed into place
 (a folder, or one ``.npz`` for hdf5) - and then recorded in a per-range progress file
 (``DIR/.export/progress-A-B.jsonl``, one JSON line per identity with its scores). A re-run skips
-recorded identities. When all are done, rank 0 writes scores.csv (and assembles ganfaces.h5 with
+chunks whose identities are all recorded, and recomputes a partly written chunk whole (writing
+only its missing identities). When all are done, rank 0 writes scores.csv (and assembles ganfaces.h5 with
 ``morph.h5io.ImageWriter``, itself resumable), marks the manifest complete and removes ``.export``.
 
-Several processes (``torchrun``): rank ``r`` of ``W`` exports identities
-``[first + r N / W, first + (r + 1) N / W)``; after a barrier rank 0 merges the progress files.
+Several processes (``torchrun``): rank ``r`` of ``W`` exports chunks ``[r C / W, (r + 1) C / W)`` of
+the ``C`` chunks; after a barrier rank 0 merges the progress files.
 """
 from __future__ import annotations
 
@@ -55,6 +62,7 @@ import numpy as np
 import torch
 
 from morph.errors import UserError
+from morph.numerics import numerics, set_threads
 
 FORMATS = ("imagefolder", "hdf5")
 MANIFEST = "manifest.json"
@@ -114,6 +122,13 @@ class ExportOptions:
     @property
     def net_batch(self) -> int:
         return BATCH_MULTIPLE * math.ceil(max(1, self.batch_size) / BATCH_MULTIPLE)
+
+    @property
+    def per_chunk(self) -> int:
+        """Identities per chunk: a whole number of network batches where ``images_per_identity``
+        allows, and at most ``MAX_CHUNK_IMAGES`` images."""
+        m, k = self.images_per_identity, self.net_batch
+        return max(1, min(k // math.gcd(k, m), MAX_CHUNK_IMAGES // m))
 
     @property
     def filtering(self) -> bool:
@@ -182,9 +197,16 @@ def versions() -> dict:
             "numpy": np.__version__, "pillow": PIL.__version__, "h5py": h5py.__version__}
 
 
-def identity_range(first: int, n: int, rank: int, world: int) -> range:
-    """Rank ``rank``'s contiguous share of identities ``[first, first + n)``."""
-    return range(first + rank * n // world, first + (rank + 1) * n // world)
+def chunk_ranges(first: int, n: int, per_chunk: int) -> list[range]:
+    """Identities ``[first, first + n)`` cut into runs of ``per_chunk`` (the last may be shorter):
+    the images of one chunk always share network batches, whatever the run, rank or resume."""
+    return [range(a, min(a + per_chunk, first + n)) for a in range(first, first + n, per_chunk)]
+
+
+def rank_chunks(chunks: list[range], rank: int, world: int) -> list[range]:
+    """Rank ``rank``'s contiguous share of whole chunks."""
+    c = len(chunks)
+    return chunks[rank * c // world:(rank + 1) * c // world]
 
 
 # ----------------------------------------------------------------------------- the checkpoint --
@@ -309,7 +331,8 @@ def _settings(o: ExportOptions, sha: str, model, priors, cfg: dict) -> dict:
          "file_type": o.ext if o.format == "imagefolder" else None,
          "jpeg_quality": o.quality if o.format == "imagefolder" and not o.png else None, "scores": o.scores,
          "max_dr_error": o.max_dr_error, "max_cycle_error": o.max_cycle_error,
-         "max_retries": o.max_retries if o.filtering else None, "embedder": cfg.get("embedder", "dlib")}
+         "max_retries": o.max_retries if o.filtering else None, "embedder": cfg.get("embedder", "dlib"),
+         "network_batch": o.net_batch}
     return json.loads(json.dumps(s))
 
 
@@ -338,8 +361,15 @@ def check_out(out: Path, settings: dict) -> str:
             raise UserError(f"{out}: is not empty and holds no export ({MANIFEST}); choose a new or empty --out.")
         return "new"
     m = _read_manifest(mpath)
-    if m["settings"] != settings:
-        diff = sorted(k for k in set(settings) | set(m["settings"]) if settings.get(k) != m["settings"].get(k))
+    diff = sorted(k for k in set(settings) | set(m["settings"]) if settings.get(k) != m["settings"].get(k))
+    if diff == ["network_batch"] and m.get("complete"):
+        return "complete"  # the batch size decides only the last bits of work that is done
+    if diff == ["network_batch"] and isinstance(m["settings"]["network_batch"], int):
+        was = m["settings"]["network_batch"]
+        raise UserError(f"{out}: was started with network batches of {was} images (--batch-size "
+                        f"{was - BATCH_MULTIPLE + 1}..{was}); resume with such a --batch-size, so that the "
+                        "images already written and the rest are computed alike.")
+    if diff:
         raise UserError(f"{out}: holds another export (different {', '.join(diff)}); choose another --out, "
                         "or delete it to start over.")
     return "complete" if m.get("complete") else "resume"
@@ -556,7 +586,8 @@ class Exporter:
         if o.filtering and not o.scores:
             raise UserError("--max-dr-error / --max-cycle-error filter on scores; drop --no-scores.")
         ddp = init_distributed(o.device)
-        _set_threads(o.threads, ddp.world)
+        self.world = ddp.world
+        set_threads(o.threads)  # torchrun: OMP_NUM_THREADS per rank (1 unless set)
         state = load_checkpoint(o.checkpoint)
         cfg = check_checkpoint(state, o.checkpoint, ALIGNED_SIZE)
         size = int(cfg["image_size"])
@@ -595,24 +626,25 @@ class Exporter:
         self.render_settings = RenderSettings(image_size=size, device="cpu", outputs=("image", "mask", "landmarks"))
         self.refiner = Refiner(state, o.checkpoint, cfg, o.device, o.net_batch, o.scores, size, self.stats)
         self.id_cache = {}
-        mine = identity_range(o.first_identity, o.n_identities, ddp.rank, ddp.world)
+        mine = rank_chunks(chunk_ranges(o.first_identity, o.n_identities, o.per_chunk), ddp.rank, ddp.world)
         done = read_progress(self.state_dir)
-        todo = [i for i in mine if i not in done or not self.artefact(i).exists()]
-        m = o.images_per_identity
-        per_chunk = max(1, min(o.net_batch // math.gcd(o.net_batch, m), MAX_CHUNK_IMAGES // m))
-        bar = tqdm(total=len(mine) * m, initial=(len(mine) - len(todo)) * m, unit="img", smoothing=0.1,
-                   desc="export" if ddp.world == 1 else f"export (rank 0 of {ddp.world})",
+        is_done = lambda i: i in done and self.artefact(i).exists()  # noqa: E731
+        todo = [c for c in mine if not all(is_done(i) for i in c)]
+        m, n_mine = o.images_per_identity, sum(len(c) for c in mine)
+        bar = tqdm(total=n_mine * m, initial=sum(is_done(i) for c in mine for i in c) * m, unit="img",
+                   smoothing=0.1, desc="export" if ddp.world == 1 else f"export (rank 0 of {ddp.world})",
                    disable=not (self.progress and ddp.main))
         if todo:
-            self.log = ProgressLog(self.state_dir / f"progress-{self.id_name(mine[0])}-{self.id_name(mine[-1])}.jsonl")
+            self.log = ProgressLog(self.state_dir / f"progress-{self.id_name(mine[0][0])}-"
+                                                    f"{self.id_name(mine[-1][-1])}.jsonl")
             try:
-                for c in range(0, len(todo), per_chunk):
-                    ids = todo[c:c + per_chunk]
-                    result = self.process_chunk(ids)
+                for chunk in todo:  # a partly written chunk is recomputed whole: same batches, same bits
+                    result = self.process_chunk(list(chunk))
                     t = time.perf_counter()
-                    for i in ids:
-                        self.write_identity(i, result[i])
-                        bar.update(m)
+                    for i in chunk:
+                        if not is_done(i):
+                            self.write_identity(i, result[i])
+                            bar.update(m)
                     self._tick("write", t)
             finally:
                 self.log.close()
@@ -710,6 +742,7 @@ class Exporter:
             "format_version": MANIFEST_VERSION, "complete": complete,
             "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "versions": versions(),
+            "numerics": {**numerics(), "processes": self.world},
             "checkpoint": {"path": str(o.checkpoint), "sha256": settings["checkpoint_sha256"],
                            "step": int(state.get("step", -1)), "variant": cfg.get("variant"),
                            "train_seed": state.get("train_seed"), "train_model": state.get("train_model"),
@@ -736,16 +769,6 @@ def _barrier(ddp) -> None:
     if ddp.world > 1:
         import torch.distributed as dist
         dist.barrier()
-
-
-def _set_threads(threads: int | None, world: int) -> None:
-    import numba
-    if threads is not None:
-        torch.set_num_threads(threads)
-    elif world > 1:  # torchrun: OMP_NUM_THREADS (1 unless set) for torch; numba alike, not all cores per rank
-        threads = torch.get_num_threads()
-    if threads is not None:
-        numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
 
 
 def export_dataset(options: ExportOptions, progress: bool = True, stats: dict | None = None) -> dict:

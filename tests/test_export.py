@@ -3,6 +3,10 @@
 The checkpoint comes from a few training steps with narrow networks (as tests/test_train.py does)
 on renders of the default model (seed 0, identities 0..5); real.h5 and pairs.h5 are made from the
 same renders in their exact layouts, which is all a short run needs. Exports use seed 1.
+
+Byte-for-byte comparisons are made only where the export promises them: the same machine, the
+same network batch and the same threads per process (``SAME``); across batch sizes, batch
+positions and thread counts the networks' results are compared within a stated tolerance.
 """
 import errno
 import json
@@ -26,6 +30,8 @@ from cli.refine import main as refine
 ROOT = Path(__file__).resolve().parents[1]
 N, M = 5, 4
 SMALL = "g_width: 8\nd_hidden: 16\nlog_every: 1\ngrid_every: 100\n"
+THREADS = 2
+SAME = ("--batch-size", 8, "--threads", THREADS)  # network batch 8 (2 identities of M = 4 per chunk)
 
 
 def run(group, *args):
@@ -68,10 +74,10 @@ def tree(out: Path) -> dict[str, bytes]:
 
 @pytest.fixture(scope="module")
 def reference(ckpt, tmp_path_factory):
-    """One uninterrupted single-process export of each format (default batch size, 2 threads)."""
+    """One uninterrupted single-process export of each format (network batch 8, 2 threads)."""
     d = tmp_path_factory.mktemp("reference")
     for fmt in ("imagefolder", "hdf5"):
-        res = run(refine, *export_args(ckpt, d / fmt, "--format", fmt))
+        res = run(refine, *export_args(ckpt, d / fmt, "--format", fmt, *SAME))
         assert res.exit_code == 0, res.output
     return d
 
@@ -148,9 +154,11 @@ def test_hdf5_holds_every_parameter_and_the_ema_generators_output(reference, ckp
     assert [r[4:] for r in ic] == [r[4:] for r in csv]  # same scores whatever the format
 
 
-def test_refiner_results_do_not_depend_on_batch_or_threads(ckpt, reference):
-    """Every bit of G(x) and of the scores is the same in batches of 8, 16 and 24 images, at any
-    position, with 1 or 2 threads (fixed, padded batch shapes)."""
+def test_refiner_is_bit_identical_on_one_machine_and_close_across_batches_and_threads(ckpt, reference):
+    """The same batch size, position and threads give every bit of G(x) and of the scores again;
+    other batch sizes, positions and thread counts (other oneDNN/MKL kernels) stay within the
+    tolerance the README states: at most one 8-bit level in a pixel, 1e-5 in a score or an
+    embedding component."""
     from refine.export import Refiner
 
     state = torch.load(ckpt, weights_only=True)
@@ -159,7 +167,7 @@ def test_refiner_results_do_not_depend_on_batch_or_threads(ckpt, reference):
     results = []
     threads = torch.get_num_threads()
     try:
-        for batch, nthreads, shift in ((16, threads, 0), (8, threads, 3), (24, 1, 5), (8, 1, 0)):
+        for batch, nthreads, shift in ((16, threads, 0), (16, threads, 0), (8, threads, 3), (24, 1, 5), (8, 1, 0)):
             torch.set_num_threads(nthreads)
             ref = Refiner(state, ckpt, state["config"], "cpu", batch, True, 108)
             order = np.roll(np.arange(len(renders)), shift)
@@ -168,9 +176,46 @@ def test_refiner_results_do_not_depend_on_batch_or_threads(ckpt, reference):
             results.append({k: out[k][back] for k in ("image", "dr_error", "cycle_error", "embedding")})
     finally:
         torch.set_num_threads(threads)
-    for other in results[1:]:
-        for k, v in results[0].items():
-            np.testing.assert_array_equal(other[k], v, err_msg=k)
+    for k, v in results[0].items():
+        np.testing.assert_array_equal(results[1][k], v, err_msg=k)
+    for other in results[2:]:
+        diff = np.abs(other["image"].astype(int) - results[0]["image"])
+        assert diff.max() <= 1 and (diff == 0).mean() > 0.999
+        for k in ("dr_error", "cycle_error", "embedding"):
+            np.testing.assert_allclose(other[k], results[0][k], rtol=0, atol=1e-5, err_msg=k)
+    assert not np.array_equal(results[0]["image"], renders)  # (G changed the renders)
+
+
+REFINE_SCRIPT = """
+import sys, h5py, numpy as np, torch
+from refine.export import Refiner
+ckpt, renders, out = sys.argv[1:4]
+state = torch.load(ckpt, weights_only=True)
+with h5py.File(renders, "r") as f:
+    x = f["images"][()][:21]
+r = Refiner(state, ckpt, state["config"], "cpu", 16, True, 108).run(x)
+np.savez(out, **{k: r[k] for k in ("image", "dr_error", "cycle_error", "embedding")})
+"""
+
+
+def test_refiner_under_avx2_kernels_is_within_the_same_tolerance(ckpt, tmp_path):
+    """Another instruction set (this CPU held to its AVX2 code) moves G(x) and the scores by no
+    more than other batch shapes do."""
+    from morph.numerics import AVX2_ENVIRONMENT
+    from refine.export import Refiner
+
+    state = torch.load(ckpt, weights_only=True)
+    synthetic = ckpt.parent.parent.parent / "synthetic.h5"
+    with h5py.File(synthetic, "r") as f:
+        mine = Refiner(state, ckpt, state["config"], "cpu", 16, True, 108).run(f["images"][()][:21])
+    env = dict(_env(), **AVX2_ENVIRONMENT)
+    subprocess.run([sys.executable, "-c", REFINE_SCRIPT, str(ckpt), str(synthetic), str(tmp_path / "avx2.npz")],
+                   cwd=ROOT, env=env, check=True, timeout=300)
+    with np.load(tmp_path / "avx2.npz") as other:
+        diff = np.abs(other["image"].astype(int) - mine["image"])
+        assert diff.max() <= 1 and (diff == 0).mean() > 0.999
+        for k in ("dr_error", "cycle_error", "embedding"):
+            np.testing.assert_allclose(other[k], mine[k], rtol=0, atol=1e-5, err_msg=k)
 
 
 # --------------------------------------------------------------------------- (2) kill/resume --
@@ -181,7 +226,7 @@ def _env():
 
 def test_sigkill_then_resume_gives_the_uninterrupted_bytes(ckpt, reference, tmp_path):
     out = tmp_path / "killed"
-    args = [str(a) for a in export_args(ckpt, out, "--batch-size", 8)]  # 2 identities per chunk
+    args = [str(a) for a in export_args(ckpt, out, *SAME)]  # 2 identities per chunk
     proc = subprocess.Popen([sys.executable, "-m", "cli.refine", *args], cwd=ROOT, env=_env(),
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 300
@@ -215,7 +260,12 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_torchrun_two_processes_write_the_same_bytes_as_one(ckpt, reference, tmp_path):
+def test_torchrun_two_processes_write_the_same_bytes_as_one(ckpt, tmp_path):
+    """Two ranks of one thread each write what one process of one thread writes (rank 0 takes
+    chunk 0, rank 1 chunks 1 and 2 of identities {0, 1}, {2, 3}, {4})."""
+    one = tmp_path / "one"
+    res = run(refine, *export_args(ckpt, one, "--batch-size", 8, "--threads", 1))
+    assert res.exit_code == 0, res.output
     out = tmp_path / "ddp"
     args = [str(a) for a in export_args(ckpt, out, "--batch-size", 8)]
     env = dict(_env(), OMP_NUM_THREADS="1")
@@ -223,8 +273,9 @@ def test_torchrun_two_processes_write_the_same_bytes_as_one(ckpt, reference, tmp
                         str(_free_port()), "-m", "cli.refine", *args], cwd=ROOT, env=env, capture_output=True,
                        text=True, timeout=600, check=False)
     assert p.returncode == 0, p.stderr[-3000:]
-    assert tree(out) == tree(reference / "imagefolder")
-    assert json.loads((out / "manifest.json").read_text())["complete"]
+    assert tree(out) == tree(one)
+    man = json.loads((out / "manifest.json").read_text())
+    assert man["complete"] and man["numerics"]["processes"] == 2 and man["numerics"]["torch_threads"] == 1
 
 
 # ----------------------------------------------------------------------------- filtering --
@@ -238,7 +289,8 @@ def test_filter_redraws_from_the_identitys_next_images(ckpt, reference, tmp_path
         dr0 = f["scores/dr_error"][()]
     limit = float(np.median(dr0))
     out = tmp_path / "filtered"
-    res = run(refine, *export_args(ckpt, out, "--format", "hdf5", "--max-dr-error", limit, "--max-retries", 2))
+    res = run(refine, *export_args(ckpt, out, "--format", "hdf5", "--max-dr-error", limit, "--max-retries", 2,
+                                     *SAME))
     assert res.exit_code == 0, res.output
     rows = [r.split(",") for r in (out / "scores.csv").read_text().splitlines()[1:]]
     with h5py.File(out / "ganfaces.h5", "r") as f:
@@ -287,11 +339,23 @@ def test_checkpoint_of_another_image_size_is_refused(ckpt, tmp_path):
 
 def test_folder_of_another_export_or_other_files_is_refused(ckpt, reference, tmp_path):
     before = tree(reference / "imagefolder")
-    res = run(refine, *export_args(ckpt, reference / "imagefolder", seed=2))
+    res = run(refine, *export_args(ckpt, reference / "imagefolder", *SAME, seed=2))
     assert res.exit_code == 2 and "holds another export (different seed)" in res.output
-    res = run(refine, *export_args(ckpt, reference / "imagefolder", "--format", "hdf5", "--quality", 80))
+    res = run(refine, *export_args(ckpt, reference / "imagefolder", "--format", "hdf5", "--quality", 80, *SAME))
     assert res.exit_code == 2 and "holds another export (different file_type, format, jpeg_quality)" in res.output
+    # a complete export is complete whatever the batch size; an unfinished one resumes only with
+    # its own network batch (another would compute the rest with other low bits)
+    res = run(refine, *export_args(ckpt, reference / "imagefolder", "--batch-size", 16))
+    assert res.exit_code == 0 and "already complete" in res.output
     assert tree(reference / "imagefolder") == before
+    part = tmp_path / "part"
+    res = run(refine, *export_args(ckpt, part, *SAME, n=1))
+    assert res.exit_code == 0, res.output
+    man = json.loads((part / "manifest.json").read_text())
+    (part / "manifest.json").write_text(json.dumps({**man, "complete": False}))
+    res = run(refine, *export_args(ckpt, part, "--batch-size", 9, n=1))
+    assert res.exit_code == 2 and "Traceback" not in res.output
+    assert "network batches of 8 images (--batch-size 1..8); resume with such a --batch-size" in res.output
     (tmp_path / "mine").mkdir()
     (tmp_path / "mine" / "notes.txt").write_text("x")
     res = run(refine, *export_args(ckpt, tmp_path / "mine"))
@@ -327,7 +391,7 @@ def test_full_disk_stops_with_one_line_and_resumes(ckpt, reference, tmp_path, mo
 
     monkeypatch.setattr(E.Exporter, "write_identity", write_then_fill_disk)
     out = tmp_path / "full"
-    args = export_args(ckpt, out, "--format", fmt, "--batch-size", 8)
+    args = export_args(ckpt, out, "--format", fmt, *SAME)
     res = run(refine, *args)
     assert res.exit_code == 2 and "Traceback" not in res.output
     err = res.output.split("Error: ")[1:]  # (the progress bar may share its line)
@@ -354,7 +418,7 @@ def test_a_real_file_size_limit_stops_with_one_line_and_resumes(ckpt, reference,
     import resource
 
     out = tmp_path / "limited"
-    args = [str(a) for a in export_args(ckpt, out, "--batch-size", 4)]
+    args = [str(a) for a in export_args(ckpt, out, "--batch-size", 4, "--threads", THREADS)]  # network batch 8
     limit = 2500  # bytes per file: a 108x108 JPEG of these faces is larger, manifest and progress are not
 
     def limited():
