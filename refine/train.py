@@ -42,6 +42,7 @@ import torch.distributed as dist
 import yaml
 
 from morph.errors import UserError
+from morph.numerics import numerics, set_threads
 from refine import losses as L
 from refine.config import TrainConfig
 from refine.data import open_sets
@@ -293,6 +294,7 @@ class Trainer:
             nets.update(Gp=self.Gp, D_S=self.D_S)
         return {
             "format": CHECKPOINT_FORMAT, "step": self.step, "config": self.cfg.to_dict(),
+            "numerics": numerics(),
             "world_size": self.ddp.world,
             "architecture": self.cfg.architecture_key(),
             "nets": {k: v.state_dict() for k, v in nets.items()},
@@ -393,13 +395,14 @@ def _trim_log(path: Path, step: int) -> None:
 
 
 def train(cfg: TrainConfig, synthetic: Path, real: Path, pairs: Path | None, run_dir: Path,
-          resume: bool | Path = False, progress: bool = True) -> Path | None:
+          resume: bool | Path = False, progress: bool = True, threads: int | None = None) -> Path | None:
     """Train until ``cfg.steps``; returns the final checkpoint (rank 0)."""
     import json
 
     from tqdm import tqdm
 
     ddp = init_distributed(cfg.device)
+    set_threads(threads)  # torchrun: OMP_NUM_THREADS per rank, held (see morph.numerics.set_threads)
     run_dir = Path(run_dir)
     store = CheckpointStore(run_dir, cfg.keep_checkpoints)
     if ddp.main:
@@ -471,6 +474,10 @@ def train(cfg: TrainConfig, synthetic: Path, real: Path, pairs: Path | None, run
         for s in (trainer.syn, trainer.real, trainer.pairs):
             if s is not None:
                 s.close()
+        if ddp.world > 1 and dist.is_initialized():
+            # a gloo group left to interpreter shutdown aborted a rank ("terminate called without
+            # an active exception", exit -6) after a complete run
+            dist.destroy_process_group()
     return last_path
 
 
