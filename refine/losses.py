@@ -5,57 +5,46 @@ code (github.com/barisgecer/facegan: ``trainer.py`` ``build_model``, ``modules.p
 ``magnet_loss``, ``config.py``); each docstring says where.
 
 Every ||.||_1 of the paper is a mean over all elements (the authors' ``tf.reduce_mean(tf.abs(.))``),
-not a sum, so the losses do not depend on batch or image size.
+not a sum, so the losses do not depend on batch or image size; ``per_image=True`` gives one mean
+per image instead (the export's scores). Every loss is computed in float32 at least, also when
+the networks run under bfloat16 autocast.
 """
 from __future__ import annotations
-
-from dataclasses import dataclass
 
 import torch
 
 
-@dataclass(frozen=True)
-class LossWeights:
-    """The paper's settings (section 4, "Training Details"; BEGAN terms from section 3.1)."""
-
-    lambda_cyc: float = 0.5   # Eq. 8, 9
-    lambda_dp: float = 0.5    # Eq. 9
-    lambda_c: float = 0.001   # Eq. 8
-    lambda_id: float = 0.1    # L_id, as CycleGAN's identity loss
-    gamma: float = 0.5        # BEGAN diversity ratio (authors' config ``gamma``)
-    lambda_k: float = 0.001   # step of the balance terms k
-    eta: float = 1.0          # margin of Eq. 7
-    beta: float = 0.95        # centroid momentum (authors' ``center_loss_alfa``)
+def _f32(t: torch.Tensor) -> torch.Tensor:
+    return t.to(torch.promote_types(t.dtype, torch.float32))
 
 
-def l1(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """||a - b||_1 as the mean absolute difference over every element (authors' reduce_mean)."""
-    return (a - b).abs().mean()
+def l1(a: torch.Tensor, b: torch.Tensor, per_image: bool = False) -> torch.Tensor:
+    """||a - b||_1 as the mean absolute difference over every element (authors' reduce_mean);
+    ``per_image``: one mean per image (over all but the first dimension)."""
+    d = (_f32(a) - _f32(b)).abs()
+    return d.flatten(1).mean(1) if per_image else d.mean()
 
 
-def cycle_loss(x: torch.Tensor, x_cyc: torch.Tensor) -> torch.Tensor:
-    """Eq. 1, the forward cycle only: L_cyc = E_x ||G'(G(x)) - x||_1, with ``x_cyc`` = G'(G(x))."""
-    return l1(x_cyc, x)
+def cycle_loss(x: torch.Tensor, x_cyc: torch.Tensor, per_image: bool = False) -> torch.Tensor:
+    """Eq. 1, the forward cycle only: L_cyc = E_x ||G'(G(x)) - x||_1, with ``x_cyc`` = G'(G(x))
+    (the authors' ``s_loss``)."""
+    return l1(x_cyc, x, per_image)
 
 
-def began_generator_loss(fake: torch.Tensor, d_fake_recon: torch.Tensor) -> torch.Tensor:
+def began_generator_loss(fake: torch.Tensor, d_fake_recon: torch.Tensor, per_image: bool = False) -> torch.Tensor:
     """Eq. 2 / 3: L_G = E ||G(x) - D_R(G(x))||_1 (and L_G' = E ||G'(G(x)) - D_S(G'(G(x)))||_1):
     how badly the auto-encoder discriminator reconstructs the generated image."""
-    return l1(fake, d_fake_recon)
+    return l1(fake, d_fake_recon, per_image)
 
 
-def began_discriminator_loss(real: torch.Tensor, d_real_recon: torch.Tensor, fake: torch.Tensor,
-                             d_fake_recon: torch.Tensor, k: float
-                             ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Eq. 4 / 5: L_D = E ||y - D(y)||_1 - k_t L_G, with L_G = ||fake - D(fake)||_1 (Eq. 2/3).
-
-    Returns (L_D, L_real, L_fake) so that the caller can move k with ``k_update(k, gamma,
-    L_real, L_fake)``. Only D's parameters should take this gradient (Eq. 10); ``fake`` is the
-    generator's output, which D must not push (detach it, or restrict the gradient to D).
-    """
+def began_discriminator_loss(real: torch.Tensor, d_real_recon: torch.Tensor, l_fake: torch.Tensor,
+                             k: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Eq. 4 / 5: L_D = E ||y - D(y)||_1 - k_t L_G, with ``l_fake`` = L_G from Eq. 2 / 3
+    (``began_generator_loss``). Returns (L_D, L_real); k moves by ``k_update(k, gamma, L_real,
+    L_G)`` (the authors' ``balance = gamma * d_loss_real - g_loss``). Only D's parameters take this
+    gradient (Eq. 10): the trainer restricts each gradient to its own network."""
     l_real = l1(real, d_real_recon)
-    l_fake = l1(fake, d_fake_recon)
-    return l_real - k * l_fake, l_real, l_fake
+    return l_real - k * l_fake, l_real
 
 
 def pair_matching_loss(s: torch.Tensor, g_prime_of_r: torch.Tensor, k: float, l_cyc: torch.Tensor
@@ -118,24 +107,40 @@ def update_centroids(centroids: torch.Tensor, embeddings: torch.Tensor, labels: 
     """Section 3.3: move each identity's centroid towards its new embeddings; returns new centroids.
 
     The paper writes c_j <- c_j - beta * delta(i_x = j) (c_j - C(G(x))) with beta = 0.95, "a
-    momentum of 0.95". We follow the authors' code (``magnet_loss``/``center_loss``: ``diff =
-    (1 - center_alpha) * (centers_batch - features)``, ``tf.scatter_sub``), where 0.95 is the
-    momentum and 1 - beta the step:
+    momentum of 0.95". The authors' code (``modules.magnet_loss``: ``diff = (1 - center_alpha) *
+    (centers_batch - features)``, ``tf.scatter_sub``) makes 0.95 the momentum and 1 - beta the
+    step. With several samples of identity j in a batch (the identity-grouped batches of
+    ``refine.data``), ``scatter_sub`` would sum their steps; we divide the sum by 1 + n_j, as
+    centre loss does (Wen et al. 2016, Eq. 4), so a step never overshoots:
 
-        c_j <- c_j - (1 - beta) * sum_{x: i_x = j} (c_j - C(G(x)))
+        c_j <- c_j - (1 - beta) * sum_{x: i_x = j} (c_j - C(G(x))) / (1 + n_j)
 
-    with every sample of identity j measured from the same old c_j and their steps summed (as
-    ``scatter_sub`` does with repeated indices). Identities absent from the batch keep theirs.
+    every sample measured from the same old c_j. Identities absent from the batch keep theirs.
     """
     e = embeddings.detach().to(centroids.dtype)
     labels = labels.long()
     step = torch.zeros_like(centroids).index_add_(0, labels, centroids[labels] - e)
-    return centroids - (1.0 - beta) * step
+    n = torch.zeros(len(centroids), dtype=centroids.dtype, device=centroids.device)
+    n.index_add_(0, labels, torch.ones_like(labels, dtype=centroids.dtype))
+    return centroids - (1.0 - beta) * step / (1.0 + n)[:, None]
 
 
 def identity_loss(x: torch.Tensor, gx: torch.Tensor) -> torch.Tensor:
-    """L_id = ||x - G(x)||_1 (section 4, weighted by lambda_id = 0.1), as written in the paper."""
-    return l1(x, gx)
+    """L_id = ||x - G(x)||_1 (section 4, weighted by lambda_id = 0.1) over the rendered face only,
+    as the authors' ``trainer.build_model`` computes ``p_loss``: ``mask = syn_raw > 0`` per pixel
+    and channel, ``reduce_mean(mask * |x - G(x)|)`` over every element (not divided by the mask's
+    area). Renders have a black background (8-bit 0, -1 here): unmasked, L_id would pull G's
+    background to black while D_R pushes it towards the photos' backgrounds."""
+    mask = (x > -1.0).to(torch.float32)
+    return (mask * (_f32(x) - _f32(gx)).abs()).mean()
+
+
+def ema_decay(decay: float, step: int) -> float:
+    """The decay of G's moving average at update ``step`` (0 for the first), with TensorFlow's
+    warm-up (``tf.train.ExponentialMovingAverage(0.9999, num_updates)`` in the authors'
+    ``trainer.build_model``): min(decay, (1 + t) / (10 + t)). Without it, averaging from the
+    random initial weights at 0.999 leaves 90% of them in after 100 steps and 13% after 2k."""
+    return min(float(decay), (1.0 + step) / (10.0 + step))
 
 
 def k_update(k: float, gamma: float, l_real: float, l_fake: float, lambda_k: float = 0.001) -> float:

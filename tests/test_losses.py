@@ -25,15 +25,26 @@ def test_l1_is_a_mean_over_elements():
 def test_cycle_generator_and_identity_losses():
     assert L.cycle_loss(A, B).item() == pytest.approx(0.625)            # Eq. 1
     assert L.began_generator_loss(A, B).item() == pytest.approx(0.625)  # Eq. 2/3
-    assert L.identity_loss(A, B).item() == pytest.approx(0.625)
+    # per image: the mean of each image alone
+    two = L.cycle_loss(torch.cat([A, B]), torch.cat([B, B]), per_image=True)
+    assert two.tolist() == pytest.approx([0.625, 0.0])
+    # L_id counts only the rendered face: A's third pixel is background (-1, 8-bit 0), so of
+    # |A - B| = 0.5, 0, 1, 1 the 1 at the background drops out; the mean is still over all 4
+    assert L.identity_loss(A, B).item() == pytest.approx((0.5 + 0 + 1) / 4)
+    assert L.identity_loss(B, A).item() == pytest.approx(0.625)  # no background in B
+
+
+def test_losses_are_float32_under_bfloat16():
+    a, b = A.to(torch.bfloat16), B.to(torch.bfloat16)
+    for loss in (L.l1(a, b), L.cycle_loss(a, b), L.identity_loss(a, b)):
+        assert loss.dtype == torch.float32
 
 
 def test_began_discriminator_loss():
-    real, real_rec = A, B                       # L_real = 0.625
-    fake, fake_rec = img(1, 1, 1, 1), img(0, 0, 0, 0)  # L_fake = 1
-    loss, l_real, l_fake = L.began_discriminator_loss(real, real_rec, fake, fake_rec, k=0.25)
+    real, real_rec = A, B                                # L_real = 0.625
+    l_fake = L.began_generator_loss(img(1, 1, 1, 1), img(0, 0, 0, 0))  # Eq. 2: L_G = 1
+    loss, l_real = L.began_discriminator_loss(real, real_rec, l_fake, k=0.25)
     assert l_real.item() == pytest.approx(0.625)
-    assert l_fake.item() == pytest.approx(1.0)
     assert loss.item() == pytest.approx(0.625 - 0.25 * 1.0)  # Eq. 4/5
 
 
@@ -134,17 +145,29 @@ def test_update_centroids_rule():
     cents = torch.tensor([[0.0, 0.0], [1.0, 1.0], [5.0, 5.0]])
     emb = torch.tensor([[1.0, 0.0], [0.0, 2.0], [3.0, 1.0]])
     new = L.update_centroids(cents, emb, torch.tensor([0, 0, 1]), beta=0.95)
-    # c0: 0 - 0.05 * ((0 - 1) + (0 - 0), (0 - 0) + (0 - 2)) = (0.05, 0.10)
-    # c1: 1 - 0.05 * (1 - 3, 1 - 1) = (1.10, 1.00); c2 untouched
-    assert torch.allclose(new, torch.tensor([[0.05, 0.10], [1.10, 1.00], [5.0, 5.0]]))
+    # c0 (n = 2): 0 - 0.05 * ((0 - 1) + (0 - 0), (0 - 0) + (0 - 2)) / 3 = (0.05 / 3, 0.10 / 3)
+    # c1 (n = 1): 1 - 0.05 * (1 - 3, 1 - 1) / 2 = (1.05, 1.00); c2 untouched
+    assert torch.allclose(new, torch.tensor([[0.05 / 3, 0.10 / 3], [1.05, 1.00], [5.0, 5.0]]))
     assert torch.equal(cents, torch.tensor([[0.0, 0.0], [1.0, 1.0], [5.0, 5.0]]))  # not in place
 
 
-def test_update_centroids_is_a_moving_average_for_one_sample():
+def test_update_centroids_step_is_normalised_by_the_identitys_count():
+    """K samples of one identity at its centroid's old value plus d move it by 0.05 K / (1 + K) d:
+    never more than the 0.05 of one full step, however many samples a batch holds."""
     c = torch.tensor([[2.0, -1.0], [0.0, 0.0]])
-    e = torch.tensor([[4.0, 1.0]])
-    new = L.update_centroids(c, e, torch.tensor([0]), beta=0.95)
-    assert torch.allclose(new[0], 0.95 * c[0] + 0.05 * e[0])
+    for k in (1, 4, 16):
+        e = (c[0] + torch.tensor([4.0, 2.0])).repeat(k, 1)
+        new = L.update_centroids(c, e, torch.zeros(k, dtype=torch.long), beta=0.95)
+        assert torch.allclose(new[0], c[0] + 0.05 * k / (1 + k) * torch.tensor([4.0, 2.0]))
+        assert torch.equal(new[1], c[1])
+
+
+def test_ema_decay_warms_up_as_tensorflow():
+    """min(decay, (1 + t) / (10 + t)): 0.1 at the first update, 0.9999 only after ~90k updates."""
+    assert L.ema_decay(0.9999, 0) == pytest.approx(0.1)
+    assert L.ema_decay(0.9999, 90) == pytest.approx(91 / 100)
+    assert L.ema_decay(0.9999, 10 ** 6) == 0.9999
+    assert L.ema_decay(0.5, 10) == 0.5
 
 
 def test_update_centroids_takes_no_gradient():
@@ -153,7 +176,12 @@ def test_update_centroids_takes_no_gradient():
     assert not new.requires_grad
 
 
-def test_loss_weights_are_the_papers():
-    w = L.LossWeights()
-    assert (w.lambda_cyc, w.lambda_dp, w.lambda_c, w.lambda_id) == (0.5, 0.5, 0.001, 0.1)
-    assert (w.gamma, w.lambda_k, w.eta, w.beta) == (0.5, 0.001, 1.0, 0.95)
+def test_default_settings_are_the_papers_and_the_authors():
+    from refine.config import TrainConfig
+
+    c = TrainConfig()
+    assert (c.lambda_cyc, c.lambda_dp, c.lambda_c, c.lambda_id) == (0.5, 0.5, 0.001, 0.1)  # paper section 4
+    assert (c.gamma, c.lambda_k, c.eta, c.centroid_momentum) == (0.5, 0.001, 1.0, 0.95)
+    assert (c.lr, c.batch_size, c.steps) == (8e-5, 16, 248_000)
+    # facegan trainer.py: AdamOptimizer(lr) with TF's default betas; EMA 0.9999; no batch norm in G
+    assert c.betas == (0.9, 0.999) and c.ema_decay == 0.9999 and c.norm == "authors"
