@@ -9,8 +9,8 @@ space". Here, for any one set:
 
 - pairs drawn uniformly from all positive (all negative) pairs of the set, from ``seed``; all of
   them when the set has fewer (the report says so);
-- embeddings of C (default dlib's ResNet) through C's evaluation transform (the centre 96-px
-  crop of the 108x108 image, ``IdentityInputTransform.centre``); distances between the
+- embeddings of C (default dlib's ResNet) of the face framed as C was trained (its face chip,
+  ``Embedder.transform().centre``: dlib's 150 px chip with padding 0.25); distances between the
   L2-normalised embeddings, so in [0, 2];
 - the ROC of "same identity when distance <= t", its AUC, the equal error rate with its
   threshold, and TAR at FAR 1e-2 / 1e-3 when there are enough negative pairs to measure them;
@@ -410,10 +410,8 @@ def _sample(n: int, k: int, seed: int, stream: int) -> np.ndarray:
 @torch.inference_mode()
 def embed(images: ImageSet, idx: np.ndarray, embedder, batch_size: int = 64, device: str = "cpu",
           desc: str = "embed") -> np.ndarray:
-    """(len(idx), dim) float64 embeddings of ``images[idx]`` through C's centre crop."""
-    from refine.embedders import IdentityInputTransform
-
-    transform = IdentityInputTransform(embedder.input_size)
+    """(len(idx), dim) float64 embeddings of ``images[idx]`` (aligned 108x108) through C's face chip."""
+    transform = embedder.transform(SOURCE_SIZE)
     out = np.empty((len(idx), embedder.dim), np.float64)
     for s in tqdm(range(0, len(idx), batch_size), desc=desc, unit="batch", leave=False):
         x = to_tensor(images.read(idx[s:s + batch_size])).to(device)

@@ -1,10 +1,10 @@
 """The identity network C: frozen face embedders behind one interface.
 
-    from refine.embedders import load_embedder, IdentityInputTransform
+    from refine.embedders import load_embedder
     C = load_embedder("dlib")                        # the default
-    T = IdentityInputTransform(C.input_size)
-    e = C(T(fake, generator))                        # training: random 96-px crops of 108x108 images
-    e = C(T.centre(images))                          # evaluation: the centre crop
+    T = C.transform(108)                             # C's face chip of 108x108 aligned images
+    e = C(T(fake, generator))                        # training: shifted, rotated, flipped chips
+    e = C(T.centre(images))                          # scores and evaluation: the chip alone
 
 ``load_embedder(spec)`` accepts:
 - ``"dlib"`` (or ``"default"``): dlib's face-recognition ResNet (150x150 -> 128-D), weights in

@@ -5,22 +5,39 @@ outputs), shape (B, 3, H, W), and returns L2-normalised embeddings (B, dim). Its
 train and it always runs in eval mode, but gradients flow through it to the images: the GAN's
 generator is trained through C (Eq. 7).
 
-``IdentityInputTransform``: what C sees of a 108x108 image. The paper feeds C random 96x96
-crops of G(x), rotated and flipped, resized to C's own input size. Here crop, rotation, flip and
-resize are ONE affine warp (``affine_grid`` + bilinear ``grid_sample``), so the image is
-resampled once and the whole transform is differentiable. Every random draw comes from an
-explicit ``torch.Generator``. ``centre`` is the deterministic version for evaluation: the centre
-96x96 crop, resized.
+Each embedder declares its face template, ``chip_points``: where the 5 points of
+``morph.template`` (eye centres, nose tip, mouth corners) sit in its input, i.e. how the faces it
+was trained on were framed (Deep3DFaceRecon's ``RecogNetWrapper`` crops to its network's own
+template the same way). Our aligned images (``morph.template.five_point_template``) are mapped
+onto it by one similarity. An embedder without a template of its own gets the paper's framing:
+the centre 96x96 of the 108x108 image, resized to its input.
+
+``IdentityInputTransform``: what C sees of an aligned S x S image. The paper feeds C "random
+crops, rotated and flipped" of G(x); here the face chip, a random shift (up to the paper's
+(108 - 96) / 2 = 6 px of 108 in each axis), a rotation and a flip are ONE affine warp
+(``affine_grid`` + bilinear ``grid_sample``), so the image is resampled once and the whole
+transform is differentiable. Every random draw comes from an explicit ``torch.Generator``.
+``centre`` is the deterministic version (no shift, rotation or flip) for scores and evaluation.
 """
 from __future__ import annotations
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-#: The aligned images' size (``morph.template.ALIGNED_SIZE``) and the crop C sees of them.
-SOURCE_SIZE = 108
+from morph.template import ALIGNED_SIZE, five_point_template, similarity_from_points
+
+#: The paper's crop: C sees 96x96 of the 108x108 aligned images.
+SOURCE_SIZE = ALIGNED_SIZE
 CROP_SIZE = 96
+
+
+def centre_crop_template(input_size: int) -> np.ndarray:
+    """(5, 2) template points of an embedder without its own: the centre 96/108 of our aligned
+    image resized to ``input_size`` (pixel centres at integer + 0.5, as ``morph.template``)."""
+    offset = (SOURCE_SIZE - CROP_SIZE) / 2
+    return (five_point_template(SOURCE_SIZE) - offset) * (input_size / CROP_SIZE)
 
 
 class Embedder(nn.Module):
@@ -38,6 +55,13 @@ class Embedder(nn.Module):
     input_size: int
     dim: int
     name: str = "embedder"
+    #: (5, 2) where ``morph.template``'s 5 points sit in the input (px, centres at +0.5);
+    #: None: the paper's centre 96/108 crop (``centre_crop_template``).
+    chip_points: np.ndarray | None = None
+
+    def transform(self, source_size: int = SOURCE_SIZE, **augmentation) -> "IdentityInputTransform":
+        """This embedder's input transform for aligned images of ``source_size`` px."""
+        return IdentityInputTransform(self.input_size, self.chip_points, source_size, **augmentation)
 
     def freeze(self) -> Embedder:
         """No parameter requires grad; eval mode for good (``train()`` is a no-op)."""
@@ -74,77 +98,87 @@ def _warp(images: torch.Tensor, theta: torch.Tensor, size: int) -> torch.Tensor:
 
 
 class IdentityInputTransform(nn.Module):
-    """C's input transform: random crop + rotation + flip + resize, as one differentiable warp.
+    """C's input transform: face chip + random shift, rotation and flip, as one differentiable warp.
 
-    images: (B, 3, S, S) with S = ``source_size`` (108). Each image gets its own draw:
-    - a ``crop_size`` (96) px square at an integer offset uniform in [0, S - crop] per axis;
-    - a rotation about the crop's centre, uniform in [-max_rotation, +max_rotation] degrees;
-    - a horizontal flip with probability ``flip_probability`` (0.5);
-    and the result is sampled at ``output_size`` x ``output_size`` (the embedder's input size).
-    Where a rotated crop reaches past the image (its corners; a crop at the image's edge
-    does for any angle), the edge pixels are repeated.
+    ``chip_points``: the embedder's template (``Embedder.chip_points``; None: the paper's centre
+    crop). Images (B, C, S, S), S = ``source_size``, aligned by ``morph.template`` at S px. Each
+    image gets its own draw: a shift uniform in +-``max_shift`` px of S (default 6 px of 108,
+    the paper's 96-of-108 random crop), a rotation about the chip's centre uniform in
+    +-``max_rotation`` degrees, a horizontal flip with probability ``flip_probability``; the
+    result is sampled at ``output_size`` x ``output_size``. Where the chip reaches past the image
+    the edge pixels are repeated.
 
     ``forward(images, generator)`` draws with ``generator`` (a CPU ``torch.Generator``; default:
-    the one made from ``seed`` at construction), so a seeded generator gives the same crops on
-    any device. ``centre(images)`` is the deterministic evaluation transform: centre crop, no
-    rotation or flip. ``params``/``apply`` split the draw from the warp (e.g. to use one draw
-    for several tensors).
+    the one made from ``seed``), so a seeded generator gives the same draws on any device.
+    ``centre(images)``: no shift, rotation or flip. ``params``/``apply`` split the draw from the warp.
     """
 
-    def __init__(self, output_size: int, crop_size: int = CROP_SIZE, source_size: int = SOURCE_SIZE,
-                 max_rotation: float = 10.0, flip_probability: float = 0.5, seed: int = 0):
+    def __init__(self, output_size: int, chip_points: np.ndarray | None = None, source_size: int = SOURCE_SIZE,
+                 max_shift: float | None = None, max_rotation: float = 10.0, flip_probability: float = 0.5,
+                 seed: int = 0):
         super().__init__()
-        if not 0 < crop_size <= source_size:
-            raise ValueError(f"IdentityInputTransform: crop_size {crop_size} must be in (0, {source_size}].")
         self.output_size = int(output_size)
-        self.crop_size = int(crop_size)
         self.source_size = int(source_size)
+        self.chip_points = np.asarray(centre_crop_template(output_size) if chip_points is None else chip_points,
+                                      np.float64)
+        self.max_shift = (SOURCE_SIZE - CROP_SIZE) / 2 * source_size / SOURCE_SIZE if max_shift is None \
+            else float(max_shift)
         self.max_rotation = float(max_rotation)
         self.flip_probability = float(flip_probability)
         self.generator = torch.Generator().manual_seed(seed)
+        # source px -> chip px, both with pixel centres at integer + 0.5
+        m = similarity_from_points(five_point_template(self.source_size), self.chip_points)
+        self.chip_from_source = np.vstack([m, [0.0, 0.0, 1.0]])
 
     def extra_repr(self) -> str:
-        return (f"{self.source_size} -> crop {self.crop_size} -> {self.output_size}, "
+        return (f"{self.source_size} px -> {self.output_size} px chip, shift +-{self.max_shift:.3g} px, "
                 f"rotation +-{self.max_rotation} deg, flip p={self.flip_probability}")
 
     def params(self, batch: int, generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
-        """Random draws for ``batch`` images: crop offsets (B, 2) px (x, y), angle (B,) degrees, flip (B,) bool."""
+        """Random draws for ``batch`` images: shift (B, 2) source px (x, y), angle (B,) degrees, flip (B,) bool."""
         g = self.generator if generator is None else generator
-        span = self.source_size - self.crop_size
-        offset = torch.randint(0, span + 1, (batch, 2), generator=g).to(torch.float64)
+        shift = (torch.rand(batch, 2, generator=g, dtype=torch.float64) * 2 - 1) * self.max_shift
         angle = (torch.rand(batch, generator=g, dtype=torch.float64) * 2 - 1) * self.max_rotation
         flip = torch.rand(batch, generator=g, dtype=torch.float64) < self.flip_probability
-        return {"offset": offset, "angle": angle, "flip": flip}
+        return {"shift": shift, "angle": angle, "flip": flip}
 
-    def theta(self, offset: torch.Tensor, angle: torch.Tensor, flip: torch.Tensor) -> torch.Tensor:
+    def theta(self, shift: torch.Tensor, angle: torch.Tensor, flip: torch.Tensor) -> torch.Tensor:
         """(B, 2, 3) ``affine_grid`` matrices: output coordinates in [-1, 1] -> source coordinates in [-1, 1]."""
-        s = self.crop_size / self.source_size  # half-width of the crop in normalised units
-        centre = (offset + self.crop_size / 2) / self.source_size * 2 - 1  # (B, 2)
+        w, s = self.output_size, self.source_size
+        b = shift.shape[0]
+        to_px = torch.tensor([[w / 2, 0, w / 2], [0, w / 2, w / 2], [0, 0, 1]], dtype=torch.float64)
+        to_norm = torch.tensor([[2 / s, 0, -1], [0, 2 / s, -1], [0, 0, 1]], dtype=torch.float64)
+        source_from_chip = torch.from_numpy(np.linalg.inv(self.chip_from_source))
         a = torch.deg2rad(angle)
-        cos, sin = torch.cos(a), torch.sin(a)
         fx = torch.where(flip, -1.0, 1.0).to(torch.float64)
-        # source = centre + s * R(angle) @ diag(fx, 1) @ output
-        row0 = torch.stack([s * cos * fx, -s * sin, centre[:, 0]], -1)
-        row1 = torch.stack([s * sin * fx, s * cos, centre[:, 1]], -1)
-        return torch.stack([row0, row1], 1)
+        # about the chip's centre: rotate and mirror the sampling positions
+        aug = torch.zeros(b, 3, 3, dtype=torch.float64)
+        aug[:, 0, 0], aug[:, 0, 1] = torch.cos(a) * fx, -torch.sin(a)
+        aug[:, 1, 0], aug[:, 1, 1] = torch.sin(a) * fx, torch.cos(a)
+        aug[:, 2, 2] = 1.0
+        c = torch.tensor([[1, 0, w / 2], [0, 1, w / 2], [0, 0, 1]], dtype=torch.float64)
+        c_inv = torch.tensor([[1, 0, -w / 2], [0, 1, -w / 2], [0, 0, 1]], dtype=torch.float64)
+        move = torch.eye(3, dtype=torch.float64).repeat(b, 1, 1)
+        move[:, :2, 2] = shift
+        m = to_norm @ move @ source_from_chip @ c @ aug @ c_inv @ to_px
+        return m[:, :2]
 
-    def apply(self, images: torch.Tensor, offset: torch.Tensor, angle: torch.Tensor,
+    def apply(self, images: torch.Tensor, shift: torch.Tensor, angle: torch.Tensor,
               flip: torch.Tensor) -> torch.Tensor:
         self._check(images)
-        theta = self.theta(offset, angle, flip).to(images.device)
+        theta = self.theta(shift, angle, flip).to(images.device)
         return _warp(images, theta, self.output_size)
 
     def forward(self, images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         return self.apply(images, **self.params(images.shape[0], generator))
 
     def centre(self, images: torch.Tensor) -> torch.Tensor:
-        """The evaluation transform: the centre ``crop_size`` square, resized; no rotation or flip."""
+        """The deterministic transform: the face chip alone, no shift, rotation or flip."""
         b = images.shape[0]
-        offset = torch.full((b, 2), (self.source_size - self.crop_size) / 2, dtype=torch.float64)
-        return self.apply(images, offset, torch.zeros(b, dtype=torch.float64), torch.zeros(b, dtype=torch.bool))
+        zero = torch.zeros(b, dtype=torch.float64)
+        return self.apply(images, torch.zeros(b, 2, dtype=torch.float64), zero, zero.bool())
 
     def _check(self, images: torch.Tensor) -> None:
         if images.dim() != 4 or tuple(images.shape[-2:]) != (self.source_size, self.source_size):
             raise ValueError(f"IdentityInputTransform: expected (B, C, {self.source_size}, "
                              f"{self.source_size}) images, got shape {tuple(images.shape)}.")
-

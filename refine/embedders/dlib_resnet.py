@@ -42,6 +42,29 @@ from refine.embedders.base import Embedder
 MEAN_RGB = (122.782, 117.001, 104.298)
 WEIGHTS_FILE = "dlib_face_recognition.npz"
 
+#: dlib's mean face, the iBUG points our 5-point definition takes (``morph.template``: eye centres
+#: = means of 36-41 and 42-47, nose tip 30, mouth corners 48 and 54), in [0, 1] units of the
+#: unpadded chip: ``mean_face_shape_x`` / ``mean_face_shape_y`` of ``get_face_chip_details`` in
+#: dlib/image_transforms/interpolation.h (dlib commit 3d40bf5; the arrays cover points 17-67).
+DLIB_MEAN_FACE = {30: (0.490127, 0.515625), 36: (0.121737, 0.216423), 37: (0.187122, 0.178758),
+                  38: (0.265825, 0.179852), 39: (0.334606, 0.231733), 40: (0.260918, 0.245099),
+                  41: (0.182743, 0.244077), 42: (0.645647, 0.231733), 43: (0.714428, 0.179852),
+                  44: (0.793132, 0.178758), 45: (0.858516, 0.216423), 46: (0.79751, 0.244077),
+                  47: (0.719335, 0.245099), 48: (0.254149, 0.780233), 54: (0.726104, 0.780233)}
+#: The chip dlib's face-recognition network was trained on: ``get_face_chip_details(shape, 150,
+#: 0.25)`` (examples/dnn_face_recognition_ex.cpp; the Python ``compute_face_descriptor`` hard-codes
+#: 150 and padding 0.25): a point c of the mean face lands at (padding + c) / (2 padding + 1) * 150.
+CHIP_SIZE, CHIP_PADDING = 150, 0.25
+
+
+def dlib_chip_points() -> np.ndarray:
+    """(5, 2) our 5 template points in dlib's 150 px face chip (pixel centres at integer + 0.5;
+    dlib puts them at integers, hence the + 0.5)."""
+    mean = {k: np.asarray(v) for k, v in DLIB_MEAN_FACE.items()}
+    five = np.stack([np.mean([mean[i] for i in range(36, 42)], 0), np.mean([mean[i] for i in range(42, 48)], 0),
+                     mean[30], mean[48], mean[54]])
+    return (CHIP_PADDING + five) / (2 * CHIP_PADDING + 1) * CHIP_SIZE + 0.5
+
 # (block name, channels in, channels out, "down" block?) in forward order.
 BLOCKS = [
     ("conv32_1", 32, 32, False), ("conv32_2", 32, 32, False), ("conv32_3", 32, 32, False),
@@ -92,9 +115,10 @@ class ResidualBlock(nn.Module):
 class DlibResNet(Embedder):
     """dlib's face-recognition ResNet: 150x150 RGB -> 128-D. Use ``load()`` for the weights."""
 
-    input_size = 150
+    input_size = CHIP_SIZE
     dim = 128
     name = "dlib"
+    chip_points = dlib_chip_points()
 
     def __init__(self):
         super().__init__()
