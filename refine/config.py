@@ -3,7 +3,12 @@
 Section 4 (Training Details) and the method list of DESIGN.md: batch 16, Adam at 8e-5 halved at
 128k, 192k, 224k, 240k, 244k, 246k and 247k of 248k steps (scaled to ``steps``), lambda_cyc 0.5,
 lambda_DP 0.5, lambda_C 0.001, lambda_id 0.1, BEGAN gamma 0.5 and k step 0.001, margin eta 1,
-centroid momentum 0.95, an exponential moving average of G for export.
+centroid momentum 0.95, an exponential moving average of G for export. Where the paper is silent,
+the authors' code (facegan ``trainer.py``, ``config.py``): Adam's betas are TensorFlow's defaults
+(0.9, 0.999; ``config.beta1 = 0.5`` is parsed but never passed to ``AdamOptimizer``), the moving
+average decays at 0.9999 with TensorFlow's warm-up (``losses.ema_decay``). Batches hold
+``images_per_identity`` renders of each of ``batch_size / images_per_identity`` identities
+(``refine.data``; 1: uniform sampling).
 
 Variants (the paper's Fig. 5 and Table 1) as ``variant``:
 - ``ours``: the full method (Eq. 8-10);
@@ -35,12 +40,12 @@ class TrainConfig:
     steps: int = PAPER_STEPS
     batch_size: int = 16
     lr: float = 8e-5
-    betas: tuple[float, float] = (0.5, 0.999)
-    image_size: int = 108
+    betas: tuple[float, float] = (0.9, 0.999)
+    image_size: int | None = None  # None: the synthetic set's (refine.data.image_size_of)
     variant: str = "ours"
     g_width: int = 32  # filters of G's first layer (paper: c7s1-32)
     d_hidden: int = 64  # BEGAN discriminator width (authors' conv_hidden_num)
-    norm: str = "batch"  # G's normalisation: batch (authors' last trainer), instance, none
+    norm: str = "authors"  # G's and G''s normalisation (refine.nets.NORMS): authors, instance
     lambda_cyc: float = 0.5
     lambda_dp: float = 0.5
     lambda_c: float = 0.001
@@ -50,7 +55,9 @@ class TrainConfig:
     lambda_k: float = 0.001
     eta: float = 1.0
     centroid_momentum: float = 0.95
-    ema_decay: float = 0.999
+    ema_decay: float = 0.9999
+    images_per_identity: int = 4  # K of the P x K batches of renders (1: uniform sampling)
+    warmup_steps: int = 0  # first steps: G copies, G' inverts (Trainer.warmup_step); 0 = the authors' training
     embedder: str = "dlib"
     seed: int = 0
     checkpoint_every: int = 1000
@@ -58,13 +65,18 @@ class TrainConfig:
     log_every: int = 10
     grid_every: int = 500
     device: str = "cpu"
-    amp: bool = False
+    amp: bool = False  # bfloat16 autocast of the networks (CUDA; CPUs with AMX or AVX512-BF16)
 
     def __post_init__(self):
         if self.variant not in VARIANTS:
             raise UserError(f"variant '{self.variant}' is unknown; choose one of {', '.join(VARIANTS)}.")
         self.betas = tuple(self.betas)
-        for name in ("steps", "batch_size", "checkpoint_every", "keep_checkpoints", "log_every", "grid_every"):
+        from refine.nets import NORMS
+        if self.norm not in NORMS:
+            raise UserError(f"norm '{self.norm}' is unknown; choose one of {', '.join(NORMS)} (batch norm was "
+                            "dropped: the authors' generators run without it).")
+        for name in ("steps", "batch_size", "checkpoint_every", "keep_checkpoints", "log_every", "grid_every",
+                     "images_per_identity", "g_width", "d_hidden"):
             if getattr(self, name) < 1:
                 raise UserError(f"{name} must be at least 1 (got {getattr(self, name)}).")
         if self.batch_size < 2 and self.uses_identity:

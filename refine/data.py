@@ -5,7 +5,9 @@
 - pairs.h5 (``morph render-pairs``): ``real`` and ``render``, pixel-aligned.
 
 Batches are drawn by index from an explicit ``torch.Generator`` (its state is saved in every
-checkpoint, so a resumed run draws the same batches), and read from the file in index order
+checkpoint, so a resumed run draws the same batches): uniformly, or, for the renders, grouped by
+identity (``grouped_batch``: P identities x K images, so that Eq. 7's centroids see each
+identity several times at once), and read from the file in index order
 (h5py reads sorted indices in one call) - no whole-set copy in memory, so GANFaces-size sets
 (hundreds of thousands of renders) train as they are. Files are opened lazily per process, which
 is what forked DataLoader workers and torchrun ranks need.
@@ -58,6 +60,7 @@ class H5Images:
                 raise UserError(f"{self.path}: '{k}' holds images of shape {s[1:]}, but training uses "
                                 f"{size}x{size}x3; re-create it with --size {size}.")
         self._f = None
+        self._groups = None
 
     def _file(self) -> h5py.File:
         if self._f is None:
@@ -72,6 +75,35 @@ class H5Images:
         pick = torch.randint(shard, (batch_size,), generator=gen).numpy()
         idx = np.minimum(pick * world + rank, self.n - 1) if world > 1 else pick
         return self.rows(idx)
+
+    def grouped_batch(self, gen: torch.Generator, batch_size: int, per_identity: int, rank: int = 0,
+                      world: int = 1) -> tuple[list[torch.Tensor], torch.Tensor | None]:
+        """``batch_size`` rows of ``ceil(batch_size / per_identity)`` distinct identities, ``per_identity``
+        images each (the last identity fills what remains), drawn from this rank's shard of
+        identities (identities rank, rank + world, ... in sorted order).
+
+        The authors feed an identity-sorted queue through a 5,000-image shuffle buffer
+        (facegan ``data_loader.get_syn_loader``), so a batch holds few identities; P x K
+        sampling (as FaceNet's and the triplet-loss literature's) gives that by construction.
+        Identities are drawn uniformly without replacement within a batch, an identity's images
+        without replacement while it has enough, else with."""
+        if self._groups is None:
+            order = np.argsort(self.labels, kind="stable")
+            ids, starts = np.unique(self.labels[order], return_index=True)
+            self._groups = np.split(order, starts[1:])
+        groups = self._groups[rank::world] if len(self._groups) > rank else self._groups
+        p = -(-batch_size // per_identity)
+        pick = torch.randperm(len(groups), generator=gen)[:p].tolist()
+        if len(pick) < p:  # fewer identities than a batch wants: repeat them
+            pick += torch.randint(len(groups), (p - len(pick),), generator=gen).tolist()
+        idx = []
+        for n, g in enumerate(pick):
+            k = min(per_identity, batch_size - n * per_identity)
+            rows = groups[g]
+            take = (torch.randperm(len(rows), generator=gen)[:k] if len(rows) >= k
+                    else torch.randint(len(rows), (k,), generator=gen))
+            idx.append(rows[take.numpy()])
+        return self.rows(np.concatenate(idx))
 
     def rows(self, idx: np.ndarray) -> tuple[list[torch.Tensor], torch.Tensor | None]:
         order = np.argsort(idx, kind="stable")
@@ -90,6 +122,15 @@ class H5Images:
         if self._f is not None:
             self._f.close()
             self._f = None
+
+
+def image_size_of(path: Path) -> int:
+    """The side of the square images of an image set (its ``images`` dataset)."""
+    with open_h5(path, "synthetic image set") as f:
+        if "images" not in f or len(f["images"].shape) != 4:
+            raise UserError(f"{path}: not a synthetic image set (no (N, H, W, 3) 'images'); make it with "
+                            "'morph render'.")
+        return int(f["images"].shape[1])
 
 
 def open_sets(synthetic: Path, real: Path, pairs: Path | None, size: int = 108):

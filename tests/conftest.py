@@ -31,6 +31,38 @@ def tiny_model() -> MorphableModel:
                           triangles=np.array([[0, 1, 2], [0, 1, 3], [0, 2, 3], [1, 2, 3]]), name="tiny")
 
 
+#: Narrow networks keep CPU steps short; the machinery under test is the same at full width
+#: (bench/train_step.py measures the paper's networks at batch 16).
+SMALL_NETS = "g_width: 8\nd_hidden: 16\nlog_every: 1\ngrid_every: 20\n"
+
+
+@pytest.fixture(scope="session")
+def sets(tmp_path_factory):
+    """Training sets in their exact layouts: synthetic.h5 (renders of 6 default-model identities x
+    4), real.h5 (the test photos, aligned), pairs.h5 (4 round-trip pairs); small.yaml (SMALL_NETS)."""
+    from click.testing import CliRunner
+    from test_pairs import write_default_sample
+
+    from cli.morph import main as morph
+    from morph.models import load_model
+
+    def run(*args):
+        res = CliRunner().invoke(morph, [str(a) for a in args])
+        assert res.exit_code == 0, res.output
+
+    d = tmp_path_factory.mktemp("sets")
+    run("sample-identities", "--n-identities", 6, "--images-per-identity", 4, "-o", d / "ids.h5")
+    run("render", d / "ids.h5", "-o", d / "synthetic.h5")
+    run("align", TESTDATA / "real", "-o", d / "real.h5", "--all-faces")
+    (d / "ann").mkdir()
+    model = load_model("default")
+    for i in range(4):
+        write_default_sample(d / "ann", f"p{i}", model, seed=i, yaw_deg=-30 + 20 * i)
+    run("render-pairs", d / "ann", "-o", d / "pairs.h5", "--model", "default")
+    (d / "small.yaml").write_text(SMALL_NETS)
+    return d
+
+
 @pytest.fixture(autouse=True)
 def no_progress_bar_left_open():
     """Every progress bar a command opens is closed, even when it fails.

@@ -12,40 +12,13 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from cli.morph import main as morph
 from cli.refine import main as refine
-from conftest import TESTDATA
 
-STEPS = 40
-# Narrow networks keep 40 CPU steps short; the machinery under test is the same at full width
-# (bench/train_step.py measures the paper's networks at batch 16).
-SMALL = "g_width: 8\nd_hidden: 16\nlog_every: 1\ngrid_every: 20\n"
+STEPS = 40  # narrow networks (conftest.SMALL_NETS), so that 40 CPU steps are short
 
 
 def run(group, *args):
     return CliRunner().invoke(group, [str(a) for a in args])
-
-
-@pytest.fixture(scope="module")
-def sets(tmp_path_factory):
-    """synthetic.h5 (6 identities x 4), real.h5 (the test photos), pairs.h5 (4 round-trip pairs)."""
-    from test_pairs import write_default_sample
-
-    from morph.models import load_model
-
-    d = tmp_path_factory.mktemp("sets")
-    assert run(morph, "sample-identities", "--n-identities", 6, "--images-per-identity", 4, "-o",
-               d / "ids.h5").exit_code == 0
-    assert run(morph, "render", d / "ids.h5", "-o", d / "synthetic.h5").exit_code == 0
-    assert run(morph, "align", TESTDATA / "real", "-o", d / "real.h5", "--all-faces").exit_code == 0
-    (d / "ann").mkdir()
-    model = load_model("default")
-    for i in range(4):
-        write_default_sample(d / "ann", f"p{i}", model, seed=i, yaw_deg=-30 + 20 * i)
-    res = run(morph, "render-pairs", d / "ann", "-o", d / "pairs.h5", "--model", "default")
-    assert res.exit_code == 0, res.output
-    (d / "small.yaml").write_text(SMALL)
-    return d
 
 
 def losses(run_dir):
@@ -116,7 +89,7 @@ def _bad_sets(sets, tmp):
 
 
 @pytest.mark.parametrize("change, message", [
-    ({"--synthetic": "small.h5"}, "64, 64, 3"),
+    ({"--synthetic": "small.h5"}, "(108, 108, 3), but training uses 64x64x3"),  # the real set
     ({"--real": "small.h5"}, "64, 64, 3"),
     ({"--pairs": "nopairs.h5"}, "holds no images"),
     ({"--out": "file/run"}, "cannot write the run directory"),
@@ -162,7 +135,7 @@ def test_torchrun_two_processes_gloo_and_checkpoint_loads_in_one(sets, tmp_path)
 
 def test_ctrl_c_saves_a_checkpoint_and_nan_stops_keeping_the_last_good_one(sets, tmp_path, monkeypatch):
     import refine.losses as L
-    from refine.train import Trainer
+    from refine.trainer import Trainer
 
     original = Trainer.train_step
 
@@ -208,3 +181,22 @@ def test_ablation_variants_train(sets, tmp_path, variant, present, absent):
     last = losses(out)[-1]
     assert all(k in last and np.isfinite(last[k]) for k in present)
     assert not any(k in last for k in absent)
+
+
+def test_trains_at_another_image_size(sets, tmp_path):
+    """64 px sets (render, align and pairs at --size 64): every network and C's face chip follow
+    the image size, and the export renders at the checkpoint's size."""
+    from cli.morph import main as morph
+
+    d = tmp_path
+    for args in (("render", sets / "ids.h5", "-o", d / "syn64.h5", "--size", 64),
+                 ("align", sets / "ann", "-o", d / "real64.h5", "--size", 64),
+                 ("render-pairs", sets / "ann", "-o", d / "pairs64.h5", "--model", "default", "--size", 64)):
+        res = run(morph, *args)
+        assert res.exit_code == 0, res.output
+    out = d / "run64"
+    res = run(refine, "train", "--synthetic", d / "syn64.h5", "--real", d / "real64.h5", "--pairs", d / "pairs64.h5",
+              "--out", out, "--steps", 3, "--batch-size", 2, "--config", sets / "small.yaml")
+    assert res.exit_code == 0, res.output
+    state = torch.load(out / "checkpoints" / "step_00000003.pt", weights_only=True)
+    assert state["config"]["image_size"] == 64 and all(np.isfinite(v) for v in losses(out)[-1].values())
