@@ -129,14 +129,17 @@ def evaluate(dataset, prefix, against, embedder, n_pairs, seed, max_images, min_
 @click.option("--scores/--no-scores", default=True, show_default=True,
               help="Score every image with D_R, G' and C (most of the time on a CPU); --no-scores leaves the "
                    "score columns of scores.csv empty.")
+@click.option("--dropout/--no-dropout", default=True, show_default=True,
+              help="Keep G's dropout (keep 0.9) on, as the authors generate, each image's noise seeded by "
+                   "(seed, identity, draw); --no-dropout refines without it.")
 @click.option("--batch-size", type=click.IntRange(1), default=16, show_default=True,
               help="Images per network batch, rounded up to a multiple of 8. Changes results only in their "
                    "last bits (README, Reproducibility); an unfinished export resumes with its own.")
 @click.option("--device", default="cpu", show_default=True, help="Where the networks run: cpu, cuda, cuda:1 ...")
 @click.option("--threads", type=click.IntRange(1), default=None, help="CPU threads (default: all cores).")
 def export_dataset(checkpoint, model_spec, priors_path, n_identities, images_per_identity, seed, first_identity,
-                   out, fmt, quality, png, max_dr_error, max_cycle_error, max_retries, scores, batch_size, device,
-                   threads):
+                   out, fmt, quality, png, max_dr_error, max_cycle_error, max_retries, scores, dropout, batch_size,
+                   device, threads):
     """Sample new identities, render them, refine them with the checkpoint's EMA generator and
     write a labelled dataset (paper section 5, GANFaces) with OUT/scores.csv and OUT/manifest.json.
     Resumes after a kill (re-run the same command); under 'torchrun --nproc_per_node K' each
@@ -150,7 +153,8 @@ def export_dataset(checkpoint, model_spec, priors_path, n_identities, images_per
                          images_per_identity=images_per_identity, seed=seed, model=model_spec, priors=priors_path,
                          first_identity=first_identity, format=fmt, quality=quality, png=png,
                          max_dr_error=max_dr_error, max_cycle_error=max_cycle_error, max_retries=max_retries,
-                         scores=scores, batch_size=batch_size, device=device, threads=threads)
+                         scores=scores, dropout=dropout, batch_size=batch_size, device=device,
+                         threads=threads)
     manifest = run(opts)
     if int(os.environ.get("RANK", "0")) == 0:
         c = manifest.get("counts", {})

@@ -4,7 +4,10 @@ For every identity ``i`` in ``[first, first + N)`` of seed ``s`` and each of its
 sample (``morph.sample``: identity ``i`` of seed ``s`` is the same in any run), render aligned at
 the checkpoint's image size (``morph.render``, the numba engine on the CPU), quantise to 8 bits as
 ``morph render`` stores training renders, refine with the exponential moving average of G
-(``state["nets"]["ema"]``, eval mode) and score (see ``SCORE_MEANINGS``). Output folder::
+(``state["nets"]["ema"]``) and score (see ``SCORE_MEANINGS``). G's dropout (keep 0.9) stays on, as
+in the authors' ``trainer.generate_dataset`` ("noise that could be caused by uncontrolled
+environmental changes", paper section 4), each image's masks drawn from its own seed
+(``noise_seed``); ``dropout=False`` (``--no-dropout``) turns it off. Output folder::
 
     imagefolder:  DIR/{identity:05d}/{image:04d}.jpg   (torchvision.datasets.ImageFolder reads DIR)
     hdf5:         DIR/ganfaces.h5   images, labels, index, draw, landmarks, masks, params/..., scores/...
@@ -63,6 +66,7 @@ import torch
 
 from morph.errors import UserError
 from morph.numerics import numerics, set_threads
+from refine.distributed import barrier, finish
 
 FORMATS = ("imagefolder", "hdf5")
 MANIFEST = "manifest.json"
@@ -115,6 +119,7 @@ class ExportOptions:
     max_cycle_error: float | None = None
     max_retries: int = 10
     scores: bool = True
+    dropout: bool = True
     batch_size: int = 16
     device: str = "cpu"
     threads: int | None = None
@@ -197,6 +202,13 @@ def versions() -> dict:
             "numpy": np.__version__, "pillow": PIL.__version__, "h5py": h5py.__version__}
 
 
+def noise_seed(seed: int, identity: int, draw: int) -> int:
+    """The seed of G's dropout masks for draw ``draw`` of ``identity``: its own stream beside the
+    draw's parameters (``morph.sample``: spawn key (i, j + 1)), so an image's noise is the same in
+    any batch, run or process."""
+    return int(np.random.SeedSequence(seed, spawn_key=(identity, draw + 1, 1)).generate_state(1, np.uint64)[0])
+
+
 def chunk_ranges(first: int, n: int, per_chunk: int) -> list[range]:
     """Identities ``[first, first + n)`` cut into runs of ``per_chunk`` (the last may be shorter):
     the images of one chunk always share network batches, whatever the run, rank or resume."""
@@ -211,16 +223,16 @@ def rank_chunks(chunks: list[range], rank: int, world: int) -> list[range]:
 
 # ----------------------------------------------------------------------------- the checkpoint --
 
-def check_checkpoint(state: dict, source: Path, size: int) -> dict:
-    """The checkpoint's config, after checking it is a `refine train` checkpoint for ``size``."""
+def check_checkpoint(state: dict, source: Path) -> dict:
+    """The checkpoint's config, after checking it is a `refine train` checkpoint; the export
+    renders at its image size (aligned by ``morph.template`` scaled to that size)."""
     if not isinstance(state, dict) or "config" not in state or "ema" not in state.get("nets", {}):
         raise UserError(f"{source}: not a 'refine train' checkpoint (no config or EMA generator); "
                         "give a file from RUN/checkpoints/.")
     cfg = state["config"]
-    if int(cfg.get("image_size", -1)) != size:
-        raise UserError(f"{source}: was trained on {cfg.get('image_size')}x{cfg.get('image_size')} images, but the "
-                        f"export renders {size}x{size} (the model's aligned size); use a checkpoint trained "
-                        f"at {size} px.")
+    size = cfg.get("image_size")
+    if not isinstance(size, int) or size < 16:
+        raise UserError(f"{source}: its config has no valid image_size ({size!r}); the checkpoint is damaged.")
     return cfg
 
 
@@ -250,36 +262,39 @@ class Refiner:
 
     def __init__(self, state: dict, source: Path, cfg: dict, device: str, batch: int, scores: bool,
                  size: int, stats: dict | None = None):
-        from refine.nets import BEGANDiscriminator, Generator
+        from refine.nets import build_nets
 
         self.device, self.batch, self.scores, self.size = torch.device(device), batch, scores, size
         if self.device.type == "cuda":  # the same algorithm for the same (fixed) shapes
             torch.backends.cudnn.benchmark = False
             torch.backends.cudnn.deterministic = True
         self.stats = stats if stats is not None else {}
-        nets = state["nets"]
+        try:
+            built = build_nets(cfg)
+        except ValueError as e:
+            raise UserError(f"{source}: its config cannot build the networks ({e}); the checkpoint is damaged "
+                            "or from another version.") from None
 
-        def build(net, key):
+        def load(key):
             try:
-                net.load_state_dict(nets[key])
+                net = built[key]
+                net.load_state_dict(state["nets"][key])
             except (RuntimeError, KeyError) as e:
                 raise UserError(f"{source}: its '{key}' network does not match its own config "
                                 f"({str(e).splitlines()[0][:120]}); the checkpoint is damaged or from "
                                 "another version.") from None
             return net.to(self.device, memory_format=torch.channels_last).eval().requires_grad_(False)
 
-        width, norm = int(cfg.get("g_width", 32)), cfg.get("norm", "batch")
-        self.G = build(Generator(skips=True, dropout=0.1, norm=norm, width=width), "ema")
+        self.G = load("ema")
         self.Gp = self.D_R = self.C = self.T = None
         if scores:
-            self.D_R = build(BEGANDiscriminator(size, hidden=int(cfg.get("d_hidden", 64))), "D_R")
-            if "Gp" in nets:
-                self.Gp = build(Generator(skips=False, dropout=0.0, norm=norm, width=width), "Gp")
-            from refine.embedders import CROP_SIZE, SOURCE_SIZE, IdentityInputTransform, load_embedder
+            self.D_R = load("D_R")
+            if "Gp" in state["nets"]:
+                self.Gp = load("Gp")
+            from refine.embedders import load_embedder
             self.C = load_embedder(cfg.get("embedder", "dlib"), device=str(self.device))
             self.C = self.C.to(memory_format=torch.channels_last)
-            self.T = IdentityInputTransform(self.C.input_size, crop_size=round(CROP_SIZE * size / SOURCE_SIZE),
-                                            source_size=size)
+            self.T = self.C.transform(size)
 
     def _time(self, key, t0):
         if self.device.type == "cuda":
@@ -289,8 +304,10 @@ class Refiner:
         return t
 
     @torch.inference_mode()
-    def run(self, renders: np.ndarray) -> dict[str, np.ndarray]:
-        """(B, H, W, 3) uint8 renders -> refined uint8 images and per-image scores."""
+    def run(self, renders: np.ndarray, noise_seeds: np.ndarray | None = None) -> dict[str, np.ndarray]:
+        """(B, H, W, 3) uint8 renders -> refined uint8 images and per-image scores. ``noise_seeds``
+        (B,): G's dropout draws each image's masks from its own seed (None: no dropout)."""
+        from refine import losses as L
         from refine.data import to_tensor, to_uint8
 
         n, k = len(renders), self.batch
@@ -304,14 +321,17 @@ class Refiner:
                 part = np.concatenate([part, np.zeros((k - m, *part.shape[1:]), part.dtype)])
             t = time.perf_counter()
             x = to_tensor(part).to(self.device).contiguous(memory_format=torch.channels_last)
-            gx = self.G(x)
+            seeds = None
+            if noise_seeds is not None:  # (the padding's seeds are never seen)
+                seeds = [int(v) for v in noise_seeds[start:start + m]] + [0] * (k - m)
+            gx = self.G(x, seeds)
             t = self._time("refine", t)
             out["image"][start:start + m] = to_uint8(gx)[:m]
             if self.scores:
-                dr = (gx - self.D_R(gx)).abs().flatten(1).mean(1)
+                dr = L.began_generator_loss(gx, self.D_R(gx), per_image=True)  # Eq. 2, one image at a time
                 out["dr_error"][start:start + m] = _np(dr)[:m]
                 if self.Gp is not None:
-                    cyc = (self.Gp(gx) - x).abs().flatten(1).mean(1)
+                    cyc = L.cycle_loss(x, self.Gp(gx), per_image=True)  # Eq. 1
                     out["cycle_error"][start:start + m] = _np(cyc)[:m]
                 c_in = self.T.centre(gx).contiguous(memory_format=torch.channels_last)
                 embs.append(_np(self.C(c_in)).astype(np.float32)[:m])
@@ -332,7 +352,7 @@ def _settings(o: ExportOptions, sha: str, model, priors, cfg: dict) -> dict:
          "jpeg_quality": o.quality if o.format == "imagefolder" and not o.png else None, "scores": o.scores,
          "max_dr_error": o.max_dr_error, "max_cycle_error": o.max_cycle_error,
          "max_retries": o.max_retries if o.filtering else None, "embedder": cfg.get("embedder", "dlib"),
-         "network_batch": o.net_batch}
+         "network_batch": o.net_batch, "dropout": o.dropout}
     return json.loads(json.dumps(s))
 
 
@@ -466,7 +486,8 @@ class Exporter:
             masks.append(_np(r.mask)[:, 0].astype(bool))
         renders = np.concatenate(renders)
         t = self._tick("render", t)
-        res = self.refiner.run(renders)
+        res = self.refiner.run(renders, np.array([noise_seed(o.seed, i, d) for i, _, d in todo], np.uint64)
+                               if o.dropout else None)
         lm, mk = np.concatenate(landmarks), np.concatenate(masks)
         return [{"draw": d, "image": res["image"][k], "landmarks": lm[k], "mask": mk[k],
                  "dr_error": float(res["dr_error"][k]), "cycle_error": float(res["cycle_error"][k]),
@@ -575,8 +596,8 @@ class Exporter:
         from morph.priors import load_priors
         from morph.render import RenderSettings
         from morph.sample import check_priors
-        from morph.template import ALIGNED_SIZE
-        from refine.train import init_distributed, load_checkpoint
+        from refine.checkpoint import load_checkpoint
+        from refine.distributed import init_distributed
 
         o = self.o
         if o.format not in FORMATS:
@@ -589,7 +610,7 @@ class Exporter:
         self.world = ddp.world
         set_threads(o.threads)  # torchrun: OMP_NUM_THREADS per rank (1 unless set)
         state = load_checkpoint(o.checkpoint)
-        cfg = check_checkpoint(state, o.checkpoint, ALIGNED_SIZE)
+        cfg = check_checkpoint(state, o.checkpoint)
         size = int(cfg["image_size"])
         warning = check_new_identities(state, o.checkpoint, o.seed, o.first_identity, o.n_identities)
         if o.max_cycle_error is not None and "Gp" not in state["nets"]:
@@ -608,6 +629,8 @@ class Exporter:
                 if self.progress:
                     print(f"{self.out}: already complete.", file=sys.stderr)
             return _read_manifest(self.out / MANIFEST)
+        # the networks first: a checkpoint that cannot build them is refused before OUT exists
+        self.refiner = Refiner(state, o.checkpoint, cfg, o.device, o.net_batch, o.scores, size, self.stats)
         if ddp.main:
             if warning and self.progress:
                 print(warning, file=sys.stderr)
@@ -621,10 +644,9 @@ class Exporter:
                 _write_atomic(self.out / MANIFEST, json.dumps(manifest, indent=2).encode())
             with disk_errors(self.state_dir):
                 self.state_dir.mkdir(exist_ok=True)
-        _barrier(ddp)
+        barrier(ddp)
 
         self.render_settings = RenderSettings(image_size=size, device="cpu", outputs=("image", "mask", "landmarks"))
-        self.refiner = Refiner(state, o.checkpoint, cfg, o.device, o.net_batch, o.scores, size, self.stats)
         self.id_cache = {}
         mine = rank_chunks(chunk_ranges(o.first_identity, o.n_identities, o.per_chunk), ddp.rank, ddp.world)
         done = read_progress(self.state_dir)
@@ -650,13 +672,11 @@ class Exporter:
                 self.log.close()
                 bar.close()  # also on failure: an open bar garbles every later message
         bar.close()
-        _barrier(ddp)
+        barrier(ddp)
         if ddp.main:
             manifest = self.finish(manifest)
-        _barrier(ddp)
-        if ddp.world > 1:
-            import torch.distributed as dist
-            dist.destroy_process_group()
+        barrier(ddp)
+        finish(ddp)
         return manifest
 
     def finish(self, manifest: dict) -> dict:
@@ -746,7 +766,8 @@ class Exporter:
             "checkpoint": {"path": str(o.checkpoint), "sha256": settings["checkpoint_sha256"],
                            "step": int(state.get("step", -1)), "variant": cfg.get("variant"),
                            "train_seed": state.get("train_seed"), "train_model": state.get("train_model"),
-                           "generator": "exponential moving average of G (nets.ema), eval mode"},
+                           "generator": "exponential moving average of G (nets.ema), dropout "
+                                        + ("on, seeded per identity and draw" if o.dropout else "off")},
             "model": str(o.model), "model_name": self.model.name, "model_sources": self.model.sources,
             "priors": self.priors.text, "priors_source": self.priors.source, "seed": o.seed,
             "first_identity": o.first_identity, "n_identities": o.n_identities,
@@ -763,12 +784,6 @@ class Exporter:
                        "columns are empty"},
             "settings": settings,
         }
-
-
-def _barrier(ddp) -> None:
-    if ddp.world > 1:
-        import torch.distributed as dist
-        dist.barrier()
 
 
 def export_dataset(options: ExportOptions, progress: bool = True, stats: dict | None = None) -> dict:

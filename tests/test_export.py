@@ -135,13 +135,19 @@ def test_hdf5_holds_every_parameter_and_the_ema_generators_output(reference, ckp
         np.testing.assert_array_equal(f["params/gamma"][()], s.gamma[s.identity])
         assert f["landmarks"].shape == (N * M, 68, 2) and f["masks"].shape == (N * M, 108, 108)
         dr = f["scores/dr_error"][()]
-    # the images are G_ema of the 8-bit renders, and the two formats hold the same images
+    # the images are G_ema of the 8-bit renders with dropout seeded per (seed, identity, draw), and
+    # the two formats hold the same images
+    from refine.export import noise_seed
+
     state = torch.load(ckpt, weights_only=True)
     g = Generator(skips=True, dropout=0.1, norm=state["config"]["norm"], width=state["config"]["g_width"])
     g.load_state_dict(state["nets"]["ema"])
     r = render_batch(model, {k: v[:8] for k, v in s.render_params().items()}, RenderSettings(image_size=108))
+    seeds = [noise_seed(1, int(i), int(j)) for i, j in zip(s.identity[:8], s.image[:8])]
     with torch.inference_mode():
-        mine = to_uint8(g.eval()(to_tensor(render_uint8(r.image.numpy()))))
+        x = to_tensor(render_uint8(r.image.numpy()))
+        mine = to_uint8(g.eval()(x, seeds))
+        assert np.abs(to_uint8(g(x)).astype(int) - images[:8]).max() > 1  # (without the noise: other images)
     # (the export runs the nets in channels-last layout: float rounding may move a value by one level)
     assert np.abs(mine.astype(int) - images[:8]).max() <= 1 and (mine == images[:8]).mean() > 0.999
     from PIL import Image
@@ -152,6 +158,31 @@ def test_hdf5_holds_every_parameter_and_the_ema_generators_output(reference, ckp
     np.testing.assert_allclose([float(r[4]) for r in csv], dr, atol=1e-6)
     ic = [r.split(",") for r in (reference / "imagefolder" / "scores.csv").read_text().splitlines()[1:]]
     assert [r[4:] for r in ic] == [r[4:] for r in csv]  # same scores whatever the format
+
+
+def test_no_dropout_refines_with_the_plain_moving_average(ckpt, tmp_path):
+    from morph.models import load_model
+    from morph.priors import load_priors
+    from morph.render import RenderSettings, render_batch
+    from morph.render_job import to_uint8 as render_uint8
+    from morph.sample import sample_block
+    from refine.data import to_tensor, to_uint8
+    from refine.nets import build_nets
+
+    res = run(refine, *export_args(ckpt, tmp_path / "plain", "--format", "hdf5", "--no-dropout", "--no-scores",
+                                   n=1, m=3))
+    assert res.exit_code == 0, res.output
+    with h5py.File(tmp_path / "plain" / "ganfaces.h5", "r") as f:
+        images = f["images"][()]
+    state = torch.load(ckpt, weights_only=True)
+    g = build_nets(state["config"])["ema"]
+    g.load_state_dict(state["nets"]["ema"])
+    model = load_model("default")
+    s = sample_block(model, load_priors(None), 1, range(1), 3)
+    x = to_tensor(render_uint8(render_batch(model, s.render_params(), RenderSettings(image_size=108)).image.numpy()))
+    with torch.inference_mode():
+        assert np.abs(to_uint8(g.eval()(x)).astype(int) - images).max() <= 1
+    assert json.loads((tmp_path / "plain" / "manifest.json").read_text())["settings"]["dropout"] is False
 
 
 def test_refiner_is_bit_identical_on_one_machine_and_close_across_batches_and_threads(ckpt, reference):
@@ -324,13 +355,13 @@ def test_training_identities_are_refused_with_the_fix(ckpt, tmp_path):
     assert res.exit_code == 0, res.output
 
 
-def test_checkpoint_of_another_image_size_is_refused(ckpt, tmp_path):
+def test_checkpoint_whose_nets_do_not_match_its_config_is_refused(ckpt, tmp_path):
     state = torch.load(ckpt, weights_only=True)
     state["config"]["image_size"] = 64
     torch.save(state, tmp_path / "c64.pt")
     res = run(refine, *export_args(tmp_path / "c64.pt", tmp_path / "x"))
     assert res.exit_code == 2 and "Traceback" not in res.output
-    assert "trained on 64x64 images" in res.output and "108x108" in res.output
+    assert "'D_R' network does not match its own config" in res.output
     (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
     res = run(refine, *export_args(tmp_path / "junk.pt", tmp_path / "x"))
     assert res.exit_code == 2 and "not a readable checkpoint" in res.output
