@@ -44,18 +44,13 @@ from morph.numerics import numerics, set_threads
 
 def write_checkpoint(path: Path) -> Path:
     """An untrained full-size checkpoint with the layout of ``Trainer.state()``."""
-    import copy
-
+    from refine.checkpoint import CHECKPOINT_FORMAT
     from refine.config import TrainConfig
-    from refine.nets import BEGANDiscriminator, Generator
-    from refine.train import CHECKPOINT_FORMAT
+    from refine.nets import build_nets
 
     cfg = TrainConfig()
     torch.manual_seed(0)
-    g = Generator(skips=True, dropout=0.1, norm=cfg.norm, width=cfg.g_width)
-    nets = {"G": g, "ema": copy.deepcopy(g), "D_R": BEGANDiscriminator(cfg.image_size, hidden=cfg.d_hidden),
-            "Gp": Generator(skips=False, dropout=0.0, norm=cfg.norm, width=cfg.g_width),
-            "D_S": BEGANDiscriminator(cfg.image_size, hidden=cfg.d_hidden)}
+    nets = build_nets(cfg)
     torch.save({"format": CHECKPOINT_FORMAT, "step": 0, "config": cfg.to_dict(), "world_size": 1,
                 "architecture": cfg.architecture_key(), "nets": {k: v.state_dict() for k, v in nets.items()},
                 "identities": torch.arange(0), "train_seed": 1000, "train_model": "default"}, path)

@@ -33,7 +33,7 @@ def make_sets(d: Path, n: int = 64, ids: int = 16, size: int = 108):
 
 def time_steps(device: str, amp: bool, steps: int, batch: int, d: Path) -> float:
     from refine.config import TrainConfig
-    from refine.train import Trainer
+    from refine.trainer import Trainer
 
     cfg = TrainConfig(steps=1000, batch_size=batch, device=device, amp=amp)
     t = Trainer(cfg, d / "synthetic.h5", d / "real.h5", d / "pairs.h5", d / "run")

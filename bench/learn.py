@@ -1,0 +1,268 @@
+"""Does `refine train` learn on real faces? Realism up, identity kept, measured end to end.
+
+From scratch, with the installed commands:
+1. ``morph align`` the 1,446 real photos of ``../shared/testdata/realfaces/``; a fixed share of the
+   aligned faces (``--heldout``, chosen by a seeded permutation) is held apart for judging, the
+   rest trains D_R;
+2. ``morph sample-identities`` + ``morph render``: training identities of the default model (seed 0);
+3. ``refine train`` (variant ``no_pairs``: these photos have no 3DMM fits) for ``--steps``;
+4. ``refine export-dataset`` of new identities (seed 1, hdf5, no scores), and the raw renders of
+   the very same draws (``morph sample-identities`` + ``morph render`` with seed 1);
+5. judged in the embedding space of C (dlib's ResNet, through its face chip), for the raw renders
+   and for the refined images, each against the held-apart real faces:
+   - realism: a logistic-regression classifier's 5-fold cross-validated accuracy at telling the
+     set from the real faces (1.0: trivially told apart, 0.5: indistinguishable), and the KID
+     (unbiased squared MMD, cubic polynomial kernel; ``refine.evaluate.polynomial_mmd2``);
+   - identity: same- vs different-identity verification AUC inside the set, and the mean cosine
+     between each raw render's embedding and its refined image's;
+   - change: the mean absolute pixel difference between refined and raw (8-bit levels), on the
+     rendered face and on the background;
+   - a picture: raw / refined / real faces in rows (``learn.png``).
+Prints progress, then one JSON object as the last line. ``--out DIR`` keeps everything (the aligned
+real sets, ``raw.h5`` and ``refined.h5`` - images and identity labels of the same draws - the run
+with its checkpoint) and resumes from what is there; without it, a temporary folder is used.
+
+    python bench/learn.py [--out DIR] [--steps 1800] [--device cpu|cuda] [--paper]
+
+``--paper``: the paper's widths (G 32 filters, D 64) and a longer run; for a GPU.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as the CLI does (cli/common.py)
+
+import h5py
+import numpy as np
+import torch
+
+REALFACES = ROOT.parent / "shared" / "testdata" / "realfaces"
+
+
+def sh(*args, log: Path | None = None) -> None:
+    """Run one of the toolkit's commands (``morph ...`` / ``refine ...``) as a user would."""
+    group = {"morph": "cli.morph", "refine": "cli.refine"}[args[0]]
+    cmd = [sys.executable, "-m", group, *map(str, args[1:])]
+    print("$ " + " ".join([args[0], *map(str, args[1:])]), flush=True)
+    t = time.perf_counter()
+    with open(log, "a") if log else open(os.devnull, "w") as f:
+        p = subprocess.run(cmd, cwd=ROOT, stdout=f if log else None, stderr=subprocess.STDOUT if log else None)
+    if p.returncode:
+        raise SystemExit(f"{args[0]} {args[1]} failed (exit {p.returncode})" + (f"; see {log}" if log else ""))
+    print(f"  ({time.perf_counter() - t:.0f} s)", flush=True)
+
+
+def split_real(aligned: Path, train: Path, heldout: Path, share: float, seed: int = 0) -> tuple[int, int]:
+    with h5py.File(aligned, "r") as f:
+        images = f["images"][()]
+    order = np.random.default_rng(seed).permutation(len(images))
+    n_held = int(round(share * len(images)))
+    for path, idx in ((heldout, np.sort(order[:n_held])), (train, np.sort(order[n_held:]))):
+        if not path.exists():
+            tmp = path.with_name(path.name + ".partial")
+            with h5py.File(tmp, "w") as f:
+                f["images"] = images[idx]
+                f.attrs["complete"] = True
+                f.attrs["source"] = str(aligned)
+            os.replace(tmp, path)
+    return len(images) - n_held, n_held
+
+
+def read_set(path: Path) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
+    with h5py.File(path, "r") as f:
+        labels = f["labels"][()] if "labels" in f else None
+        masks = f["masks"][()] if "masks" in f else None
+        return f["images"][()], labels, masks
+
+
+@torch.inference_mode()
+def embed(images: np.ndarray, batch: int = 64) -> np.ndarray:
+    from refine.data import to_tensor
+    from refine.embedders import load_embedder
+
+    c = load_embedder("dlib")
+    t = c.transform(images.shape[1])
+    return np.concatenate([c(t.centre(to_tensor(images[i:i + batch]))).double().numpy()
+                           for i in range(0, len(images), batch)])
+
+
+def classifier_accuracy(a: np.ndarray, b: np.ndarray, folds: int = 5, seed: int = 0) -> float:
+    """5-fold cross-validated accuracy of an L2-regularised logistic regression telling the rows
+    of ``a`` from those of ``b`` (equal numbers of each, drawn with ``seed``)."""
+    rng = np.random.default_rng(seed)
+    n = min(len(a), len(b))
+    x = np.concatenate([a[rng.permutation(len(a))[:n]], b[rng.permutation(len(b))[:n]]])
+    y = np.r_[np.zeros(n), np.ones(n)]
+    order = rng.permutation(2 * n)
+    x, y = x[order], y[order]
+    right = 0
+    for f in range(folds):
+        test = np.arange(2 * n) % folds == f
+        mu, sd = x[~test].mean(0), x[~test].std(0) + 1e-8
+        xt = torch.tensor((x[~test] - mu) / sd)
+        yt = torch.tensor(y[~test])
+        w = torch.zeros(x.shape[1], dtype=torch.float64, requires_grad=True)
+        b0 = torch.zeros((), dtype=torch.float64, requires_grad=True)
+        opt = torch.optim.LBFGS([w, b0], max_iter=200, line_search_fn="strong_wolfe")
+
+        def closure():
+            opt.zero_grad()
+            loss = torch.nn.functional.binary_cross_entropy_with_logits(xt @ w + b0, yt) + 1e-3 * (w * w).sum()
+            loss.backward()
+            return loss
+        opt.step(closure)
+        with torch.no_grad():
+            pred = (torch.tensor((x[test] - mu) / sd) @ w + b0) > 0
+        right += int((pred.numpy() == y[test].astype(bool)).sum())
+    return right / (2 * n)
+
+
+def verification_auc(e: np.ndarray, labels: np.ndarray) -> float:
+    from refine.evaluate import auc, roc_curve
+
+    iu = np.triu_indices(len(labels), 1)
+    d = np.sqrt(np.clip(2 - 2 * (e @ e.T), 0, None))[iu]
+    same = (labels[:, None] == labels[None])[iu]
+    return auc(roc_curve(d[same], d[~same]))
+
+
+def judge(name: str, images: np.ndarray, labels: np.ndarray, e: np.ndarray, e_real: np.ndarray) -> dict:
+    from refine.evaluate import polynomial_mmd2
+
+    out = {"images": len(images), "identities": int(len(np.unique(labels))),
+           "real_vs_set_accuracy": round(classifier_accuracy(e, e_real), 4),
+           "kid": round(polynomial_mmd2(e, e_real), 5), "verification_auc": round(verification_auc(e, labels), 4)}
+    print(f"  {name}: {out}", flush=True)
+    return out
+
+
+def picture(raw: np.ndarray, refined: np.ndarray, real: np.ndarray, path: Path, n: int = 10) -> None:
+    from PIL import Image
+
+    rows = [np.concatenate(list(s[:n]), 1) for s in (raw, refined, real)]
+    Image.fromarray(np.concatenate(rows, 0)).save(path)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", type=Path, default=None, help="keep everything here (and resume from it)")
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--steps", type=int, default=None, help="training steps (default 1800; --paper 20000)")
+    ap.add_argument("--batch-size", type=int, default=16)
+    ap.add_argument("--g-width", type=int, default=None, help="G's first-layer filters (default 16; --paper 32)")
+    ap.add_argument("--d-hidden", type=int, default=None, help="D's filters (default 32; --paper 64)")
+    ap.add_argument("--lr", type=float, default=2e-4)
+    ap.add_argument("--amp", choices=("auto", "on", "off"), default="auto",
+                    help="bfloat16 autocast (auto: on CUDA and on CPUs with native bf16)")
+    ap.add_argument("--train-identities", type=int, default=200)
+    ap.add_argument("--train-images", type=int, default=8, help="renders per training identity")
+    ap.add_argument("--identities", type=int, default=100, help="new identities exported and judged")
+    ap.add_argument("--images", type=int, default=4, help="images per judged identity")
+    ap.add_argument("--heldout", type=float, default=0.3, help="share of the real faces held apart for judging")
+    ap.add_argument("--paper", action="store_true", help="the paper's widths and a longer run (a GPU)")
+    ap.add_argument("--config", type=Path, default=None, help="extra TrainConfig YAML keys (tuning)")
+    a = ap.parse_args()
+    steps = a.steps or (20000 if a.paper else 1800)
+    g_width = a.g_width or (32 if a.paper else 16)
+    d_hidden = a.d_hidden or (64 if a.paper else 32)
+    amp = a.amp == "on" or (a.amp == "auto" and (a.device.startswith("cuda") or
+                                                 torch.ops.mkldnn._is_mkldnn_bf16_supported()))
+    t0 = time.perf_counter()
+    tmp = None
+    if a.out is None:
+        tmp = tempfile.TemporaryDirectory()
+        d = Path(tmp.name)
+    else:
+        d = a.out
+        d.mkdir(parents=True, exist_ok=True)
+    log = d / "commands.log"
+    timing = {}
+
+    def stage(name, t):
+        timing[name] = round(time.perf_counter() - t)
+        return time.perf_counter()
+
+    # 1. real faces
+    t = time.perf_counter()
+    sh("morph", "align", REALFACES, "-o", d / "real_all.h5", log=log)
+    n_train, n_held = split_real(d / "real_all.h5", d / "real_train.h5", d / "real_heldout.h5", a.heldout)
+    print(f"real faces: {n_train} for training, {n_held} held apart", flush=True)
+    t = stage("align_s", t)
+    # 2. training renders
+    sh("morph", "sample-identities", "--model", "default", "--n-identities", a.train_identities,
+       "--images-per-identity", a.train_images, "--seed", 0, "-o", d / "train_ids.h5", log=log)
+    sh("morph", "render", d / "train_ids.h5", "-o", d / "synthetic.h5", log=log)
+    t = stage("render_s", t)
+    # 3. training
+    cfg = {"g_width": g_width, "d_hidden": d_hidden, "amp": amp, "lr": a.lr, "log_every": 20, "grid_every": 200,
+           "checkpoint_every": 200, "device": a.device}
+    if a.config is not None:
+        import yaml
+        cfg.update(yaml.safe_load(a.config.read_text()) or {})
+    import yaml
+    (d / "train.yaml").write_text(yaml.safe_dump(cfg))
+    run = d / "run"
+    last = run / "checkpoints" / f"step_{steps:08d}.pt"
+    if not last.exists():
+        resume = ["--resume"] if (run / "checkpoints").is_dir() and any((run / "checkpoints").glob("*.pt")) else []
+        sh("refine", "train", "--synthetic", d / "synthetic.h5", "--real", d / "real_train.h5", "--out", run,
+           "--variant", "no_pairs", "--steps", steps, "--batch-size", a.batch_size, "--config", d / "train.yaml",
+           *resume, log=log)
+    t = stage("train_s", t)
+    # 4. new identities: refined by the export, and the raw renders of the same draws
+    sh("refine", "export-dataset", "--checkpoint", last, "--model", "default", "--n-identities", a.identities,
+       "--images-per-identity", a.images, "--seed", 1, "--format", "hdf5", "--no-scores", "--device", a.device,
+       "--out", d / "export", log=log)
+    sh("morph", "sample-identities", "--model", "default", "--n-identities", a.identities,
+       "--images-per-identity", a.images, "--seed", 1, "-o", d / "judged_ids.h5", log=log)
+    sh("morph", "render", d / "judged_ids.h5", "-o", d / "raw.h5", log=log)
+    refined_h5 = d / "refined.h5"
+    if not refined_h5.exists():
+        os.link(d / "export" / "ganfaces.h5", refined_h5)
+    t = stage("export_s", t)
+
+    # 5. judge
+    raw, raw_labels, masks = read_set(d / "raw.h5")
+    refined, ref_labels, _ = read_set(refined_h5)
+    real, _, _ = read_set(d / "real_heldout.h5")
+    with h5py.File(d / "raw.h5", "r") as f, h5py.File(refined_h5, "r") as g:
+        assert np.array_equal(f["params/pose"][()], g["params/pose"][()]), "raw and refined are other draws"
+    assert np.array_equal(raw_labels, ref_labels)
+    print("embedding raw, refined and real faces with dlib's ResNet ...", flush=True)
+    e_raw, e_ref, e_real = embed(raw), embed(refined), embed(real)
+    out = {"settings": {"steps": steps, "batch_size": a.batch_size, "g_width": g_width, "d_hidden": d_hidden,
+                        "lr": a.lr, "amp": amp, "variant": "no_pairs", "device": a.device,
+                        "train_identities": a.train_identities, "train_images": a.train_images,
+                        "real_train": n_train, "real_heldout": n_held, **({"config": cfg} if a.config else {})},
+           "raw": judge("raw renders", raw, raw_labels, e_raw, e_real),
+           "refined": judge("refined", refined, ref_labels, e_ref, e_real)}
+    diff = np.abs(refined.astype(np.int16) - raw.astype(np.int16)).mean(-1)
+    out["change"] = {"mean_abs_pixel_levels": round(float(diff.mean()), 2),
+                     "face_levels": round(float(diff[masks].mean()), 2),
+                     "background_levels": round(float(diff[~masks].mean()), 2),
+                     "raw_refined_cosine": round(float((e_raw * e_ref).sum(1).mean()), 4),
+                     "unrelated_cosine": round(float((e_raw * e_ref[np.random.default_rng(0).permutation(len(e_ref))])
+                                                     .sum(1).mean()), 4)}
+    out["kid_ratio"] = round(out["refined"]["kid"] / out["raw"]["kid"], 3) if out["raw"]["kid"] > 0 else None
+    out["auc_change"] = round(out["refined"]["verification_auc"] - out["raw"]["verification_auc"], 4)
+    picture(raw, refined, real, d / "learn.png")
+    stage("judge_s", t)
+    out["seconds"] = {**timing, "total": round(time.perf_counter() - t0)}
+    out["picture"] = str(d / "learn.png") if a.out else None
+    out["targets"] = {"kid_ratio_at_most": 0.5, "auc_change_at_least": -0.02}
+    print(json.dumps(out))
+    if tmp is not None:
+        tmp.cleanup()
+
+
+if __name__ == "__main__":
+    main()

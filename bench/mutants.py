@@ -1,0 +1,116 @@
+"""Mutation check of the method's tests: break the trainer one rule at a time, and show that a
+default-suite test fails for each break.
+
+Each mutant is one exact text substitution in the package (the script refuses to run when a
+substitution's original text is no longer found exactly once, so mutants cannot go stale
+silently). For each, the tracked files are copied beside ``../shared`` into a temporary folder,
+the mutation is applied there, and the method's test files run on the copy with ``pytest -x``;
+a mutant is caught when pytest fails. Prints one row per mutant and, last, one JSON object.
+
+    python bench/mutants.py [--only NAME ...] [--tests tests/test_method.py ...]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+TESTS = ["tests/test_method.py", "tests/test_losses.py", "tests/test_nets.py", "tests/test_train.py"]
+
+T, LOSS, NETS = "refine/trainer.py", "refine/losses.py", "refine/nets.py"
+#: (name, file, original text, mutated text)
+MUTANTS = [
+    ("Eq. 8: -L_G", T, 'g = terms["L_G"]\n', 'g = -terms["L_G"]\n'),
+    ("Eq. 8: -L_cyc", T, 'g = g + cfg.lambda_cyc * terms["L_cyc"]', 'g = g - cfg.lambda_cyc * terms["L_cyc"]'),
+    ("Eq. 8: -L_C", T, 'g = g + cfg.lambda_c * terms["L_C"]', 'g = g - cfg.lambda_c * terms["L_C"]'),
+    ("Eq. 8: -L_id", T, 'g = g + cfg.lambda_id * terms["L_id"]', 'g = g - cfg.lambda_id * terms["L_id"]'),
+    ("Eq. 9: -L_G'", T, 'gp = terms["L_Gp"] + cfg.lambda_cyc', 'gp = -terms["L_Gp"] + cfg.lambda_cyc'),
+    ("Eq. 9: -L_cyc", T, 'gp = terms["L_Gp"] + cfg.lambda_cyc', 'gp = terms["L_Gp"] - cfg.lambda_cyc'),
+    ("Eq. 9: -L_DP", T, 'gp = gp + cfg.lambda_dp * terms["L_DP"]', 'gp = gp - cfg.lambda_dp * terms["L_DP"]'),
+    ("Eq. 10: D ascends L_DR + L_DS", T, '"D": terms["L_DR"] + terms.get("L_DS", 0.0)',
+     '"D": -(terms["L_DR"] + terms.get("L_DS", 0.0))'),
+    ("Eq. 10: -L_DS", T, '"D": terms["L_DR"] + terms.get("L_DS", 0.0)', '"D": terms["L_DR"] - terms.get("L_DS", 0.0)'),
+    ("Eq. 4/5: +k L_G", LOSS, "return l_real - k * l_fake, l_real", "return l_real + k * l_fake, l_real"),
+    ("Eq. 6: +k L_cyc", LOSS, "return l_real - k * l_cyc, l_real", "return l_real + k * l_cyc, l_real"),
+    ("Eq. 1: cycle against y", T, 't["L_cyc"] = L.cycle_loss(x, gpgx)', 't["L_cyc"] = L.cycle_loss(y, gpgx)'),
+    ("one gradient of all objectives (no restriction: a missing detach)", T,
+     "out[name] = torch.autograd.grad(objs[name], groups[name]",
+     "out[name] = torch.autograd.grad(sum(objs.values()), groups[name]"),
+    ("D_R's reconstruction detached in L_G", T, 't["L_G"] = L.began_generator_loss(gx, d_gx)',
+     't["L_G"] = L.began_generator_loss(gx, d_gx.detach())'),
+    ("k_R frozen", T, 'for key, real, fake in (("R", "L_real_R", "L_G"),', 'for key, real, fake in ('),
+    ("k_P frozen", T, '("S", "L_real_S", "L_Gp"), ("P", "L_real_P", "L_cyc")):', '("S", "L_real_S", "L_Gp")):'),
+    ("k moves by L_fake - gamma L_real", LOSS, "lambda_k * (gamma * float(l_real) - float(l_fake))",
+     "lambda_k * (float(l_fake) - gamma * float(l_real))"),
+    ("centroid update skipped", T,
+     "self.centroids = L.update_centroids(self.centroids, e, lab, cfg.centroid_momentum)", "pass"),
+    ("centroid step not normalised by 1 + n_j", LOSS, "return centroids - (1.0 - beta) * step / (1.0 + n)[:, None]",
+     "return centroids - (1.0 - beta) * step"),
+    ("EMA skipped", T, "for pe, p in zip(self.ema.parameters(), self.G.parameters()):", "for pe, p in ():"),
+    ("EMA without warm-up", T, "d = L.ema_decay(self.cfg.ema_decay, self.step)", "d = self.cfg.ema_decay"),
+    ("L_id unmasked", LOSS, "mask = (x > -1.0).to(torch.float32)", "mask = torch.ones_like(x, dtype=torch.float32)"),
+    ("batches not grouped by identity", T, "if cfg.images_per_identity > 1:", "if False:"),
+    ("seeded dropout drawn from the global generator", NETS,
+     "torch.rand(h.shape[1:], generator=g) < keep for g in generators", "torch.rand(h.shape[1:]) < keep for g in generators"),
+]
+
+
+def copy_tree(dest: Path) -> Path:
+    """The tracked files (and untracked, not ignored ones) of the working tree, beside ../shared."""
+    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=ROOT, capture_output=True,
+                           text=True, check=True).stdout.split()
+    repo = dest / "repo"
+    for f in files:
+        src = ROOT / f
+        if src.is_file():
+            (repo / f).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, repo / f)
+    (dest / "shared").symlink_to(ROOT.parent / "shared")
+    return repo
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--only", nargs="*", help="run the mutants whose name contains one of these")
+    ap.add_argument("--tests", nargs="*", default=TESTS)
+    a = ap.parse_args()
+    for name, f, old, new in MUTANTS:
+        n = (ROOT / f).read_text().count(old)
+        if n != 1:
+            raise SystemExit(f"mutant '{name}': its original text occurs {n} times in {f}; update the mutant.")
+    todo = [m for m in MUTANTS if not a.only or any(o in m[0] for o in a.only)]
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        repo = copy_tree(Path(tmp))
+        env = dict(os.environ, PYTHONPATH=str(repo), OMP_WAIT_POLICY="PASSIVE")
+        where = subprocess.run([sys.executable, "-c", "import refine; print(refine.__file__)"], cwd=repo, env=env,
+                               capture_output=True, text=True, check=True).stdout.strip()
+        if not where.startswith(str(repo)):
+            raise SystemExit(f"the copy's package is not the one imported ({where}); cannot test mutants")
+        for name, f, old, new in todo:
+            path = repo / f
+            original = path.read_text()
+            path.write_text(original.replace(old, new, 1))
+            t = time.perf_counter()
+            p = subprocess.run([sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", *a.tests],
+                               cwd=repo, env=env, capture_output=True, text=True)
+            path.write_text(original)
+            failed = [line.split(" ")[1] for line in p.stdout.splitlines() if line.startswith(("FAILED", "ERROR"))]
+            caught = p.returncode != 0
+            rows.append({"mutant": name, "caught": caught, "by": failed[0] if failed else None,
+                         "seconds": round(time.perf_counter() - t)})
+            print(f"{'caught  ' if caught else 'SURVIVED'}  {name:60s}  {failed[0] if failed else ''}", flush=True)
+    survived = [r["mutant"] for r in rows if not r["caught"]]
+    print(json.dumps({"mutants": len(rows), "caught": len(rows) - len(survived), "survived": survived,
+                      "tests": a.tests, "rows": rows}))
+
+
+if __name__ == "__main__":
+    main()
