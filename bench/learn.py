@@ -22,9 +22,14 @@ Prints progress, then one JSON object as the last line. ``--out DIR`` keeps ever
 real sets, ``raw.h5`` and ``refined.h5`` - images and identity labels of the same draws - the run
 with its checkpoint) and resumes from what is there; without it, a temporary folder is used.
 
-    python bench/learn.py [--out DIR] [--steps 1800] [--device cpu|cuda] [--paper]
+    python bench/learn.py [--out DIR] [--steps 1200] [--device cpu|cuda] [--paper]
 
-``--paper``: the paper's widths (G 32 filters, D 64) and a longer run; for a GPU.
+Default settings, chosen to finish within 60 minutes on 2 CPU cores (bfloat16 autocast where the
+CPU has bf16 units): G at the paper's width (32), D at half its width (32 filters), batch 16, 50
+training identities x 32 renders (so that each identity's centroid is updated every few dozen
+steps), lr 2e-4, a 300-step refiner warm-up (``TrainConfig.warmup_steps``), then 900 steps of the
+game with lambda_k 0.01 and lambda_C 0.01 (the paper's 0.001 are for 248k steps). ``--paper``:
+the paper's widths and settings (lr 8e-5, no warm-up) and a longer run, for a GPU.
 """
 from __future__ import annotations
 
@@ -156,24 +161,26 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", type=Path, default=None, help="keep everything here (and resume from it)")
     ap.add_argument("--device", default="cpu")
-    ap.add_argument("--steps", type=int, default=None, help="training steps (default 1800; --paper 20000)")
+    ap.add_argument("--steps", type=int, default=None, help="training steps (default 1200; --paper 20000)")
     ap.add_argument("--batch-size", type=int, default=16)
-    ap.add_argument("--g-width", type=int, default=None, help="G's first-layer filters (default 16; --paper 32)")
+    ap.add_argument("--g-width", type=int, default=32, help="G's first-layer filters (the paper's 32)")
     ap.add_argument("--d-hidden", type=int, default=None, help="D's filters (default 32; --paper 64)")
-    ap.add_argument("--lr", type=float, default=2e-4)
+    ap.add_argument("--lr", type=float, default=None, help="default 2e-4; --paper 8e-5")
     ap.add_argument("--amp", choices=("auto", "on", "off"), default="auto",
                     help="bfloat16 autocast (auto: on CUDA and on CPUs with native bf16)")
-    ap.add_argument("--train-identities", type=int, default=200)
-    ap.add_argument("--train-images", type=int, default=8, help="renders per training identity")
+    ap.add_argument("--train-identities", type=int, default=50)
+    ap.add_argument("--train-images", type=int, default=32, help="renders per training identity")
     ap.add_argument("--identities", type=int, default=100, help="new identities exported and judged")
     ap.add_argument("--images", type=int, default=4, help="images per judged identity")
     ap.add_argument("--heldout", type=float, default=0.3, help="share of the real faces held apart for judging")
     ap.add_argument("--paper", action="store_true", help="the paper's widths and a longer run (a GPU)")
     ap.add_argument("--config", type=Path, default=None, help="extra TrainConfig YAML keys (tuning)")
     a = ap.parse_args()
-    steps = a.steps or (20000 if a.paper else 1800)
-    g_width = a.g_width or (32 if a.paper else 16)
+    steps = a.steps or (20000 if a.paper else 1200)
+    g_width = a.g_width
     d_hidden = a.d_hidden or (64 if a.paper else 32)
+    lr = a.lr or (8e-5 if a.paper else 2e-4)
+    short_run = {} if a.paper else {"warmup_steps": 300, "lambda_k": 0.01, "lambda_c": 0.01}
     amp = a.amp == "on" or (a.amp == "auto" and (a.device.startswith("cuda") or
                                                  torch.ops.mkldnn._is_mkldnn_bf16_supported()))
     t0 = time.perf_counter()
@@ -203,12 +210,11 @@ def main():
     sh("morph", "render", d / "train_ids.h5", "-o", d / "synthetic.h5", log=log)
     t = stage("render_s", t)
     # 3. training
-    cfg = {"g_width": g_width, "d_hidden": d_hidden, "amp": amp, "lr": a.lr, "log_every": 20, "grid_every": 200,
-           "checkpoint_every": 200, "device": a.device}
-    if a.config is not None:
-        import yaml
-        cfg.update(yaml.safe_load(a.config.read_text()) or {})
+    cfg = {"g_width": g_width, "d_hidden": d_hidden, "amp": amp, "lr": lr, "log_every": 20, "grid_every": 200,
+           "checkpoint_every": 200, "device": a.device, **short_run}
     import yaml
+    if a.config is not None:
+        cfg.update(yaml.safe_load(a.config.read_text()) or {})
     (d / "train.yaml").write_text(yaml.safe_dump(cfg))
     run = d / "run"
     last = run / "checkpoints" / f"step_{steps:08d}.pt"
@@ -240,7 +246,7 @@ def main():
     print("embedding raw, refined and real faces with dlib's ResNet ...", flush=True)
     e_raw, e_ref, e_real = embed(raw), embed(refined), embed(real)
     out = {"settings": {"steps": steps, "batch_size": a.batch_size, "g_width": g_width, "d_hidden": d_hidden,
-                        "lr": a.lr, "amp": amp, "variant": "no_pairs", "device": a.device,
+                        "lr": lr, "amp": amp, "variant": "no_pairs", "device": a.device, **short_run,
                         "train_identities": a.train_identities, "train_images": a.train_images,
                         "real_train": n_train, "real_heldout": n_held, **({"config": cfg} if a.config else {})},
            "raw": judge("raw renders", raw, raw_labels, e_raw, e_real),
