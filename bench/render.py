@@ -90,7 +90,7 @@ def sample_params(model, n, seed=0):
 def stage_times(model, params, repeats):
     """Seconds per batch of the CPU engine's parallel regions, called as render_batch calls them."""
     from morph.render import camera, cpu, shading
-    from morph.render.raster_cpu import pixel_centres_ndc
+    from morph.render.raster_cpu import pixel_centres_ndc, pixel_stage
     from morph.render.renderer import _check_params, _prepare
     from morph.template import five_point_template
 
@@ -114,8 +114,8 @@ def stage_times(model, params, repeats):
             shape.reshape(b, n, 3), rot, p.distance, np.float32(500), np.float32(54), np.float32(54), True,
             index, start, five_point_template(108), 108, 108, prep.triangles, True,
             albedo.reshape(b, n, 3), p.sh, shading.SH_BASIS_SCALE, pix, ndc, normals, colors),
-        "pixel_stage": lambda: cpu.pixel_stage(ndc, prep.triangles, xs, ys, 108.0, True, colors,
-                                               np.zeros(3, np.float32), normals, mask, depth, image, no_normals),
+        "pixel_stage": lambda: pixel_stage(ndc, prep.triangles, xs, ys, 108.0, True, colors,
+                                           np.zeros(3, np.float32), normals, mask, depth, image, no_normals),
     }
     out = {}
     for name, fn in stages.items():

@@ -6,6 +6,7 @@ from pathlib import Path
 import click
 
 from cli.common import Group
+from morph.render.raster import BACKENDS
 
 
 @click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"]})
@@ -62,7 +63,7 @@ def sample_identities(model_spec, priors_path, n_identities, images_per_identity
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), required=True)
 @click.option("--model", "model_spec", default=None, help="Override the model recorded in IDENTITIES. " + MODEL_HELP)
 @click.option("--size", type=click.IntRange(16, 1024), default=108, show_default=True, help="Image size in pixels.")
-@click.option("--backend", type=click.Choice(["auto", "cpu", "pytorch3d"]), default="auto", show_default=True,
+@click.option("--backend", type=click.Choice(BACKENDS), default="auto", show_default=True,
               help="Rasterizer: our CPU z-buffer or PyTorch3D (auto: PyTorch3D on CUDA, ours on CPU).")
 @click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
 @click.option("--batch-size", type=click.IntRange(1), default=64, show_default=True)

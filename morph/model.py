@@ -1,4 +1,8 @@
-"""The 3D morphable model (3DMM) as one object, whatever file it came from.
+"""The 3D morphable model (3DMM) as one object, whatever file it came from, and the reference
+implementation of its maths: ``MorphableModel.vertices`` is S(alpha, beta) and
+``MorphableModel.colors`` is T(gamma). Every other place that forms a face - the renderer's numba
+and torch engines (``morph.render``), the pair renderer (``morph.pairs``) - is a fast or batched
+copy held to these two by ``tests/test_render.py``, on a model whose expression mean is not zero.
 
 A model is three linear (PCA) parts on one mesh (Blanz & Vetter 1999; paper section 3.1):
 
@@ -76,8 +80,14 @@ class PCAModel:
         return int(self.std.shape[0])
 
     def scaled_basis(self) -> np.ndarray:
-        """(3N, K) basis times standard deviations: ``mean + scaled_basis @ coeffs``."""
-        return self.basis * self.std[None, :]
+        """(3N, K) basis times standard deviations: ``mean + scaled_basis @ coeffs`` (computed
+        once per model: a BFM basis is ~130 MB)."""
+        cached = self.__dict__.get("_scaled")
+        if cached is None:
+            cached = self.basis * self.std[None, :]
+            cached.setflags(write=False)
+            self.__dict__["_scaled"] = cached
+        return cached
 
     def truncate(self, k: int) -> "PCAModel":
         return replace(self, basis=self.basis[:, :k], std=self.std[:k],
@@ -153,7 +163,9 @@ class MorphableModel:
         return 0 if self.expression is None else self.expression.n_components
 
     def vertices(self, alpha: np.ndarray, beta: np.ndarray | None = None) -> np.ndarray:
-        """(B, N, 3) vertex positions for shape coefficients alpha (B, K_id) and expression beta."""
+        """S(alpha, beta): (B, N, 3) vertex positions (mm) for shape coefficients alpha (B, K_id)
+        and expression coefficients beta (B, K_exp; None: neutral), the expression model's mean
+        deformation E_mean included. The reference the renderers are held to."""
         alpha = np.atleast_2d(alpha).astype(np.float32)
         flat = self.shape.mean[None] + alpha @ self.shape.scaled_basis().T
         if self.expression is not None:
@@ -164,8 +176,9 @@ class MorphableModel:
         return flat.reshape(flat.shape[0], -1, 3)
 
     def colors(self, gamma: np.ndarray) -> np.ndarray:
-        """(B, N, 3) per-vertex albedo in [0, 1] for colour coefficients gamma (B, K_tex);
-        ``fixed_albedo()`` for every row when the model has no colour model (K_tex = 0)."""
+        """T(gamma): (B, N, 3) per-vertex albedo in [0, 1] for colour coefficients gamma (B, K_tex);
+        ``fixed_albedo()`` for every row when the model has no colour model (K_tex = 0). The
+        reference the renderers are held to."""
         gamma = np.atleast_2d(gamma).astype(np.float32)
         if self.texture is None:
             return np.repeat(self.fixed_albedo()[None], gamma.shape[0], axis=0)

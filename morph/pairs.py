@@ -248,15 +248,6 @@ class PairRenderer:
         self.model = model
         self.size = size
         self.groups = model.five_point_vertices()  # UserError when the model has no landmarks
-        parts = [model.shape] + ([model.expression] if model.expression is not None else [])
-        mean = model.shape.mean.astype(np.float64)
-        if model.expression is not None:
-            mean = mean + model.expression.mean  # the expression model's mean deformation
-        self.shape_mean = mean.astype(np.float32)
-        self.shape_basis = np.ascontiguousarray(np.concatenate([p.scaled_basis() for p in parts], 1))
-        tex = model.texture
-        self.tex_mean = None if tex is None else tex.mean
-        self.tex_basis = None if tex is None else np.ascontiguousarray(tex.scaled_basis())
         self.triangles32 = np.ascontiguousarray(model.triangles, np.int32)
         self.lm = model.landmarks
         self.template = five_point_template(size)
@@ -268,13 +259,10 @@ class PairRenderer:
         from morph.render.shading import phong_300wlp
         from morph.template import similarity_from_points
 
-        c = np.concatenate([ann.coeffs["shape"], ann.coeffs["expression"]]).astype(np.float32)
-        verts = (self.shape_mean + self.shape_basis @ c).reshape(-1, 3)  # mm
-        if self.tex_mean is not None:
-            albedo = np.clip(self.tex_mean + self.tex_basis @ ann.coeffs["texture"].astype(np.float32), 0, 1)
-            albedo = albedo.reshape(-1, 3)
-        else:  # a shape-only model: its landmark-painted albedo (morph.albedo), as 'morph render'
-            albedo = self.model.fixed_albedo()
+        # S(alpha, beta) and T(gamma) of the reference (a shape-only model: its landmark-painted
+        # albedo, morph.albedo, as 'morph render')
+        verts = self.model.vertices(ann.coeffs["shape"][None], ann.coeffs["expression"][None])[0]  # mm
+        albedo = self.model.colors(ann.coeffs["texture"][None])[0]
         normals = np.empty_like(verts)
         vertex_normals(verts, self.triangles32, normals)  # numba, as the renderer's CPU engine
         colors = phong_300wlp(torch.from_numpy(albedo)[None], torch.from_numpy(normals)[None],

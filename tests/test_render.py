@@ -471,3 +471,50 @@ def test_export_mesh_round_trip(tmp_path, sfm_mesh, suffix):
     assert np.array_equal(mesh.visual.vertex_colors[:, :3], np.round(colors * 255).astype(np.uint8))
     with pytest.raises(UserError):
         export_mesh(tmp_path / "face.stl", verts, colors, tris)
+
+
+def test_every_renderer_forms_the_reference_face_with_an_expression_mean(sfm_model):
+    """S(alpha, beta) includes the expression model's mean deformation E_mean in the reference
+    (``MorphableModel.vertices``) and in every copy: the numba and torch engines, PyTorch3D as the
+    rasterizer, and the pair renderer. On a model whose E_mean is a 4 mm deformation, their
+    landmarks are the reference vertices projected, to 1e-3 px. (Before E_mean reached the
+    renderer, its landmarks were off by millimetres' worth of pixels.)"""
+    from dataclasses import replace
+
+    from morph.pairs import Annotation, PairRenderer
+
+    blend = sfm_model.expression.basis[:, 0] * sfm_model.expression.std[0]
+    e_mean = (4.0 * blend / np.abs(blend).max()).astype(np.float32)
+    model = replace(sfm_model, expression=replace(sfm_model.expression, mean=e_mean))
+    rng = np.random.default_rng(1)
+    b = 3
+    params = {"alpha": rng.standard_normal((b, model.n_shape)).astype(np.float32) * 0.5,
+              "beta": np.clip(rng.standard_normal((b, model.n_expression)), 0, 1).astype(np.float32) * 0.3,
+              "pose": np.array([[5, -20, 3], [0, 0, 0], [-8, 30, -5]], np.float32),
+              "camera_distance": np.array([700, 900, 1100], np.float32), "sh": np.tile(np.eye(9, 3, dtype=np.float32), (b, 1, 1))}
+    verts = torch.from_numpy(model.vertices(params["alpha"], params["beta"]).astype(np.float64))
+    settings = RenderSettings(image_size=108)
+    hw = (108, 108)
+    _, pix, _ = camera.perspective_project(verts, torch.from_numpy(camera.compute_rotation(params["pose"])).double(),
+                                           torch.from_numpy(params["camera_distance"]).double(),
+                                           camera.focal_from_fov(settings.fov, hw), hw)
+    pix = camera.apply_similarity(pix, camera.similarity_to_template(camera.five_points(pix, model.five_point_vertices()), 108))
+    known = model.landmarks >= 0  # (SFM maps 60 of the 68 iBUG points)
+    want = pix[:, model.landmarks[known]].float()
+    for kw in ({"engine": "numba"}, {"engine": "torch"}, {"engine": "numba", "backend": "pytorch3d"}):
+        out = render_batch(model, params, RenderSettings(image_size=108, outputs=("landmarks", "mask"), **kw))
+        assert (out.landmarks[:, known] - want).abs().max() < 1e-3, kw
+    # the pair renderer: 300W-LP's weak-perspective camera of the same face
+    ann = Annotation(pose=np.array([0.1, -0.3, 0.05, 230.0, 220.0, 0.0, 0.0011]),
+                     coeffs={"shape": params["alpha"][0].astype(np.float64), "expression": params["beta"][0].astype(np.float64),
+                             "texture": np.zeros(model.n_texture)},
+                     color=np.array([1, 1, 1, 0, 0, 0, 1.0]), illum=np.array([0.4, 0.4, 0.4, 0.6, 0.6, 0.6, 0.2, -0.3, 20, 10.0]),
+                     pt2d=np.full((68, 2), np.nan))
+    geo = PairRenderer(model, 108).geometry(ann, (450, 450))
+    rot = torch.from_numpy(camera.rotation_300wlp(ann.pose[None])).double()
+    photo, _ = camera.weak_perspective_300wlp(verts[:1], torch.tensor([ann.pose[6] * 1000.0], dtype=torch.float64), rot,
+                                              torch.from_numpy(ann.pose[None, 3:5]), 450)
+    assert np.abs(geo["landmarks_photo"][known] - photo[0, model.landmarks[known]].numpy()).max() < 1e-3
+    # and E_mean matters: the neutral-mean model's landmarks are elsewhere
+    plain = render_batch(sfm_model, params, RenderSettings(image_size=108, outputs=("landmarks",)))
+    assert (plain.landmarks[:, known] - want).abs().max() > 0.5

@@ -4,12 +4,20 @@
   ``render_projected`` (vertices already in an image frame), ``export_mesh``;
 - ``camera``: pose rotation, perspective and 300W-LP weak-perspective cameras, 5-point alignment;
 - ``shading``: spherical-harmonics and 300W-LP Phong lighting, vertex normals;
-- ``raster``: one ``rasterize`` over two backends, PyTorch3D (``raster_pytorch3d``) and our
-  numba z-buffer (``raster_cpu``), returning PyTorch3D-style ``Fragments``;
+- ``types``: ``Fragments`` and the ``Rasterizer`` interface; ``raster``: the registry of sibling
+  backends (``raster_cpu``: our numba z-buffer; ``raster_pytorch3d``) and ``rasterize``;
 - ``cpu``: the numba vertex-stage and shading kernels of the CPU engine.
 """
-from morph.render.raster import Fragments, RasterSettings, rasterize
-from morph.render.renderer import RenderOutput, RenderSettings, export_mesh, render_batch, render_projected
+import importlib
 
-__all__ = ["Fragments", "RasterSettings", "RenderOutput", "RenderSettings", "export_mesh", "rasterize",
-           "render_batch", "render_projected"]
+#: name -> module; loaded on first use, so that ``morph.render.raster``'s registry (the CLI's
+#: choices) is read without importing torch
+_EXPORTS = {"Fragments": "types", "rasterize": "raster", "RenderOutput": "renderer", "RenderSettings": "renderer",
+            "export_mesh": "renderer", "render_batch": "renderer", "render_projected": "renderer"}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(f"morph.render.{_EXPORTS[name]}"), name)
+    raise AttributeError(f"module 'morph.render' has no attribute {name!r}")

@@ -1,38 +1,24 @@
-"""The CPU engine: vertex stage, rasterization and shading as numba kernels, batch-invariant.
+"""The numba engine's vertex stage: S(alpha, beta) and T(gamma) blends, projection, alignment,
+normals and SH shading as numba kernels, batch-invariant.
 
 Each kernel computes every output element with one fixed sequence of float32 operations that
-does not depend on how many images are in the batch or where an image sits in it. That is what
-makes a render bit-identical whether it is made alone or in a batch of 64 - which batched BLAS
-calls do not give (they pick different kernels, and so summation orders, per matrix shape).
-numba compiles without fast-math, so LLVM neither reassociates sums nor fuses multiply-adds;
-vectorising across independent elements leaves each element's arithmetic unchanged.
+does not depend on how many images are in the batch or where an image sits in it, so a render is
+bit-identical alone or in a batch of 64 (batched BLAS calls pick kernels, and so summation
+orders, by matrix shape). numba compiles without fast-math: LLVM neither reassociates sums nor
+fuses multiply-adds, so the bits do not depend on the instruction set either.
 
-The steps are small per-image functions with the formulas of the readable torch steps in
-``camera.py`` / ``shading.py`` / ``renderer.py`` (which also run on CUDA; the tests check that
-the two agree). Three kinds of parallel region run them for a batch: ``blend`` (shape, then
-albedo; parallel over vertex tiles so that all images share each tile of the basis),
-``vertex_stage`` and ``pixel_stage`` (parallel over images, each image's steps fused in one
-pass). Fusing matters on a busy machine: every parallel region ends with OpenMP threads
-spin-waiting, and with one region per step (and torch operations in between, which wake torch's
-own OpenMP pool) 2 threads rendered 83 images/s where ``OMP_WAIT_POLICY=passive`` gave 191 - the
-spinning cost as much as the work. Fused, without torch operations: 182.
-
-Measured here (default model: 53,349 vertices, 106,111 triangles; 108x108; batch 16; one core's
-time per image): blend 0.66 ms for 36 shape+expression components and 0.33 ms for 10 colour
-components (k-outer accumulation over 1024-vertex tiles; for 299 components 2.0 ms, against
-13 ms when accumulating in the output array, which defeats vectorisation, and 8-10 ms for a
-per-image matrix-vector product, which streams the whole basis once per image); projection,
-alignment and NDC 0.3 ms; normals 0.6 ms (a gather over a vertex-to-face table took as long as
-this scatter); SH shading 0.4 ms (the torch steps, ``index_add`` normals and SH, take 10.6 and
-3.6 ms);
-rasterization 1.2 ms; interpolation 0.1 ms.
+The formulas are those of the readable torch steps (``camera.py``, ``shading.py``,
+``renderer.compute_shape``), themselves copies of ``MorphableModel.vertices`` / ``colors``; the
+tests hold all of them to the reference. ``blend`` runs parallel over vertex tiles (all images
+share each tile of the basis), ``vertex_stage`` parallel over images with each image's steps
+fused in one pass (every parallel region ends with OpenMP threads spin-waiting; see
+``bench/README.md`` for the measurements behind the tile size and the fusing). The pixel stage
+belongs to the numba rasterizer (``raster_cpu``).
 """
 from __future__ import annotations
 
 import numpy as np
 from numba import njit, prange
-
-from morph.render.raster_cpu import raster_image
 
 #: Rows of the basis processed together (1024 rows x up to ~300 components stay in L2).
 BLEND_TILE = 1024
@@ -244,85 +230,3 @@ def shade_sh(normals, albedo, sh, sh_scale, colors):
             e = (y0 * sh[0, c] + y1 * sh[1, c] + y2 * sh[2, c] + y3 * sh[3, c] + y4 * sh[4, c]
                  + y5 * sh[5, c] + y6 * sh[6, c] + y7 * sh[7, c] + y8 * sh[8, c])
             colors[i, c] = albedo[i, c] * e
-
-
-# ----------------------------------------------------------------------------- pixel stage
-@njit(parallel=True, cache=True, error_model="numpy")
-def pixel_stage(ndc, tri, xs, ys, m, perspective_correct, colors, background, normals,
-                mask, depth, image, normal_image):
-    """Per image: ``raster_cpu.raster_image`` -> mask, depth (0 on the background), and the
-    Gouraud-interpolated colours (if image has B rows; clipped to [0, 1]) and unit normals
-    (if normal_image has B rows)."""
-    n_img = ndc.shape[0]
-    for b in prange(n_img):
-        face, zb, wts = raster_image(ndc[b], tri, xs, ys, m, perspective_correct)
-        for yi in range(face.shape[0]):
-            for xi in range(face.shape[1]):
-                hit = face[yi, xi] >= 0
-                mask[b, 0, yi, xi] = hit
-                depth[b, 0, yi, xi] = zb[yi, xi] if hit else 0
-        if image.shape[0] == n_img:
-            interpolate(face, wts, tri, colors[b], background, image[b])
-            clip01(image[b])
-        if normal_image.shape[0] == n_img:
-            interpolate(face, wts, tri, normals[b], np.zeros(3, np.float32), normal_image[b])
-            unit_channels(normal_image[b])
-
-
-@njit(cache=True, error_model="numpy")
-def interpolate(face, wts, tri, attr, background, out):
-    """(C, H, W) per-pixel ``w0 a[v0] + w1 a[v1] + w2 a[v2]`` of a per-vertex attribute
-    (N, C) over the visible face, ``background`` (C,) where there is none."""
-    for yi in range(face.shape[0]):
-        for xi in range(face.shape[1]):
-            f = face[yi, xi]
-            if f < 0:
-                for c in range(attr.shape[1]):
-                    out[c, yi, xi] = background[c]
-                continue
-            w0 = wts[yi, xi, 0]
-            w1 = wts[yi, xi, 1]
-            w2 = wts[yi, xi, 2]
-            i0 = tri[f, 0]
-            i1 = tri[f, 1]
-            i2 = tri[f, 2]
-            for c in range(attr.shape[1]):
-                out[c, yi, xi] = w0 * attr[i0, c] + w1 * attr[i1, c] + w2 * attr[i2, c]
-
-
-@njit(cache=True, error_model="numpy")
-def clip01(img):
-    """Clip a (C, H, W) image to [0, 1] in place."""
-    for c in range(img.shape[0]):
-        for yi in range(img.shape[1]):
-            for xi in range(img.shape[2]):
-                img[c, yi, xi] = min(max(img[c, yi, xi], np.float32(0.0)), np.float32(1.0))
-
-
-@njit(cache=True, error_model="numpy")
-def unit_channels(n):
-    """Normalise a (3, H, W) normal image over its channels; zero vectors stay zero."""
-    for yi in range(n.shape[1]):
-        for xi in range(n.shape[2]):
-            s = n[0, yi, xi] * n[0, yi, xi] + n[1, yi, xi] * n[1, yi, xi] + n[2, yi, xi] * n[2, yi, xi]
-            if s > 0:
-                inv = np.float32(1.0) / np.sqrt(s)
-                for c in range(3):
-                    n[c, yi, xi] *= inv
-
-
-@njit(parallel=True, cache=True, error_model="numpy")
-def shade_fragments(pix_to_face, bary, tri, colors, background, normals, image, normal_image):
-    """``pixel_stage``'s shading from another rasterizer's packed fragments (PyTorch3D's)."""
-    n_img = pix_to_face.shape[0]
-    n_tri = tri.shape[0]
-    for b in prange(n_img):
-        face = pix_to_face[b, :, :, 0] - b * n_tri
-        face = np.where(pix_to_face[b, :, :, 0] >= 0, face, -1)
-        wts = bary[b, :, :, 0, :]
-        if image.shape[0] == n_img:
-            interpolate(face, wts, tri, colors[b], background, image[b])
-            clip01(image[b])
-        if normal_image.shape[0] == n_img:
-            interpolate(face, wts, tri, normals[b], np.zeros(3, np.float32), normal_image[b])
-            unit_channels(normal_image[b])

@@ -38,7 +38,7 @@ import numpy as np
 import torch
 from numba import njit, prange
 
-from morph.render.raster import Fragments
+from morph.render.types import Fragments, Rasterizer
 
 _EPS = 1e-8  # PyTorch3D's kEpsilon: a double
 _SLACK = 1e-3  # pixels
@@ -62,6 +62,27 @@ def _pix_to_ndc(i: int, s1: int, s2: int) -> np.float32:
         r = f32(f32(s1) * r) / f32(s2)
     offset = r / f32(2.0)
     return -offset + (r * f32(i) + offset) / f32(s1)
+
+
+class NumbaRasterizer(Rasterizer):
+    """Our CPU z-buffer; its ``fused_pixel_stage`` rasterizes and interpolates in one parallel
+    region per batch (the numba engine's per-image stage)."""
+
+    name = "cpu"
+    default_on = ("cpu",)
+
+    def __call__(self, verts_ndc: torch.Tensor, faces: torch.Tensor, hw: tuple[int, int],
+                 perspective_correct: bool = False) -> Fragments:
+        return rasterize_cpu(verts_ndc, faces, hw, perspective_correct)
+
+    @staticmethod
+    def fused_pixel_stage(ndc, tri, hw, perspective_correct, colors, background, normals, mask, depth, image,
+                          normal_image) -> None:
+        """numpy in, numpy out (see ``pixel_stage``): no torch operation runs, so torch's OpenMP
+        threads stay asleep instead of spinning against numba's."""
+        xs, ys = pixel_centres_ndc(*hw)
+        pixel_stage(ndc, tri, xs, ys, float(min(hw)), perspective_correct, colors, background, normals, mask,
+                    depth, image, normal_image)
 
 
 def rasterize_cpu(verts_ndc: torch.Tensor, faces: torch.Tensor, hw: tuple[int, int],
@@ -261,3 +282,85 @@ def _edge_distance(v, tri, f, px, py):
     e02 = _segment_distance(px, py, x0, y0, x2, y2)
     e12 = _segment_distance(px, py, x1, y1, x2, y2)
     return min(min(e01, e02), e12)
+
+
+# ----------------------------------------------------------------------------- pixel stage
+@njit(parallel=True, cache=True, error_model="numpy")
+def pixel_stage(ndc, tri, xs, ys, m, perspective_correct, colors, background, normals,
+                mask, depth, image, normal_image):
+    """Per image: ``raster_cpu.raster_image`` -> mask, depth (0 on the background), and the
+    Gouraud-interpolated colours (if image has B rows; clipped to [0, 1]) and unit normals
+    (if normal_image has B rows)."""
+    n_img = ndc.shape[0]
+    for b in prange(n_img):
+        face, zb, wts = raster_image(ndc[b], tri, xs, ys, m, perspective_correct)
+        for yi in range(face.shape[0]):
+            for xi in range(face.shape[1]):
+                hit = face[yi, xi] >= 0
+                mask[b, 0, yi, xi] = hit
+                depth[b, 0, yi, xi] = zb[yi, xi] if hit else 0
+        if image.shape[0] == n_img:
+            interpolate(face, wts, tri, colors[b], background, image[b])
+            clip01(image[b])
+        if normal_image.shape[0] == n_img:
+            interpolate(face, wts, tri, normals[b], np.zeros(3, np.float32), normal_image[b])
+            unit_channels(normal_image[b])
+
+
+@njit(cache=True, error_model="numpy")
+def interpolate(face, wts, tri, attr, background, out):
+    """(C, H, W) per-pixel ``w0 a[v0] + w1 a[v1] + w2 a[v2]`` of a per-vertex attribute
+    (N, C) over the visible face, ``background`` (C,) where there is none."""
+    for yi in range(face.shape[0]):
+        for xi in range(face.shape[1]):
+            f = face[yi, xi]
+            if f < 0:
+                for c in range(attr.shape[1]):
+                    out[c, yi, xi] = background[c]
+                continue
+            w0 = wts[yi, xi, 0]
+            w1 = wts[yi, xi, 1]
+            w2 = wts[yi, xi, 2]
+            i0 = tri[f, 0]
+            i1 = tri[f, 1]
+            i2 = tri[f, 2]
+            for c in range(attr.shape[1]):
+                out[c, yi, xi] = w0 * attr[i0, c] + w1 * attr[i1, c] + w2 * attr[i2, c]
+
+
+@njit(cache=True, error_model="numpy")
+def clip01(img):
+    """Clip a (C, H, W) image to [0, 1] in place."""
+    for c in range(img.shape[0]):
+        for yi in range(img.shape[1]):
+            for xi in range(img.shape[2]):
+                img[c, yi, xi] = min(max(img[c, yi, xi], np.float32(0.0)), np.float32(1.0))
+
+
+@njit(cache=True, error_model="numpy")
+def unit_channels(n):
+    """Normalise a (3, H, W) normal image over its channels; zero vectors stay zero."""
+    for yi in range(n.shape[1]):
+        for xi in range(n.shape[2]):
+            s = n[0, yi, xi] * n[0, yi, xi] + n[1, yi, xi] * n[1, yi, xi] + n[2, yi, xi] * n[2, yi, xi]
+            if s > 0:
+                inv = np.float32(1.0) / np.sqrt(s)
+                for c in range(3):
+                    n[c, yi, xi] *= inv
+
+
+@njit(parallel=True, cache=True, error_model="numpy")
+def shade_fragments(pix_to_face, bary, tri, colors, background, normals, image, normal_image):
+    """``pixel_stage``'s shading from another rasterizer's packed fragments (PyTorch3D's)."""
+    n_img = pix_to_face.shape[0]
+    n_tri = tri.shape[0]
+    for b in prange(n_img):
+        face = pix_to_face[b, :, :, 0] - b * n_tri
+        face = np.where(pix_to_face[b, :, :, 0] >= 0, face, -1)
+        wts = bary[b, :, :, 0, :]
+        if image.shape[0] == n_img:
+            interpolate(face, wts, tri, colors[b], background, image[b])
+            clip01(image[b])
+        if normal_image.shape[0] == n_img:
+            interpolate(face, wts, tri, normals[b], np.zeros(3, np.float32), normal_image[b])
+            unit_channels(normal_image[b])

@@ -10,7 +10,27 @@ from __future__ import annotations
 
 import torch
 
-from morph.render.raster import Fragments
+from morph.render.types import Fragments, Rasterizer
+
+
+class PyTorch3DRasterizer(Rasterizer):
+    name = "pytorch3d"
+    default_on = ("cuda",)
+
+    @classmethod
+    def available(cls) -> bool:
+        import importlib.util
+        if importlib.util.find_spec("pytorch3d") is None:
+            return False
+        try:  # its binary is built for one torch version; another fails at import
+            import pytorch3d.renderer  # noqa: F401
+        except (ImportError, OSError):
+            return False
+        return True
+
+    def __call__(self, verts_ndc: torch.Tensor, faces: torch.Tensor, hw: tuple[int, int],
+                 perspective_correct: bool = False) -> Fragments:
+        return rasterize_pytorch3d(verts_ndc, faces, hw, perspective_correct)
 
 
 def rasterize_pytorch3d(verts_ndc: torch.Tensor, faces: torch.Tensor, hw: tuple[int, int],

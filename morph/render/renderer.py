@@ -2,7 +2,7 @@
 
 ``render_batch`` follows Deep3DFaceRecon's ``ParametricFaceModel`` in small named steps:
 
-1. ``compute_shape``    S = S_mean + U_id (sigma_id alpha) + U_exp (sigma_exp beta)       (B, N, 3) mm
+1. ``compute_shape``    S = S_mean + U_id (sigma_id alpha) + E_mean + U_exp (sigma_exp beta)  (B, N, 3) mm
 2. ``compute_texture``  T = clip(T_mean + U_tex (sigma_tex gamma), 0, 1)                  (B, N, 3)
    (a model without a colour model: its ``fixed_albedo()``, painted from its landmarks)
 3. ``camera.compute_rotation`` R = Rz(roll) Ry(yaw) Rx(pitch) from degrees (face3d convention)
@@ -42,8 +42,8 @@ import torch
 from morph.errors import UserError
 from morph.model import MorphableModel
 from morph.render import camera, cpu, shading
-from morph.render.raster import image_hw, rasterize, resolve_backend
-from morph.render.raster_cpu import pixel_centres_ndc
+from morph.render.raster import rasterize, rasterizer, resolve_backend
+from morph.render.types import image_hw
 from morph.template import five_point_template
 
 OUTPUTS = ("image", "mask", "landmarks", "depth", "normals")
@@ -55,7 +55,8 @@ class RenderSettings:
     """How to render.
 
     image_size: S (square) or (H, W); alignment needs a square image.
-    backend: rasterizer, "auto" | "cpu" | "pytorch3d" (auto: PyTorch3D on CUDA, ours on CPU).
+    backend: rasterizer, "auto" or a name of ``morph.render.raster.RASTERIZERS`` (auto: ours on
+        the CPU, PyTorch3D on CUDA).
     device: where tensors live and the torch engine runs ("cpu", "cuda", "cuda:1" ...).
     align: similarity-align to the 5-point template; False renders in the camera's own frame
         (principal point at the image centre).
@@ -159,10 +160,13 @@ def _prepare(model: MorphableModel) -> _Prepared:
         except UserError:
             five = None
     tex = model.texture
+    shape_mean = model.shape.mean  # S_mean + E_mean (MorphableModel.vertices)
+    if model.expression is not None:
+        shape_mean = (shape_mean.astype(np.float64) + model.expression.mean).astype(np.float32)
     prep = _Prepared(
         n_vertices=model.n_vertices,
         triangles=np.ascontiguousarray(model.triangles, np.int32),
-        shape_mean=model.shape.mean,
+        shape_mean=shape_mean,
         shape_basis_t=np.ascontiguousarray(basis_t, np.float32),
         shape_std=np.concatenate([p.std for p in parts]).astype(np.float32),
         n_shape=model.n_shape, n_expression=model.n_expression,
@@ -228,13 +232,15 @@ def _check_params(model: MorphableModel, prep: _Prepared, params: dict[str, np.n
 
 # ----------------------------------------------------------------------------- torch steps
 def compute_shape(mean: torch.Tensor, basis_t: torch.Tensor, coeffs: torch.Tensor) -> torch.Tensor:
-    """(B, N, 3) vertices ``mean + coeffs @ basis_t``; coeffs = [sigma_id alpha, sigma_exp beta]
-    and basis_t = [U_id; U_exp] transposed (paper section 3.1, S(alpha, beta))."""
+    """(B, N, 3) vertices ``mean + coeffs @ basis_t``: the torch copy of ``MorphableModel.vertices``
+    (S(alpha, beta), paper section 3.1), with mean = S_mean + E_mean, coeffs = [sigma_id alpha,
+    sigma_exp beta] and basis_t = [U_id; U_exp] transposed."""
     return (mean[None] + coeffs @ basis_t).reshape(coeffs.shape[0], -1, 3)
 
 
 def compute_texture(mean: torch.Tensor, basis_t: torch.Tensor, coeffs: torch.Tensor) -> torch.Tensor:
-    """(B, N, 3) albedo ``clip(T_mean + (sigma_tex gamma) @ U_tex^T, 0, 1)`` (T(gamma))."""
+    """(B, N, 3) albedo ``clip(T_mean + (sigma_tex gamma) @ U_tex^T, 0, 1)``: the torch copy of
+    ``MorphableModel.colors`` (T(gamma))."""
     return (mean[None] + coeffs @ basis_t).reshape(coeffs.shape[0], -1, 3).clamp(0.0, 1.0)
 
 
@@ -377,19 +383,20 @@ def _raster_stage_numba(ndc, colors, normals, triangles, settings, hw, perspecti
     normal_image = np.empty((b if "normals" in want and normals is not None else 0, 3, *hw), np.float32)
     colors = colors if colors is not None else np.zeros((0, 1, 3), np.float32)
     normals = normals if normals is not None else np.zeros((0, 1, 3), np.float32)
-    if resolve_backend(settings.backend, "cpu") == "cpu":
-        xs, ys = pixel_centres_ndc(*hw)
+    from morph.render.raster_cpu import shade_fragments
+
+    backend = rasterizer(resolve_backend(settings.backend, "cpu"))
+    if backend.fused_pixel_stage is not None:  # rasterize and interpolate in one pass
         mask = np.empty((b, 1, *hw), np.bool_)
         depth = np.empty((b, 1, *hw), np.float32)
-        cpu.pixel_stage(ndc, triangles, xs, ys, float(min(hw)), perspective_correct, colors, bg, normals,
-                        mask, depth, image, normal_image)
+        backend.fused_pixel_stage(ndc, triangles, hw, perspective_correct, colors, bg, normals, mask, depth, image,
+                                  normal_image)
     else:
-        frags = rasterize(torch.from_numpy(ndc), torch.from_numpy(triangles).long(), hw, settings.backend,
-                          perspective_correct)
+        frags = backend(torch.from_numpy(ndc), torch.from_numpy(triangles).long(), hw, perspective_correct)
         p2f, zbuf, bary = (t.cpu().numpy() for t in frags[:3])
         mask = (p2f[..., 0] >= 0)[:, None]
         depth = np.maximum(zbuf[..., 0], 0)[:, None]
-        cpu.shade_fragments(p2f, bary, triangles, colors, bg, normals, image, normal_image)
+        shade_fragments(p2f, bary, triangles, colors, bg, normals, image, normal_image)
     out = {"mask": mask, "depth": depth, "image": image, "normals": normal_image}
     return {k: v for k, v in out.items() if k in want and len(v) == b}
 
