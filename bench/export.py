@@ -89,7 +89,7 @@ def timed_export(ckpt: Path, out: Path, a, scores: bool) -> dict:
 
 def network_tolerance(ckpt: Path, renders: np.ndarray, threads: int) -> dict:
     """Same batches twice (bit-identical?), then batches of 8 vs 16 and 1 thread vs ``threads``."""
-    from refine.export import Refiner
+    from refine.refiner import Refiner
 
     state = torch.load(ckpt, weights_only=True)
 

@@ -4,6 +4,8 @@ from pathlib import Path
 import click
 
 from cli.common import Group
+from refine.config import VARIANTS
+from refine.export_sinks import FORMATS
 
 
 @click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"]})
@@ -24,7 +26,7 @@ def main():
 @click.option("--steps", type=click.IntRange(1), default=None, help="Training steps [paper: 248000].")
 @click.option("--batch-size", type=click.IntRange(1), default=None, help="[paper: 16]")
 @click.option("--lr", type=float, default=None, help="Adam learning rate [paper: 8e-5], halved on the paper's schedule.")
-@click.option("--variant", type=click.Choice(["ours", "no_pairs", "no_identity", "cyclegan", "simgan", "recons"]),
+@click.option("--variant", type=click.Choice(VARIANTS),
               default=None, help="The full method or an ablation of the paper's Fig. 5 / Table 1 [ours].")
 @click.option("--embedder", default=None, help="Identity network C: 'dlib' (default), a TorchScript file, "
               "or a facenet-pytorch InceptionResnetV1 state dict.")
@@ -115,7 +117,7 @@ def evaluate(dataset, prefix, against, embedder, n_pairs, seed, max_images, min_
               help="Number of the first identity (identities first .. first+N-1 of the seed).")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True,
               help="Output folder (new, empty, or this export's own folder to resume it).")
-@click.option("--format", "fmt", type=click.Choice(["imagefolder", "hdf5"]), default="imagefolder",
+@click.option("--format", "fmt", type=click.Choice(FORMATS), default="imagefolder",
               show_default=True, help="imagefolder: OUT/IDENTITY/IMAGE.jpg; hdf5: OUT/ganfaces.h5 with every "
                                       "parameter of each image.")
 @click.option("--quality", type=click.IntRange(1, 100), default=95, show_default=True, help="JPEG quality.")

@@ -190,7 +190,7 @@ def test_refiner_is_bit_identical_on_one_machine_and_close_across_batches_and_th
     other batch sizes, positions and thread counts (other oneDNN/MKL kernels) stay within the
     tolerance the README states: at most one 8-bit level in a pixel, 1e-5 in a score or an
     embedding component."""
-    from refine.export import Refiner
+    from refine.refiner import Refiner
 
     state = torch.load(ckpt, weights_only=True)
     with h5py.File(ckpt.parent.parent.parent / "synthetic.h5", "r") as f:
@@ -219,7 +219,7 @@ def test_refiner_is_bit_identical_on_one_machine_and_close_across_batches_and_th
 
 REFINE_SCRIPT = """
 import sys, h5py, numpy as np, torch
-from refine.export import Refiner
+from refine.refiner import Refiner
 ckpt, renders, out = sys.argv[1:4]
 state = torch.load(ckpt, weights_only=True)
 with h5py.File(renders, "r") as f:
@@ -233,7 +233,7 @@ def test_refiner_under_avx2_kernels_is_within_the_same_tolerance(ckpt, tmp_path)
     """Another instruction set (this CPU held to its AVX2 code) moves G(x) and the scores by no
     more than other batch shapes do."""
     from morph.numerics import AVX2_ENVIRONMENT
-    from refine.export import Refiner
+    from refine.refiner import Refiner
 
     state = torch.load(ckpt, weights_only=True)
     synthetic = ckpt.parent.parent.parent / "synthetic.h5"
@@ -396,6 +396,7 @@ def test_folder_of_another_export_or_other_files_is_refused(ckpt, reference, tmp
 @pytest.mark.parametrize("fmt", ["imagefolder", "hdf5"])
 def test_full_disk_stops_with_one_line_and_resumes(ckpt, reference, tmp_path, monkeypatch, fmt):
     import refine.export as E
+    import refine.export_sinks as S
 
     real_write = E.Exporter.write_identity
     calls = {"n": 0}
@@ -404,19 +405,19 @@ def test_full_disk_stops_with_one_line_and_resumes(ckpt, reference, tmp_path, mo
         calls["n"] += 1
         if calls["n"] == 3:  # the third identity hits a full disk half-way through its files
             raise_at = {"n": 0}
-            real_encode, real_savez = E.encode_image, np.savez_compressed
+            real_encode, real_savez = S.encode_image, np.savez_compressed
 
             def failing(*a, **k):
                 raise_at["n"] += 1
                 if raise_at["n"] >= 2 or fmt == "hdf5":
                     raise OSError(errno.ENOSPC, "No space left on device")
                 return real_encode(*a, **k)
-            monkeypatch.setattr(E, "encode_image", failing)
+            monkeypatch.setattr(S, "encode_image", failing)
             monkeypatch.setattr(np, "savez_compressed", failing)
             try:
                 return real_write(self, i, final)
             finally:
-                monkeypatch.setattr(E, "encode_image", real_encode)
+                monkeypatch.setattr(S, "encode_image", real_encode)
                 monkeypatch.setattr(np, "savez_compressed", real_savez)
         return real_write(self, i, final)
 

@@ -1,0 +1,139 @@
+"""The checkpoint's networks for export: G's moving average refines, D_R, G' and C score.
+
+``Refiner.run`` takes 8-bit renders and gives refined 8-bit images and per-image scores, running
+the networks on batches of a fixed size (padded with black images whose results are dropped): the
+bits of a batch's results depend on its shape (oneDNN / MKL pick kernels by it), so the export
+fixes which images share a batch (``refine.export``). On CUDA, cuDNN's autotuner is off and its
+deterministic algorithms on, for the same reason.
+"""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from morph.errors import UserError
+
+
+def _np(x) -> np.ndarray:
+    return x.detach().cpu().numpy() if hasattr(x, "detach") else np.asarray(x)
+
+
+def check_checkpoint(state: dict, source: Path) -> dict:
+    """The checkpoint's config, after checking it is a `refine train` checkpoint; the export
+    renders at its image size (aligned by ``morph.template`` scaled to that size)."""
+    if not isinstance(state, dict) or "config" not in state or "ema" not in state.get("nets", {}):
+        raise UserError(f"{source}: not a 'refine train' checkpoint (no config or EMA generator); "
+                        "give a file from RUN/checkpoints/.")
+    cfg = state["config"]
+    size = cfg.get("image_size")
+    if not isinstance(size, int) or size < 16:
+        raise UserError(f"{source}: its config has no valid image_size ({size!r}); the checkpoint is damaged.")
+    return cfg
+
+
+def check_new_identities(state: dict, source: Path, seed: int, first: int, n: int) -> str | None:
+    """Refuse to export identities the checkpoint was trained on; returns a warning or None."""
+    train_seed = state.get("train_seed")
+    if train_seed is None:
+        return (f"warning: {source} does not record the seed of its training identities; make sure seed "
+                f"{seed} did not make them.")
+    ids = state.get("identities")
+    trained = np.asarray(ids.numpy() if hasattr(ids, "numpy") else (ids if ids is not None else []), np.int64)
+    if int(train_seed) != seed or not len(trained):
+        return None
+    overlap = trained[(trained >= first) & (trained < first + n)]
+    if len(overlap):
+        model = state.get("train_model")
+        raise UserError(
+            f"{source}: was trained on identities {trained.min()}..{trained.max()} of seed {seed}"
+            f"{f' (model {model})' if model else ''}; exporting identities {first}..{first + n - 1} of the same "
+            f"seed would reproduce {len(overlap)} of them. Choose another --seed, or --first-identity "
+            f"{int(trained.max()) + 1} or above.")
+    return None
+
+
+class Refiner:
+    """The checkpoint's networks, run on fixed-size batches: G (EMA) refines; D_R, G' and C score."""
+
+    def __init__(self, state: dict, source: Path, cfg: dict, device: str, batch: int, scores: bool,
+                 size: int, stats: dict | None = None):
+        from refine.nets import build_nets
+
+        self.device, self.batch, self.scores, self.size = torch.device(device), batch, scores, size
+        if self.device.type == "cuda":  # the same algorithm for the same (fixed) shapes
+            torch.backends.cudnn.benchmark = False
+            torch.backends.cudnn.deterministic = True
+        self.stats = stats if stats is not None else {}
+        try:
+            built = build_nets(cfg)
+        except ValueError as e:
+            raise UserError(f"{source}: its config cannot build the networks ({e}); the checkpoint is damaged "
+                            "or from another version.") from None
+
+        def load(key):
+            try:
+                net = built[key]
+                net.load_state_dict(state["nets"][key])
+            except (RuntimeError, KeyError) as e:
+                raise UserError(f"{source}: its '{key}' network does not match its own config "
+                                f"({str(e).splitlines()[0][:120]}); the checkpoint is damaged or from "
+                                "another version.") from None
+            return net.to(self.device, memory_format=torch.channels_last).eval().requires_grad_(False)
+
+        self.G = load("ema")
+        self.Gp = self.D_R = self.C = self.T = None
+        if scores:
+            self.D_R = load("D_R")
+            if "Gp" in state["nets"]:
+                self.Gp = load("Gp")
+            from refine.embedders import load_embedder
+            self.C = load_embedder(cfg.get("embedder", "dlib"), device=str(self.device))
+            self.C = self.C.to(memory_format=torch.channels_last)
+            self.T = self.C.transform(size)
+
+    def _time(self, key, t0):
+        if self.device.type == "cuda":
+            torch.cuda.synchronize()
+        t = time.perf_counter()
+        self.stats[key] = self.stats.get(key, 0.0) + t - t0
+        return t
+
+    @torch.inference_mode()
+    def run(self, renders: np.ndarray, noise_seeds: np.ndarray | None = None) -> dict[str, np.ndarray]:
+        """(B, H, W, 3) uint8 renders -> refined uint8 images and per-image scores. ``noise_seeds``
+        (B,): G's dropout draws each image's masks from its own seed (None: no dropout)."""
+        from refine import losses as L
+        from refine.data import to_tensor, to_uint8
+
+        n, k = len(renders), self.batch
+        out = {"image": np.empty_like(renders), "dr_error": np.full(n, np.nan, np.float32),
+               "cycle_error": np.full(n, np.nan, np.float32), "embedding": None}
+        embs = []
+        for start in range(0, n, k):
+            part = renders[start:start + k]
+            m = len(part)
+            if m < k:  # fixed shapes: pad with black images, results of the padding are dropped
+                part = np.concatenate([part, np.zeros((k - m, *part.shape[1:]), part.dtype)])
+            t = time.perf_counter()
+            x = to_tensor(part).to(self.device).contiguous(memory_format=torch.channels_last)
+            seeds = None
+            if noise_seeds is not None:  # (the padding's seeds are never seen)
+                seeds = [int(v) for v in noise_seeds[start:start + m]] + [0] * (k - m)
+            gx = self.G(x, seeds)
+            t = self._time("refine", t)
+            out["image"][start:start + m] = to_uint8(gx)[:m]
+            if self.scores:
+                dr = L.began_generator_loss(gx, self.D_R(gx), per_image=True)  # Eq. 2, one image at a time
+                out["dr_error"][start:start + m] = _np(dr)[:m]
+                if self.Gp is not None:
+                    cyc = L.cycle_loss(x, self.Gp(gx), per_image=True)  # Eq. 1
+                    out["cycle_error"][start:start + m] = _np(cyc)[:m]
+                c_in = self.T.centre(gx).contiguous(memory_format=torch.channels_last)
+                embs.append(_np(self.C(c_in)).astype(np.float32)[:m])
+                self._time("score", t)
+        if embs:
+            out["embedding"] = np.concatenate(embs)
+        return out
