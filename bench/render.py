@@ -33,7 +33,6 @@ sys.path.insert(0, str(ROOT))
 
 import numba
 import numpy as np
-import torch
 from cpu_load import busy_elsewhere, cpu_jiffies
 
 

@@ -19,372 +19,32 @@ space". Here, for any one set:
   sets' embeddings (FID's formula in C's feature space, so no Inception weights) and the
   unbiased squared MMD with KID's cubic polynomial kernel.
 
-Sets: an HDF5 file with ``images`` (N, S, S, 3) uint8 and integer ``labels`` (synthetic.h5 from
-``morph render``, real.h5 from ``morph align``, an exported ``ganfaces.h5``), a folder holding
-``ganfaces.h5``, or an ImageFolder tree ``DIR/{identity}/{image}`` (identities and images in
-sorted order, as ``torchvision.datasets.ImageFolder`` numbers them: the report's pair indices
-refer to that order). Images of another square size are resized to 108x108 first.
-Only the images that are used are read, so a 500K-image set costs no more than a small one.
+Sets: see ``refine.image_sets`` (the report's pair indices refer to its image order); metrics:
+``refine.metrics``.
 """
 from __future__ import annotations
 
-import itertools
 import json
-import os
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
 from tqdm import tqdm
 
 from morph.errors import UserError
-from morph.h5io import open_h5, provenance
-from morph.imageio import IMAGE_SUFFIXES, read_rgb
+from morph.files import write_atomic
+from morph.h5io import provenance
 from refine.data import to_tensor
 from refine.embedders.base import SOURCE_SIZE
-
-KINDS = ("rendered", "refined", "real")
+from refine.image_sets import ImageSet, open_image_set
+from refine.metrics import (ROC, auc, draw_pairs, equal_error_rate, frechet_distance, polynomial_mmd2,
+                            roc_curve, tar_at_far)
 KIND_TITLES = {"rendered": "3DMM renders", "refined": "refined (GANFaces)", "real": "real faces",
                "unknown": "image set"}
 #: TAR is reported at these FARs when there are at least 1/FAR negative pairs.
 FARS = (1e-2, 1e-3)
 #: Independent random streams derived from --seed (numpy SeedSequence entropy [seed, stream]).
 PAIR_STREAM, SET_SAMPLE_STREAM, AGAINST_SAMPLE_STREAM = 0, 1, 2
-
-
-# ----------------------------------------------------------------------------------------------
-# Image sets
-
-
-@dataclass
-class ImageSet:
-    """An image set read lazily: ``read(idx)`` gives (k, 108, 108, 3) uint8 images."""
-
-    path: Path
-    layout: str  # "h5" or "imagefolder"
-    kind: str  # one of KINDS or "unknown"
-    n: int
-    size: int  # side of the stored (square) images
-    labels: np.ndarray | None = None  # (n,) int64 in 0..L-1
-    label_names: list[str] = field(default_factory=list)
-    files: list[Path] = field(default_factory=list)  # imagefolder only
-
-    def read(self, idx: np.ndarray) -> np.ndarray:
-        idx = np.asarray(idx, np.int64)
-        if self.layout == "h5":
-            uniq, inverse = np.unique(idx, return_inverse=True)  # h5py wants increasing, unique indices
-            with open_h5(self.path, "image set") as f:
-                images = f["images"][uniq][inverse]
-        else:
-            images = np.stack([self._read_file(self.files[i]) for i in idx])
-        if self.size != SOURCE_SIZE:
-            images = np.stack([np.asarray(Image.fromarray(im).resize((SOURCE_SIZE, SOURCE_SIZE),
-                                                                    Image.Resampling.BILINEAR))
-                               for im in images])
-        return images
-
-    def _read_file(self, path: Path) -> np.ndarray:
-        im = read_rgb(path)
-        if im.shape[:2] != (self.size, self.size):
-            raise UserError(f"{path}: is {im.shape[1]}x{im.shape[0]} px, but the set's first image is "
-                            f"{self.size}x{self.size}; evaluate a set of aligned faces of one size.")
-        return im
-
-
-def open_image_set(path: str | Path, what: str = "image set", need_labels: bool = True) -> ImageSet:
-    """The set at ``path`` (see the module docstring), checked but not read; ``UserError`` if unusable."""
-    path = Path(path)
-    if path.is_dir():
-        manifest = _export_manifest(path)
-        if manifest is not None and not manifest.get("complete", True):
-            raise UserError(f"{path}: the export is not complete (its manifest.json says so); re-run the "
-                            "same 'refine export-dataset' command to finish it first.")
-        if (path / "ganfaces.h5").is_file():
-            return _open_h5_set(path / "ganfaces.h5", what, need_labels)
-        found = _open_image_folder(path)
-        if found is not None:
-            return found
-        h5s = sorted(path.glob("*.h5"))
-        if len(h5s) == 1:
-            return _open_h5_set(h5s[0], what, need_labels)
-        raise UserError(f"{path}: holds neither ganfaces.h5 nor identity sub-folders of images; give an "
-                        "image set .h5 (images + labels) or an ImageFolder tree DIR/IDENTITY/IMAGE.jpg.")
-    if not path.exists():
-        raise UserError(f"{path}: no such {what}; check the path.")
-    return _open_h5_set(path, what, need_labels)
-
-
-def _open_h5_set(path: Path, what: str, need_labels: bool) -> ImageSet:
-    with open_h5(path, what) as f:
-        missing = [k for k in ("images", *(["labels"] if need_labels else [])) if k not in f]
-        if missing:
-            raise UserError(f"{path}: not an image set{' with identity labels' * need_labels} (missing "
-                            f"{', '.join(missing)}); "
-                            "give synthetic.h5 ('morph render'), real.h5 ('morph align') or an exported "
-                            "ganfaces.h5.")
-        if not f.attrs.get("complete", True) or path.name.endswith(".partial"):
-            raise UserError(f"{path}: is not complete; finish the command that writes it first.")
-        shape = f["images"].shape
-        if len(shape) != 4 or shape[3] != 3 or shape[1] != shape[2] or f["images"].dtype != np.uint8:
-            raise UserError(f"{path}: 'images' is {f['images'].dtype} of shape {shape}; expected square "
-                            "RGB uint8 images (N, S, S, 3).")
-        labels, names = None, []
-        if "labels" in f:
-            raw = f["labels"][()]
-            if raw.shape != (shape[0],):
-                raise UserError(f"{path}: 'labels' has shape {raw.shape} for {shape[0]} images; re-create the file.")
-            values, labels = np.unique(raw, return_inverse=True)
-            stored = [_text(x) for x in f["label_names"][()]] if "label_names" in f else []
-            names = ([stored[v] for v in values] if len(stored) and 0 <= values.min() and values.max() < len(stored)
-                     else [str(v) for v in values])
-        kind = _kind_of_h5(path, f)
-    if shape[0] == 0:
-        raise UserError(f"{path}: holds no images; re-create it with more input.")
-    return ImageSet(path, "h5", kind, shape[0], shape[1],
-                    None if labels is None else labels.astype(np.int64), names)
-
-
-def _text(x) -> str:
-    return x.decode() if isinstance(x, bytes) else str(x)
-
-
-def _kind_of_h5(path: Path, f) -> str:
-    """What made the file: its ``command`` attribute, else its name, else the datasets it holds."""
-    words = str(f.attrs.get("command", "")).split()
-    if "export-dataset" in words:
-        return "refined"
-    if "render" in words:
-        return "rendered"
-    if "align" in words:
-        return "real"
-    if path.name == "ganfaces.h5":
-        return "refined"
-    if "params" in f or "masks" in f:
-        return "rendered"
-    if "source" in f or "boxes" in f:
-        return "real"
-    return "unknown"
-
-
-def _open_image_folder(root: Path) -> ImageSet | None:
-    classes, files, labels = [], [], []
-    for sub in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
-        found = sorted(p for p in sub.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
-        if found:
-            labels += [len(classes)] * len(found)
-            classes.append(sub.name)
-            files += found
-    if not files:
-        return None
-    first = read_rgb(files[0])
-    if first.shape[0] != first.shape[1]:
-        raise UserError(f"{files[0]}: is {first.shape[1]}x{first.shape[0]} px; evaluate square aligned "
-                        "faces (108x108 from 'morph align' or 'refine export-dataset').")
-    kind = "refined" if _export_manifest(root) is not None else "unknown"
-    return ImageSet(root, "imagefolder", kind, len(files), first.shape[0], np.asarray(labels, np.int64),
-                    classes, files)
-
-
-def _export_manifest(root: Path) -> dict | None:
-    """The JSON sidecar (``manifest.json``) of a folder that 'refine export-dataset' wrote, if any."""
-    for sidecar in sorted(root.glob("*.json")):
-        try:
-            found = json.loads(sidecar.read_text())
-        except (OSError, ValueError):
-            continue
-        if isinstance(found, dict) and "export-dataset" in str(found.get("command", "")).split():
-            return found
-    return None
-
-
-# ----------------------------------------------------------------------------------------------
-# Pairs
-
-
-@dataclass
-class Pairs:
-    positive: np.ndarray  # (P, 2) int64 image indices, i < j, same identity
-    negative: np.ndarray  # (Q, 2) different identities
-    available_positive: int
-    available_negative: int
-
-
-def draw_pairs(labels: np.ndarray, n: int, rng: np.random.Generator) -> Pairs:
-    """``n`` distinct positive and ``n`` distinct negative pairs, each drawn uniformly from all pairs
-    of its kind (so identities with more images give more pairs); all of them if there are fewer.
-
-    Raises ``UserError`` when the set has no pair of one kind.
-    """
-    labels = np.asarray(labels, np.int64)
-    counts = np.bincount(labels)
-    n_pos = int((counts * (counts - 1) // 2).sum())
-    n_neg = len(labels) * (len(labels) - 1) // 2 - n_pos
-    if (counts > 0).sum() < 2:
-        raise UserError("the set has a single identity, so no different-identity (negative) pairs; evaluate "
-                        "a set with at least 2 identities ('morph align' takes them from the photos' sub-folders).")
-    if n_pos == 0:
-        raise UserError("no identity of the set has 2 images, so no same-identity (positive) pairs; "
-                        "evaluate a set with several images per identity.")
-    order = np.argsort(labels, kind="stable")  # images grouped by identity: block l is
-    start = np.concatenate([[0], np.cumsum(counts)[:-1]])  # order[start[l] : start[l] + counts[l]]
-    pos = _draw(n, n_pos, rng, lambda: _all_positive(order, start, counts),
-                lambda m: _sample_positive(m, order, labels, start, counts, rng))
-    neg = _draw(n, n_neg, rng, lambda: _all_negative(order, start, counts),
-                lambda m: _sample_negative(m, order, labels, start, counts, rng))
-    return Pairs(pos, neg, n_pos, n_neg)
-
-
-def _draw(n, available, rng, enumerate_all, sample) -> np.ndarray:
-    if available <= 2 * n:  # few enough to list: choose without replacement
-        pairs = enumerate_all()
-        if available > n:
-            pairs = pairs[rng.choice(available, n, replace=False)]
-    else:  # more than twice as many as needed: rejection of repeats converges in a few rounds
-        seen: dict[tuple[int, int], None] = {}
-        while len(seen) < n:
-            for p in map(tuple, np.sort(sample(2 * (n - len(seen))), axis=1).tolist()):
-                seen.setdefault(p, None)
-        pairs = np.array(list(seen)[:n], np.int64)
-    pairs = np.sort(pairs, axis=1)
-    return pairs[np.lexsort((pairs[:, 1], pairs[:, 0]))]
-
-
-def _all_positive(order, start, counts) -> np.ndarray:
-    out = [pair for s, c in zip(start, counts) for pair in itertools.combinations(order[s:s + c], 2)]
-    return np.array(out, np.int64).reshape(-1, 2)
-
-
-def _all_negative(order, start, counts) -> np.ndarray:
-    blocks = [order[s:s + c] for s, c in zip(start, counts) if c]
-    out = [pair for a, b in itertools.combinations(blocks, 2) for pair in itertools.product(a, b)]
-    return np.array(out, np.int64).reshape(-1, 2)
-
-
-def _sample_positive(m, order, labels, start, counts, rng) -> np.ndarray:
-    # first image s (in identity order) with weight = its number of partners, then a partner
-    # uniformly: every ordered, hence every unordered, pair has the same probability
-    sorted_labels = labels[order]
-    w = (counts[sorted_labels] - 1).astype(np.float64)
-    s = rng.choice(len(order), m, p=w / w.sum())
-    lab = sorted_labels[s]
-    t = start[lab] + rng.integers(0, counts[lab] - 1)
-    t = t + (t >= s)  # skip s itself
-    return np.stack([order[s], order[t]], 1)
-
-
-def _sample_negative(m, order, labels, start, counts, rng) -> np.ndarray:
-    sorted_labels = labels[order]
-    w = (len(order) - counts[sorted_labels]).astype(np.float64)
-    s = rng.choice(len(order), m, p=w / w.sum())
-    lab = sorted_labels[s]
-    t = rng.integers(0, len(order) - counts[lab])
-    t = t + np.where(t >= start[lab], counts[lab], 0)  # skip s's identity block
-    return np.stack([order[s], order[t]], 1)
-
-
-# ----------------------------------------------------------------------------------------------
-# Verification metrics (distances: smaller = more alike; a pair is accepted when distance <= t)
-
-
-@dataclass
-class ROC:
-    fpr: np.ndarray  # false accept rate, non-decreasing, from 0 to 1
-    tpr: np.ndarray  # true accept rate
-    thresholds: np.ndarray  # accept distance <= threshold; point 0 accepts nothing
-    fp: np.ndarray  # the counts behind fpr and tpr (int64), for exact comparisons
-    tp: np.ndarray
-
-
-def roc_curve(positive: np.ndarray, negative: np.ndarray) -> ROC:
-    """Empirical ROC: one point per distinct distance, plus (0, 0) for "accept nothing".
-
-    Tied positive and negative distances move the curve diagonally (they are accepted together).
-    """
-    pos, neg = np.asarray(positive, np.float64), np.asarray(negative, np.float64)
-    if not len(pos) or not len(neg):
-        raise ValueError("roc_curve: needs at least one positive and one negative distance")
-    d = np.concatenate([pos, neg])
-    y = np.concatenate([np.ones(len(pos)), np.zeros(len(neg))])
-    order = np.argsort(d, kind="stable")
-    d, y = d[order], y[order]
-    last = np.r_[np.flatnonzero(np.diff(d)), len(d) - 1]  # last index of each run of equal values
-    tp = np.r_[0, np.cumsum(y == 1)[last]]
-    fp = np.r_[0, np.cumsum(y == 0)[last]]
-    return ROC(fpr=fp / len(neg), tpr=tp / len(pos), thresholds=np.r_[d[0], d[last]], fp=fp, tp=tp)
-
-
-def auc(roc: ROC) -> float:
-    """Area under the ROC (trapezoids): P(positive distance < negative distance) + P(tie) / 2."""
-    return float(np.trapezoid(roc.tpr, roc.fpr))
-
-
-def equal_error_rate(roc: ROC) -> tuple[float, float]:
-    """(EER, threshold) where FAR = FRR (= 1 - TAR), interpolating linearly between ROC points.
-
-    When the rates are equal exactly at a ROC point, every threshold from that point's distance up
-    to (not including) the next one gives the same rates; the midpoint is reported.
-    """
-    n_pos, n_neg = roc.tp[-1], roc.fp[-1]
-    # FAR - FRR times n_pos * n_neg, in integers so that equality is exact; it increases from
-    # -n_pos * n_neg (accept nothing) to +n_pos * n_neg (accept all)
-    gap = roc.fp * n_pos - (n_pos - roc.tp) * n_neg
-    k = int(np.argmax(gap >= 0))
-    if gap[k] == 0:
-        nxt = min(k + 1, len(gap) - 1)
-        return float(roc.fpr[k]), float((roc.thresholds[k] + roc.thresholds[nxt]) / 2)
-    a = gap[k - 1] / (gap[k - 1] - gap[k])
-    eer = roc.fpr[k - 1] + a * (roc.fpr[k] - roc.fpr[k - 1])
-    thr = roc.thresholds[k - 1] + a * (roc.thresholds[k] - roc.thresholds[k - 1])
-    return float(eer), float(thr)
-
-
-def tar_at_far(roc: ROC, far: float) -> tuple[float, float]:
-    """(TAR, threshold) of the most accepting ROC point whose FAR is at most ``far`` (no interpolation)."""
-    k = int(np.flatnonzero(roc.fpr <= far)[-1])
-    return float(roc.tpr[k]), float(roc.thresholds[k])
-
-
-# ----------------------------------------------------------------------------------------------
-# Distances between two sets of embeddings
-
-
-def frechet_distance(x: np.ndarray, y: np.ndarray) -> float:
-    """Fréchet distance between Gaussians fitted to the rows of ``x`` and ``y`` (FID's formula):
-    ``|mu_x - mu_y|^2 + tr(S_x) + tr(S_y) - 2 tr((S_x S_y)^(1/2))``.
-
-    ``tr((S_x S_y)^(1/2))`` is computed as the sum of the square roots of the eigenvalues of the
-    symmetric ``S_x^(1/2) S_y S_x^(1/2)`` (same eigenvalues as ``S_x S_y``): stable for the
-    singular covariances of sets smaller than the embedding's dimension, where a general
-    ``sqrtm(S_x @ S_y)`` turns complex or non-finite.
-    """
-    x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
-    if len(x) < 2 or len(y) < 2:
-        raise ValueError("frechet_distance: needs at least 2 samples per set")
-    mx, my = x.mean(0), y.mean(0)
-    sx, sy = np.cov(x, rowvar=False), np.cov(y, rowvar=False)
-    w, v = np.linalg.eigh(sx)
-    root_x = (v * np.sqrt(np.clip(w, 0, None))) @ v.T
-    inner = np.linalg.eigvalsh(root_x @ sy @ root_x)
-    tr_sqrt = np.sqrt(np.clip(inner, 0, None)).sum()
-    return float(max(((mx - my) ** 2).sum() + np.trace(sx) + np.trace(sy) - 2 * tr_sqrt, 0.0))
-
-
-def polynomial_mmd2(x: np.ndarray, y: np.ndarray) -> float:
-    """Unbiased squared MMD with KID's kernel ``k(a, b) = (a.b / d + 1)^3`` (Binkowski et al. 2018).
-
-    Unbiased: can be slightly negative when the sets come from one distribution.
-    """
-    x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
-    m, n = len(x), len(y)
-    if m < 2 or n < 2:
-        raise ValueError("polynomial_mmd2: needs at least 2 samples per set")
-    d = x.shape[1]
-    kxx, kyy, kxy = ((a @ b.T / d + 1) ** 3 for a, b in ((x, x), (y, y), (x, y)))
-    within_x = (kxx.sum() - np.trace(kxx)) / (m * (m - 1))
-    within_y = (kyy.sum() - np.trace(kyy)) / (n * (n - 1))
-    return float(within_x + within_y - 2 * kxy.mean())
 
 
 # ----------------------------------------------------------------------------------------------
@@ -530,12 +190,9 @@ def evaluate(dataset: str | Path, prefix: str | Path, *, against: str | Path | N
 
 
 def _write_atomic(path: Path, write) -> None:
-    tmp = path.with_name(path.name + ".partial")
     try:
-        write(tmp)
-        os.replace(tmp, path)
+        write_atomic(path, write)
     except OSError as e:
-        tmp.unlink(missing_ok=True)
         raise UserError(f"{path}: cannot be written ({e.strerror or e}); choose another --output.") from None
 
 

@@ -1,5 +1,4 @@
 """morph align on real photos in every file flavour a collection holds."""
-import io
 
 import h5py
 import numpy as np

@@ -225,7 +225,7 @@ def test_dlib_chip_tells_identities_apart_better_than_the_papers_crop(dlib):
     from morph.priors import load_priors
     from morph.render import RenderSettings, render_batch
     from morph.sample import sample_block
-    from refine.evaluate import auc, roc_curve
+    from refine.metrics import auc, roc_curve
 
     model, priors = load_model("default"), load_priors(None)
     s = sample_block(model, priors, 7, range(40), 6)

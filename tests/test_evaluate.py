@@ -13,7 +13,7 @@ from PIL import Image
 from cli.morph import main as morph
 from cli.refine import main as refine
 from morph.errors import UserError
-from refine.evaluate import (
+from refine.metrics import (
     auc,
     draw_pairs,
     equal_error_rate,

@@ -1,5 +1,4 @@
 import numpy as np
-import pytest
 import scipy.io
 import torch
 from click.testing import CliRunner
