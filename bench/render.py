@@ -90,11 +90,11 @@ def stage_times(model, params, repeats):
     """Seconds per batch of the CPU engine's parallel regions, called as render_batch calls them."""
     from morph.render import camera, cpu, shading
     from morph.render.raster_cpu import pixel_centres_ndc, pixel_stage
-    from morph.render.renderer import _check_params, _prepare
+    from morph.render.prepared import check_params, prepare_model
     from morph.template import five_point_template
 
-    prep = _prepare(model)
-    p = _check_params(model, prep, params)
+    prep = prepare_model(model)
+    p = check_params(model, prep, params)
     b, n = p.n, prep.n_vertices
     shape, albedo = np.empty((b, 3 * n), np.float32), np.empty((b, 3 * n), np.float32)
     groups = prep.five_groups

@@ -1,7 +1,8 @@
 """Rendering: 3DMM coefficients -> aligned, shaded face images (and the pieces it is made of).
 
 - ``renderer``: ``render_batch`` (the CLI's entry point), ``RenderSettings``, ``RenderOutput``,
-  ``render_projected`` (vertices already in an image frame), ``export_mesh``;
+  ``render_projected`` (vertices already in an image frame); ``prepared``: a model's arrays laid
+  out for it; ``mesh``: ``export_mesh``;
 - ``camera``: pose rotation, perspective and 300W-LP weak-perspective cameras, 5-point alignment;
 - ``shading``: spherical-harmonics and 300W-LP Phong lighting, vertex normals;
 - ``types``: ``Fragments`` and the ``Rasterizer`` interface; ``raster``: the registry of sibling
@@ -13,7 +14,7 @@ import importlib
 #: name -> module; loaded on first use, so that ``morph.render.raster``'s registry (the CLI's
 #: choices) is read without importing torch
 _EXPORTS = {"Fragments": "types", "rasterize": "raster", "RenderOutput": "renderer", "RenderSettings": "renderer",
-            "export_mesh": "renderer", "render_batch": "renderer", "render_projected": "renderer"}
+            "export_mesh": "mesh", "render_batch": "renderer", "render_projected": "renderer"}
 __all__ = sorted(_EXPORTS)
 
 

@@ -30,11 +30,7 @@ hundreds of images per second, PyTorch3D's CPU rasterizer about 0.1 per second.
 """
 from __future__ import annotations
 
-import os
-import tempfile
-import weakref
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -42,6 +38,7 @@ import torch
 from morph.errors import UserError
 from morph.model import MorphableModel
 from morph.render import camera, cpu, shading
+from morph.render.prepared import Prepared, check_params, prepare_model
 from morph.render.raster import rasterize, rasterizer, resolve_backend
 from morph.render.types import image_hw
 from morph.template import five_point_template
@@ -112,124 +109,6 @@ class RenderOutput:
     normals: torch.Tensor | None = None
 
 
-# ----------------------------------------------------------------------------- model data
-@dataclass
-class _Prepared:
-    """A model's arrays laid out for rendering: transposed bases (K, 3N) so that the blend
-    streams rows, shape and expression concatenated, triangles as int32 for the kernels."""
-
-    n_vertices: int
-    triangles: np.ndarray
-    shape_mean: np.ndarray
-    shape_basis_t: np.ndarray
-    shape_std: np.ndarray
-    n_shape: int
-    n_expression: int
-    tex_mean: np.ndarray | None
-    tex_basis_t: np.ndarray | None
-    tex_std: np.ndarray | None
-    albedo: np.ndarray | None  # (N, 3) fixed albedo of a model without a colour model
-    landmarks: np.ndarray | None
-    five_groups: list[np.ndarray] | None
-    on_device: dict = field(default_factory=dict)
-
-    def tensors(self, device: torch.device) -> dict[str, torch.Tensor]:
-        key = str(device)
-        if key not in self.on_device:
-            names = ("triangles", "shape_mean", "shape_basis_t", "shape_std", "tex_mean", "tex_basis_t", "tex_std",
-                     "albedo")
-            self.on_device[key] = {n: torch.from_numpy(getattr(self, n)).to(device)
-                                   for n in names if getattr(self, n) is not None}
-            self.on_device[key]["triangles"] = self.on_device[key]["triangles"].long()
-        return self.on_device[key]
-
-
-_PREPARED: dict[int, _Prepared] = {}
-
-
-def _prepare(model: MorphableModel) -> _Prepared:
-    key = id(model)
-    if key in _PREPARED:
-        return _PREPARED[key]
-    parts = [model.shape] + ([model.expression] if model.expression is not None else [])
-    basis_t = np.concatenate([p.basis.T for p in parts], 0)
-    five = None
-    if model.landmarks is not None:
-        try:
-            five = model.five_point_vertices()
-        except UserError:
-            five = None
-    tex = model.texture
-    shape_mean = model.shape.mean  # S_mean + E_mean (MorphableModel.vertices)
-    if model.expression is not None:
-        shape_mean = (shape_mean.astype(np.float64) + model.expression.mean).astype(np.float32)
-    prep = _Prepared(
-        n_vertices=model.n_vertices,
-        triangles=np.ascontiguousarray(model.triangles, np.int32),
-        shape_mean=shape_mean,
-        shape_basis_t=np.ascontiguousarray(basis_t, np.float32),
-        shape_std=np.concatenate([p.std for p in parts]).astype(np.float32),
-        n_shape=model.n_shape, n_expression=model.n_expression,
-        tex_mean=None if tex is None else tex.mean,
-        tex_basis_t=None if tex is None else np.ascontiguousarray(tex.basis.T),
-        tex_std=None if tex is None else tex.std,
-        albedo=model.fixed_albedo() if tex is None else None,
-        landmarks=None if model.landmarks is None else model.landmarks.copy(),
-        five_groups=five)
-    _PREPARED[key] = prep
-    weakref.finalize(model, _PREPARED.pop, key, None)
-    return prep
-
-
-# ----------------------------------------------------------------------------- parameters
-@dataclass
-class _Params:
-    shape_coeffs: np.ndarray  # (B, K_id + K_exp) = [sigma_id alpha, sigma_exp beta]
-    tex_coeffs: np.ndarray  # (B, K_tex) = sigma_tex gamma
-    pose: np.ndarray  # (B, 3) degrees
-    distance: np.ndarray  # (B,) mm
-    sh: np.ndarray  # (B, 9, 3)
-
-    @property
-    def n(self) -> int:
-        return self.pose.shape[0]
-
-
-def _check_params(model: MorphableModel, prep: _Prepared, params: dict[str, np.ndarray]) -> _Params:
-    known = {"alpha", "beta", "gamma", "pose", "camera_distance", "sh"}
-    unknown = set(params) - known
-    if unknown:
-        raise UserError(f"render parameters: unknown keys {sorted(unknown)}; expected {sorted(known)}.")
-    missing = {"alpha", "pose", "camera_distance", "sh"} - set(params)
-    if missing:
-        raise UserError(f"render parameters: missing {sorted(missing)}.")
-
-    def arr(name, tail):
-        a = np.asarray(params[name], np.float32)
-        if a.ndim == len(tail):  # one image
-            a = a[None]
-        if a.shape[1:] != tail:
-            raise UserError(f"render parameter '{name}' has shape {a.shape}; expected (B, "
-                            f"{', '.join(map(str, tail))}) for model {model.name or '?'}.")
-        return np.ascontiguousarray(a)
-
-    alpha = arr("alpha", (prep.n_shape,))
-    n = alpha.shape[0]
-    beta = arr("beta", (prep.n_expression,)) if "beta" in params else np.zeros((n, prep.n_expression), np.float32)
-    n_tex = 0 if prep.tex_std is None else prep.tex_std.shape[0]
-    gamma = arr("gamma", (n_tex,)) if "gamma" in params else np.zeros((n, n_tex), np.float32)
-    pose = arr("pose", (3,))
-    distance = np.ascontiguousarray(np.asarray(params["camera_distance"], np.float32).reshape(-1))
-    sh = arr("sh", (9, 3))
-    for name, a in (("beta", beta), ("gamma", gamma), ("pose", pose), ("camera_distance", distance), ("sh", sh)):
-        if a.shape[0] != n:
-            raise UserError(f"render parameters: 'alpha' has {n} rows but '{name}' has {a.shape[0]}.")
-    coeffs = np.concatenate([alpha, beta], 1) * prep.shape_std[None]
-    tex = gamma * prep.tex_std[None] if prep.tex_std is not None else gamma
-    return _Params(np.ascontiguousarray(coeffs, np.float32), np.ascontiguousarray(tex, np.float32),
-                   pose, distance, sh)
-
-
 # ----------------------------------------------------------------------------- torch steps
 def compute_shape(mean: torch.Tensor, basis_t: torch.Tensor, coeffs: torch.Tensor) -> torch.Tensor:
     """(B, N, 3) vertices ``mean + coeffs @ basis_t``: the torch copy of ``MorphableModel.vertices``
@@ -270,8 +149,8 @@ def render_batch(model: MorphableModel, params: dict[str, np.ndarray], settings:
     (``camera.compute_rotation``); ``camera_distance`` (B,) mm from the face centre;
     ``sh`` (B, 9, 3) lighting (``shading``). beta and gamma default to zeros (the mean).
     """
-    prep = _prepare(model)
-    p = _check_params(model, prep, params)
+    prep = prepare_model(model)
+    p = check_params(model, prep, params)
     hw = image_hw(settings.image_size)
     if settings.align and prep.five_groups is None:
         model.five_point_vertices()  # raises the UserError that says what is missing
@@ -426,7 +305,7 @@ def _unit(n: torch.Tensor) -> torch.Tensor:
     return torch.where(length > 0, n / length.clamp_min(1e-30), n)
 
 
-def _landmarks(pix, prep: _Prepared, n: int) -> torch.Tensor:
+def _landmarks(pix, prep: Prepared, n: int) -> torch.Tensor:
     if prep.landmarks is None:
         return torch.full((n, 68, 2), float("nan"))
     lm = prep.landmarks
@@ -447,33 +326,3 @@ def _empty_output(settings: RenderSettings, hw) -> RenderOutput:
               "normals": ((0, 3, h, w), torch.float32)}
     return RenderOutput(**{k: torch.zeros(s, dtype=d, device=dev) for k, (s, d) in shapes.items()
                            if k in settings.outputs})
-
-
-# ----------------------------------------------------------------------------- export
-def export_mesh(path: str | Path, vertices: np.ndarray, colors: np.ndarray | None, triangles: np.ndarray) -> Path:
-    """Write one mesh as .obj or .ply with per-vertex colours (``colors`` (N, 3) in [0, 1],
-    stored as 8-bit RGBA), through trimesh; written to a temporary name, then renamed."""
-    import trimesh
-
-    path = Path(path)
-    kind = path.suffix.lower().lstrip(".")
-    if kind not in ("obj", "ply"):
-        raise UserError(f"{path}: can write .obj or .ply meshes, not '{path.suffix}'.")
-    if not path.resolve().parent.is_dir():
-        raise UserError(f"{path}: folder {path.resolve().parent} does not exist; create it first.")
-    vertices = np.asarray(vertices, np.float64).reshape(-1, 3)
-    rgba = None
-    if colors is not None:
-        rgb = np.round(np.clip(np.asarray(colors, np.float64).reshape(-1, 3), 0, 1) * 255).astype(np.uint8)
-        rgba = np.concatenate([rgb, np.full((len(rgb), 1), 255, np.uint8)], 1)
-    mesh = trimesh.Trimesh(vertices=vertices, faces=np.asarray(triangles, np.int64).reshape(-1, 3),
-                           vertex_colors=rgba, process=False)
-    fd, tmp = tempfile.mkstemp(suffix=path.suffix, dir=path.resolve().parent, prefix=f".{path.stem}.")
-    os.close(fd)
-    try:
-        mesh.export(tmp, file_type=kind)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
