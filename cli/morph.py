@@ -7,6 +7,7 @@ import click
 
 from cli.common import Group
 from morph.render.raster import BACKENDS
+from morph.template import DEFAULT_TEMPLATE, TEMPLATES
 
 
 @click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"]})
@@ -62,7 +63,9 @@ def sample_identities(model_spec, priors_path, n_identities, images_per_identity
 @click.argument("identities", type=click.Path(path_type=Path))
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), required=True)
 @click.option("--model", "model_spec", default=None, help="Override the model recorded in IDENTITIES. " + MODEL_HELP)
-@click.option("--size", type=click.IntRange(16, 1024), default=108, show_default=True, help="Image size in pixels.")
+@click.option("--size", type=click.IntRange(16, 1024), default=None, help="Image size in pixels [the template's].")
+@click.option("--template", type=click.Choice(TEMPLATES), default=DEFAULT_TEMPLATE, show_default=True,
+              help="Crop template: where the 5 points land (morph/template.py); --size scales it.")
 @click.option("--backend", type=click.Choice(BACKENDS), default="auto", show_default=True,
               help="Rasterizer: our CPU z-buffer or PyTorch3D (auto: PyTorch3D on CUDA, ours on CPU).")
 @click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
@@ -74,14 +77,14 @@ def sample_identities(model_spec, priors_path, n_identities, images_per_identity
               show_default=True,
               help="Crop by the 5 points projected from the 3DMM (exact), or by MTCNN run on the render "
                    "(its points, or refined to the 68 iBUG points as 'morph align' does), as the paper did.")
-def render(identities, output, model_spec, size, backend, device, batch_size, threads, extra, align_by):
+def render(identities, output, model_spec, size, template, backend, device, batch_size, threads, extra, align_by):
     """Render every image of IDENTITIES, aligned to the 5-point template (the same crop rule as
     'morph align' uses for real photos). Resumes after a kill."""
     from morph.render_job import render_identities
 
     render_identities(identities, output, model_spec=model_spec, size=size, backend=backend,
                       device=device, batch_size=batch_size, threads=threads, extra_outputs=extra,
-                      align_by=align_by)
+                      align_by=align_by, template=template)
 
 
 @main.command("mesh")
@@ -105,7 +108,9 @@ def mesh(identities, image_index, neutral, model_spec, output):
 @click.argument("photos", type=click.Path(path_type=Path))
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), required=True)
 @click.option("--all-faces", is_flag=True, help="Keep every face, not just the most confident one near the centre.")
-@click.option("--size", type=click.IntRange(16, 1024), default=108, show_default=True)
+@click.option("--size", type=click.IntRange(16, 1024), default=None, help="Crop size in pixels [the template's].")
+@click.option("--template", type=click.Choice(TEMPLATES), default=DEFAULT_TEMPLATE, show_default=True,
+              help="Crop template: where the 5 points land (morph/template.py); --size scales it.")
 @click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
 @click.option("--batch-size", type=click.IntRange(1), default=16, show_default=True, help="Photos per detector batch.")
 @click.option("--min-face-size", type=float, default=20.0, show_default=True, help="Smallest face in pixels.")
@@ -114,7 +119,7 @@ def mesh(identities, image_index, neutral, model_spec, output):
 @click.option("--landmarks", type=click.Choice(["ibug68", "mtcnn"]), default="ibug68", show_default=True,
               help="Crop points: MTCNN's refined to the 68 iBUG points and taken as the renders take them "
                    "(dlib's 300-W model: iBUG 300-W excludes commercial use), or MTCNN's own.")
-def align(photos, output, all_faces, size, device, batch_size, min_face_size, thresholds, landmarks):
+def align(photos, output, all_faces, size, template, device, batch_size, min_face_size, thresholds, landmarks):
     """Detect faces in a folder of photos with MTCNN and crop them with the renders' 5-point
     template (sub-folders = identity labels). Unreadable or faceless photos are listed in
     OUTPUT.report.tsv. Resumes after a kill."""
@@ -122,7 +127,7 @@ def align(photos, output, all_faces, size, device, batch_size, min_face_size, th
 
     r = align_folder(photos, output, all_faces=all_faces, size=size, device=device, batch_size=batch_size,
                      min_face_size=min_face_size, thresholds=thresholds, landmarks=landmarks,
-                     report=lambda line: click.echo(line, err=True))
+                     report=lambda line: click.echo(line, err=True), template=template)
     click.echo(f"{output}: {r['n_faces']} faces; {len(r['skipped'])} photos skipped (see {r.get('report', '')}).")
 
 
@@ -167,12 +172,14 @@ def fit_priors(annotations, output, base, expression_model):
 @click.option("--model", "model_spec", required=True,
               help="The 3DMM the annotations were fitted with (300W-LP / AFLW2000-3D: face3d's BFM.mat). "
                    + MODEL_HELP)
-@click.option("--size", type=click.IntRange(16, 1024), default=108, show_default=True, help="Crop size in pixels.")
+@click.option("--size", type=click.IntRange(16, 1024), default=None, help="Crop size in pixels [the template's].")
+@click.option("--template", type=click.Choice(TEMPLATES), default=DEFAULT_TEMPLATE, show_default=True,
+              help="Crop template: where the 5 points land (morph/template.py); --size scales it.")
 @click.option("--max-landmark-error", type=click.FloatRange(0, min_open=True), default=None,
               help="Flag pairs whose mean landmark error exceeds this many photo pixels "
                    "[default: 10% of the annotation's inter-ocular distance].")
 @click.option("--batch-size", type=click.IntRange(1), default=32, show_default=True)
-def render_pairs(annotated, output, model_spec, size, max_landmark_error, batch_size):
+def render_pairs(annotated, output, model_spec, size, template, max_landmark_error, batch_size):
     """Pair real photos with renders of their fitted 3DMM parameters (paper section 3.2: the
     paired data of G'). ANNOTATED is a folder in 300W-LP / AFLW2000-3D layout: NAME.jpg (or .png)
     next to NAME.mat (Pose_Para, Shape_Para, Exp_Para, Tex_Para, Color_Para, Illum_Para, pt2d).
@@ -183,7 +190,7 @@ def render_pairs(annotated, output, model_spec, size, max_landmark_error, batch_
     from morph.pairs import render_pairs as run
 
     r = run(annotated, output, model_spec, size=size, max_landmark_error=max_landmark_error,
-            batch_size=batch_size)
+            batch_size=batch_size, template=template)
     if not r["complete"]:
         ignored = (f"; {r['n_mat_without_image']} .mat files without an image ignored"
                    if r["n_mat_without_image"] else "")

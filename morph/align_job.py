@@ -31,7 +31,6 @@ real.h5 layout (besides ``morph.h5io``'s ``images``/``labels``/``index``)::
 """
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
 import h5py
@@ -39,8 +38,10 @@ import numpy as np
 from tqdm import tqdm
 
 from morph.errors import UserError
+from morph.files import job_key
 from morph.h5io import ImageWriter, completed_output, open_h5, provenance
 from morph.imageio import IMAGE_SUFFIXES, read_rgb
+from morph.template import crop_template
 
 STR = h5py.string_dtype("utf-8")
 #: How the 5 crop points are taken: refined to the iBUG 68 (the renders' definition), or MTCNN's.
@@ -66,10 +67,10 @@ def pick_face(boxes: np.ndarray, scores: np.ndarray, hw: tuple[int, int]) -> int
     return int(np.argmax(scores * (1 - np.clip(d, 0, 1) + 1e-6)))
 
 
-def align_folder(photos_dir: Path, output: Path, all_faces: bool = False, size: int = 108,
+def align_folder(photos_dir: Path, output: Path, all_faces: bool = False, size: int | None = None,
                  device: str = "cpu", batch_size: int = 16, min_face_size: float = 20.0,
                  thresholds=(0.6, 0.7, 0.7), landmarks: str = "ibug68", progress: bool = True,
-                 report=print) -> dict:
+                 report=print, template: str | None = None) -> dict:
     from morph.mtcnn import MTCNN, align_face
 
     if landmarks not in LANDMARK_RULES:
@@ -79,13 +80,14 @@ def align_folder(photos_dir: Path, output: Path, all_faces: bool = False, size: 
         from morph.landmarks68 import LandmarkRefiner, five_from_68
         refiner = LandmarkRefiner()
 
+    tpl = crop_template(template)
+    size = size or tpl.size
     photos_dir, output = Path(photos_dir), Path(output)
     photos = list_photos(photos_dir)
     rel = [p.relative_to(photos_dir).as_posix() for p in photos]
     classes = sorted({str(Path(r).parent) for r in rel})
     label_of = {c: i for i, c in enumerate(classes)}
-    h = hashlib.sha256(("\n".join(rel) + repr((all_faces, size, min_face_size, thresholds, landmarks))).encode())
-    key = h.hexdigest()
+    key = job_key("\n".join(rel), all_faces, size, min_face_size, thresholds, landmarks, tpl.name)
     if completed_output(output, key, "image set"):
         report(f"{output}: already complete.")
         with open_h5(output, "image set") as f:
@@ -97,7 +99,7 @@ def align_folder(photos_dir: Path, output: Path, all_faces: bool = False, size: 
         extra["landmarks68"] = ((68, 2), np.float32)
     writer = ImageWriter(output, len(photos), size, provenance(photos=str(photos_dir), size=size,
                                                                all_faces=all_faces, n_photos=len(photos),
-                                                               landmarks=landmarks),
+                                                               landmarks=landmarks, crop_template=tpl.name),
                          key, extra, resizable=True)
     f = writer.f
     if "cursor" not in f.attrs:
@@ -130,7 +132,7 @@ def align_folder(photos_dir: Path, output: Path, all_faces: bool = False, size: 
                     p68 = refiner.refine(img, five)
                     out["landmarks68"].extend(p68)
                     five = five_from_68(p68)
-                faces = align_face(img, five, size)
+                faces = align_face(img, five, size, template=tpl.name)
                 for j, k in enumerate(keep):
                     out["images"].append(faces[j])
                     out["labels"].append(label_of[str(Path(rel[i]).parent)])

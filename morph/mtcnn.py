@@ -431,8 +431,9 @@ class MTCNN:
 # The aligned crop
 
 
-def align_face(image, landmarks5, size: int = ALIGNED_SIZE, padding_mode: str = "zeros") -> np.ndarray:
-    """Warp the face(s) so the 5 MTCNN points land on ``five_point_template(size)``.
+def align_face(image, landmarks5, size: int = ALIGNED_SIZE, padding_mode: str = "zeros",
+               template: str | None = None) -> np.ndarray:
+    """Warp the face(s) so the 5 MTCNN points land on ``five_point_template(size, template)``.
 
     image: H x W x 3 uint8 RGB (H x W greyscale is replicated); landmarks5: (5, 2) or (K, 5, 2)
     MTCNN points (its 1-based pixel coordinates, as ``MTCNN.detect`` returns them). Returns
@@ -450,6 +451,6 @@ def align_face(image, landmarks5, size: int = ALIGNED_SIZE, padding_mode: str = 
     single = pts.ndim == 2
     pts = pts.reshape(-1, 5, 2)
     # Work in "pixel centres at integer + 0.5" coordinates, the template's.
-    m = similarity_from_points(pts + LANDMARK_CENTRE_OFFSET, five_point_template(size)[None])  # (K, 2, 3)
+    m = similarity_from_points(pts + LANDMARK_CENTRE_OFFSET, five_point_template(size, template)[None])  # (K, 2, 3)
     out = warp_similarity(img, m, size, padding_mode)
     return out[0] if single else out

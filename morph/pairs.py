@@ -73,7 +73,6 @@ last written pair. Every pair is computed on its own, so results do not depend o
 """
 from __future__ import annotations
 
-import hashlib
 import math
 import sys
 from dataclasses import dataclass
@@ -85,8 +84,9 @@ import torch
 from tqdm import tqdm
 
 from morph.errors import UserError
+from morph.files import job_key
 from morph.model import MorphableModel
-from morph.template import warp_similarity
+from morph.template import crop_template, warp_similarity
 
 REQUIRED = ("Pose_Para", "Shape_Para", "Exp_Para", "Tex_Para", "Color_Para", "Illum_Para")
 COEFFICIENTS = (("shape", "Shape_Para"), ("expression", "Exp_Para"), ("texture", "Tex_Para"))
@@ -242,7 +242,7 @@ def _landmarks_2d(d: dict) -> np.ndarray:
 class PairRenderer:
     """A model's arrays laid out for rendering many annotations, one at a time."""
 
-    def __init__(self, model: MorphableModel, size: int):
+    def __init__(self, model: MorphableModel, size: int, template: str | None = None):
         from morph.template import five_point_template
 
         self.model = model
@@ -250,7 +250,7 @@ class PairRenderer:
         self.groups = model.five_point_vertices()  # UserError when the model has no landmarks
         self.triangles32 = np.ascontiguousarray(model.triangles, np.int32)
         self.lm = model.landmarks
-        self.template = five_point_template(size)
+        self.template = five_point_template(size, template)
 
     def geometry(self, ann: Annotation, image_hw: tuple[int, int]) -> dict:
         """Vertices projected into the photo and into the crop, shaded colours, landmarks."""
@@ -312,28 +312,27 @@ def landmark_check(projected: np.ndarray, annotated: np.ndarray, max_px: float |
 
 # ----------------------------------------------------------------------------- the job
 def _job_key(folder: Path, items: list[Item], model_spec: str, model: MorphableModel, size: int,
-             max_px: float | None) -> str:
-    h = hashlib.sha256()
+             max_px: float | None, template: str) -> str:
+    files = []
     for it in items:
         for p in [*it.images, *([it.mat] if it.mat else [])]:
             st = p.stat()
-            h.update(f"{p.relative_to(folder).as_posix()}|{st.st_size}|{st.st_mtime_ns}\n".encode())
+            files.append((p.relative_to(folder).as_posix(), st.st_size, st.st_mtime_ns))
+    sources = []
     for src in sorted(set(model.sources.values())):
-        p = Path(src)
-        st = p.stat() if p.is_file() else None
-        h.update(f"{src}|{st.st_size if st else ''}|{st.st_mtime_ns if st else ''}\n".encode())
-    h.update(repr((model_spec, model.name, model.n_shape, model.n_expression, model.n_texture, size,
-                   max_px)).encode())
-    return h.hexdigest()
+        st = Path(src).stat() if Path(src).is_file() else None
+        sources.append((src, st.st_size if st else None, st.st_mtime_ns if st else None))
+    return job_key(files, sources, model_spec, model.name, model.n_shape, model.n_expression, model.n_texture, size,
+                   max_px, template)
 
 
 def _default_report(line: str) -> None:
     tqdm.write(line, file=sys.stderr)
 
 
-def render_pairs(annotated: Path, output: Path, model_spec: str, size: int = 108,
+def render_pairs(annotated: Path, output: Path, model_spec: str, size: int | None = None,
                  max_landmark_error: float | None = None, batch_size: int = 32, progress: bool = True,
-                 report=None) -> dict:
+                 report=None, template: str | None = None) -> dict:
     """Write ``output`` (pairs.h5) from a 300W-LP / AFLW2000-3D folder; return a summary dict."""
     from morph.h5io import ImageWriter, completed_output, open_h5, provenance
     from morph.imageio import read_rgb
@@ -351,10 +350,12 @@ def render_pairs(annotated: Path, output: Path, model_spec: str, size: int = 108
         raise UserError(f"{folder}: holds no image + .mat pairs ({n_images} images without a .mat, {n_orphans} "
                         ".mat files without an image); give a folder in 300W-LP / AFLW2000-3D layout "
                         "(NAME.jpg next to NAME.mat).")
+    tpl = crop_template(template)
+    size = size or tpl.size
     model = load_model(model_spec)
-    renderer = PairRenderer(model, size)
+    renderer = PairRenderer(model, size, tpl.name)
     conv = raw_convention(model)
-    key = _job_key(folder, items, str(model_spec), model, size, max_landmark_error)
+    key = _job_key(folder, items, str(model_spec), model, size, max_landmark_error, tpl.name)
     output = Path(output)
     if completed_output(output, key, "pairs file"):
         if progress:
@@ -371,7 +372,7 @@ def render_pairs(annotated: Path, output: Path, model_spec: str, size: int = 108
     rule = (f"landmark_error > {max_landmark_error:g} px" if max_landmark_error is not None else
             f"landmark_error > {DEFAULT_IOD_FRACTION:g} x inter-ocular distance of the annotation (points 36, 45)")
     attrs = provenance(model=str(model_spec), model_name=model.name, model_sources=model.sources,
-                       annotated=str(folder), size=size, flag_rule=rule,
+                       annotated=str(folder), size=size, flag_rule=rule, crop_template=tpl.name,
                        coefficient_convention={k: v for k, v in conv.kind.items()}, n_candidates=len(items))
     writer = ImageWriter(output, len(items), size, attrs, key, extra, images=False, resizable=True)
     bar = tqdm(total=len(items), unit="img", desc="render-pairs", disable=not progress)

@@ -28,12 +28,12 @@ UPSCALE = 2
 class DetectorAlignment:
     """Re-crop renders by MTCNN's (``rule="mtcnn"``) or the refined iBUG (``"ibug68"``) points."""
 
-    def __init__(self, rule: str, size: int, device: str = "cpu"):
+    def __init__(self, rule: str, size: int, device: str = "cpu", template: str | None = None):
         from morph.mtcnn import MTCNN
 
         if rule not in ("mtcnn", "ibug68"):
             raise ValueError(rule)
-        self.rule, self.size = rule, size
+        self.rule, self.size, self.template = rule, size, template
         self.detector = MTCNN(device=device)
         self.refiner = None
         if rule == "ibug68":
@@ -49,7 +49,7 @@ class DetectorAlignment:
 
         dets = self.detector.detect(list(images))
         out = {"images": [], "landmarks": [], "masks": [], "aligned_by": []}
-        template = five_point_template(self.size)
+        template = five_point_template(self.size, self.template)
         for img, lm, mask, det in zip(images, landmarks, masks, dets):
             if len(det.scores):
                 five = det.landmarks[pick_face(det.boxes, det.scores, img.shape[:2])]

@@ -1,17 +1,18 @@
 """`morph render`: identities.h5 -> synthetic.h5, in batches, resumable after a kill."""
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
 import numpy as np
 from tqdm import tqdm
 
 from morph.errors import UserError
+from morph.files import job_key
 from morph.h5io import ImageWriter, completed_output, provenance, read_identities
 from morph.model import MorphableModel
 from morph.numerics import set_threads
 from morph.sample import Sample
+from morph.template import crop_template
 
 
 def to_uint8(images: np.ndarray) -> np.ndarray:
@@ -28,25 +29,20 @@ def check_dims(model: MorphableModel, s: Sample, source: Path) -> None:
                             "render with the model the identities were sampled from (--model).")
 
 
-def job_key(s: Sample, *settings) -> str:
-    h = hashlib.sha256()
-    for a in (s.alpha, s.gamma, s.identity, s.beta, s.pose, s.sh, s.camera_distance):
-        h.update(np.ascontiguousarray(a).tobytes())
-    h.update(repr(settings).encode())
-    return h.hexdigest()
-
-
-def render_identities(identities: Path, output: Path, model_spec: str | None = None, size: int = 108,
+def render_identities(identities: Path, output: Path, model_spec: str | None = None, size: int | None = None,
                       backend: str = "auto", device: str = "cpu", batch_size: int = 64,
                       threads: int | None = None, progress: bool = True, extra_outputs=(),
-                      align_by: str = "projection") -> Path:
-    """Render every image of ``identities`` into ``output``, cropped by the projected 5 points
+                      align_by: str = "projection", template: str | None = None) -> Path:
+    """Render every image of ``identities`` into ``output`` at ``size`` px (default: the crop
+    template's own size), cropped onto ``template`` (``morph.template``) by the projected 5 points
     (``align_by="projection"``) or by a detector run on the render (``"mtcnn"``, ``"ibug68"``:
     ``morph.realign``)."""
     from morph.models import load_model
     from morph.render import RenderSettings, render_batch
 
     set_threads(threads)
+    tpl = crop_template(template)
+    size = size or tpl.size
     s, attrs = read_identities(identities)
     spec = model_spec or str(attrs.get("model", "default"))
     model = load_model(spec)
@@ -58,7 +54,8 @@ def render_identities(identities: Path, output: Path, model_spec: str | None = N
     if align_by != "projection" and extra_outputs:
         raise UserError(f"--with {' '.join(extra_outputs)} needs --align-by projection: depth and normals "
                         "are not re-cropped by a detector.")
-    key = job_key(s, spec, size, backend, extra_outputs, *(() if align_by == "projection" else (align_by,)))
+    key = job_key(s.alpha, s.gamma, s.identity, s.beta, s.pose, s.sh, s.camera_distance, spec, size, backend,
+                  extra_outputs, align_by, tpl.name)
     output = Path(output)
     if completed_output(output, key, "image set"):
         if progress:
@@ -74,16 +71,18 @@ def render_identities(identities: Path, output: Path, model_spec: str | None = N
     realign = None
     if align_by != "projection":
         extra["aligned_by"] = ((), np.uint8)
-        realign = DetectorAlignment(align_by, size, device)
+        realign = DetectorAlignment(align_by, size, device, tpl.name)
     if "depth" in extra_outputs:
         extra["depth"] = ((size, size), np.float32)
     if "normals" in extra_outputs:
         extra["normals"] = ((size, size, 3), np.float32)
     keep = {k: attrs[k] for k in ("seed", "model", "model_name", "model_sources", "priors") if k in attrs}
     writer = ImageWriter(output, m, size, provenance(**keep, identities=str(identities), size=size,
-                                                     backend=backend, n_images=m, align_by=align_by),
+                                                     backend=backend, n_images=m, align_by=align_by,
+                                                     crop_template=tpl.name),
                          key, extra)
     settings = RenderSettings(image_size=size if realign is None else UPSCALE * size, backend=backend, device=device,
+                              template=tpl.name,
                               outputs=("image", "mask", "landmarks", *extra_outputs))
     bar = tqdm(total=m, initial=writer.n_done, unit="img", desc="render", disable=not progress)
     try:

@@ -1,13 +1,27 @@
-"""The 5-point alignment template: one crop rule for real photos and renders alike.
+"""Named 5-point crop templates: one crop rule for real photos and renders alike.
 
 The paper aligns every image with MTCNN and centre-crops it to 108x108 (section 4, Data). We fix
-the crop by a similarity transform that takes the 5 MTCNN points (eye centres, nose tip, mouth
-corners) onto this template. The template is the widely used 112x112 ArcFace/InsightFace
-5-point layout shrunk by 0.8 about its centre and placed in a 108x108 frame, so that the whole
-face (chin, forehead, ears' roots) and a little context are inside the crop, as in the paper's
-figures. Points are (x, y) pixel coordinates, pixel centres at integer + 0.5.
+the crop by a similarity transform that takes the 5 points (eye centres, nose tip, mouth corners)
+onto a template's points. Points are (x, y) pixel coordinates, pixel centres at integer + 0.5.
+
+- ``ganfaces108`` (the default): the widely used 112x112 ArcFace/InsightFace layout shrunk by 0.8
+  about its centre and placed in a 108x108 frame, so that the whole face (chin, forehead, ears'
+  roots) and a little context are inside the crop, as in the paper's figures;
+- ``arcface112``: InsightFace's own crop, ``arcface_src`` of ``norm_crop`` in
+  python-package/insightface/utils/face_align.py, which ``cv2.warpAffine`` applies with pixel
+  centres at integers (hence + 0.5 here): the crop the field's ArcFace recognisers train on.
+
+A template is used at its own size or scaled to another (``points(size)``). Every file of aligned
+images records its template's name (attribute ``crop_template``); training refuses sets aligned
+by different templates.
 """
+from __future__ import annotations
+
+from dataclasses import dataclass
+
 import numpy as np
+
+from morph.errors import UserError
 
 ALIGNED_SIZE = 108
 
@@ -19,11 +33,48 @@ _ARCFACE_112 = np.array(
 _SHRINK = 0.8
 
 
-def five_point_template(size: int = ALIGNED_SIZE) -> np.ndarray:
-    """(5, 2) target positions of left eye, right eye, nose tip, left and right mouth corner."""
-    centre = _ARCFACE_112.mean(axis=0)
-    pts = (_ARCFACE_112 - centre) * _SHRINK + np.array([56.0, 54.0])
-    return (pts * (size / 112.0)).astype(np.float64)
+@dataclass(frozen=True)
+class CropTemplate:
+    name: str
+    size: int  # its own crop size, px
+    native: tuple  # 5 (x, y) points at that size
+
+    def points(self, size: int | None = None) -> np.ndarray:
+        """(5, 2) left eye, right eye, nose tip, left and right mouth corner at ``size`` px."""
+        size = self.size if size is None else size
+        return np.asarray(self.native, np.float64) * (size / self.size)
+
+
+def _ganfaces108() -> tuple:
+    pts = (_ARCFACE_112 - _ARCFACE_112.mean(axis=0)) * _SHRINK + np.array([56.0, 54.0])
+    return tuple(map(tuple, pts * (108 / 112.0)))
+
+
+#: name -> template; a new crop is one line here (the CLI's --template choices)
+TEMPLATES = {t.name: t for t in (CropTemplate("ganfaces108", 108, _ganfaces108()),
+                                 CropTemplate("arcface112", 112, tuple(map(tuple, _ARCFACE_112 + 0.5))))}
+DEFAULT_TEMPLATE = "ganfaces108"
+
+
+def crop_template(name: str | None) -> CropTemplate:
+    """The template ``name`` (None: the default); a clear error for an unknown one."""
+    name = DEFAULT_TEMPLATE if name is None else str(name)
+    if name not in TEMPLATES:
+        raise UserError(f"crop template '{name}' is unknown; choose one of {', '.join(TEMPLATES)}.")
+    return TEMPLATES[name]
+
+
+def five_point_template(size: int = ALIGNED_SIZE, template: str | None = None) -> np.ndarray:
+    """(5, 2) target positions of left eye, right eye, nose tip, left and right mouth corner of
+    ``template`` (default ``ganfaces108``) at ``size`` px."""
+    return crop_template(template).points(size)
+
+
+def template_of(attrs) -> str:
+    """The crop template a file's attributes record (files written before templates had names
+    were all cropped by ``ganfaces108``)."""
+    name = attrs.get("crop_template", DEFAULT_TEMPLATE)
+    return name.decode() if isinstance(name, bytes) else str(name)
 
 
 def similarity_from_points(src: np.ndarray, dst: np.ndarray) -> np.ndarray:

@@ -42,6 +42,7 @@ class TrainConfig:
     lr: float = 8e-5
     betas: tuple[float, float] = (0.9, 0.999)
     image_size: int | None = None  # None: the synthetic set's (refine.data.image_size_of)
+    crop_template: str | None = None  # None: the sets' (morph.template; recorded in each file)
     variant: str = "ours"
     g_width: int = 32  # filters of G's first layer (paper: c7s1-32)
     d_hidden: int = 64  # BEGAN discriminator width (authors' conv_hidden_num)

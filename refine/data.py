@@ -22,6 +22,7 @@ import torch
 
 from morph.errors import UserError
 from morph.h5io import open_h5
+from morph.template import template_of
 
 
 def to_tensor(images: np.ndarray) -> torch.Tensor:
@@ -48,6 +49,7 @@ class H5Images:
             if not f.attrs.get("complete", True) or self.path.name.endswith(".partial"):
                 raise UserError(f"{self.path}: is not complete; finish the command that writes it first.")
             shapes = {k: f[k].shape for k in keys}
+            self.template = template_of(f.attrs)
             self.labels = f[labels][()].astype(np.int64) if labels else None
         n = {s[0] for s in shapes.values()}
         if len(n) != 1:
@@ -140,4 +142,9 @@ def open_sets(synthetic: Path, real: Path, pairs: Path | None, size: int = 108):
     pai = None
     if pairs is not None:
         pai = H5Images(pairs, ("render", "real"), "pairs file", size, "make it with 'morph render-pairs'.")
+    found = {s.path: s.template for s in (syn, rea, pai) if s is not None}
+    if len(set(found.values())) > 1:
+        which = "; ".join(f"{p}: {t}" for p, t in found.items())
+        raise UserError(f"the training sets were aligned by different crop templates ({which}); re-create them "
+                        "with one --template.")
     return syn, rea, pai

@@ -70,8 +70,9 @@ def _sample(n: int, k: int, seed: int, stream: int) -> np.ndarray:
 @torch.inference_mode()
 def embed(images: ImageSet, idx: np.ndarray, embedder, batch_size: int = 64, device: str = "cpu",
           desc: str = "embed") -> np.ndarray:
-    """(len(idx), dim) float64 embeddings of ``images[idx]`` (aligned 108x108) through C's face chip."""
-    transform = embedder.transform(SOURCE_SIZE)
+    """(len(idx), dim) float64 embeddings of ``images[idx]`` (read at 108x108, aligned by the set's
+    crop template) through C's face chip."""
+    transform = embedder.transform(SOURCE_SIZE, images.template)
     out = np.empty((len(idx), embedder.dim), np.float64)
     for s in tqdm(range(0, len(idx), batch_size), desc=desc, unit="batch", leave=False):
         x = to_tensor(images.read(idx[s:s + batch_size])).to(device)

@@ -62,6 +62,7 @@ import torch
 from morph.errors import UserError
 from morph.files import disk_errors, file_sha256, job_key, write_atomic
 from morph.numerics import numerics, set_threads
+from morph.template import DEFAULT_TEMPLATE
 from refine.distributed import barrier, finish
 from refine.export_sinks import FORMATS, SINKS
 from refine.export_state import (BATCH_MULTIPLE, MANIFEST, STATE_DIR, ProgressLog, check_out, chunk_ranges,
@@ -161,7 +162,8 @@ def _settings(o: ExportOptions, sha: str, model, priors, cfg: dict, sink_setting
          **sink_settings, "scores": o.scores,
          "max_dr_error": o.max_dr_error, "max_cycle_error": o.max_cycle_error,
          "max_retries": o.max_retries if o.filtering else None, "embedder": cfg.get("embedder", "dlib"),
-         "network_batch": o.net_batch, "dropout": o.dropout}
+         "network_batch": o.net_batch, "dropout": o.dropout,
+         "crop_template": cfg.get("crop_template") or DEFAULT_TEMPLATE}
     return json.loads(json.dumps(s))
 
 
@@ -343,7 +345,8 @@ class Exporter:
                 self.state_dir.mkdir(exist_ok=True)
         barrier(ddp)
 
-        self.render_settings = RenderSettings(image_size=size, device="cpu", outputs=("image", "mask", "landmarks"))
+        self.render_settings = RenderSettings(image_size=size, device="cpu", outputs=("image", "mask", "landmarks"),
+                                              template=cfg.get("crop_template") or DEFAULT_TEMPLATE)
         self.id_cache = {}
         mine = rank_chunks(chunk_ranges(o.first_identity, o.n_identities, o.per_chunk), ddp.rank, ddp.world)
         done = read_progress(self.state_dir)
@@ -391,6 +394,7 @@ class Exporter:
                                          model_sources=self.model.sources, priors=self.priors.text,
                                          first_identity=o.first_identity, n_identities=o.n_identities,
                                          images_per_identity=m, checkpoint_sha256=s["checkpoint_sha256"],
+                                         crop_template=s["crop_template"],
                                          n_images=o.n_identities * m), job_key(json.dumps(s, sort_keys=True)))
         rows, n_flagged, n_redraws = [], 0, 0
 

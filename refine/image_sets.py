@@ -18,6 +18,7 @@ from PIL import Image
 from morph.errors import UserError
 from morph.h5io import open_h5
 from morph.imageio import IMAGE_SUFFIXES, read_rgb
+from morph.template import DEFAULT_TEMPLATE, template_of
 from refine.embedders.base import SOURCE_SIZE
 
 KINDS = ("rendered", "refined", "real")
@@ -37,6 +38,7 @@ class ImageSet:
     labels: np.ndarray | None = None  # (n,) int64 in 0..L-1
     label_names: list[str] = field(default_factory=list)
     files: list[Path] = field(default_factory=list)  # imagefolder only
+    template: str = DEFAULT_TEMPLATE  # the crop template the images were aligned by (morph.template)
 
     def read(self, idx: np.ndarray) -> np.ndarray:
         idx = np.asarray(idx, np.int64)
@@ -107,10 +109,11 @@ def _open_h5_set(path: Path, what: str, need_labels: bool) -> ImageSet:
             names = ([stored[v] for v in values] if len(stored) and 0 <= values.min() and values.max() < len(stored)
                      else [str(v) for v in values])
         kind = _kind_of_h5(path, f)
+        template = template_of(f.attrs)
     if shape[0] == 0:
         raise UserError(f"{path}: holds no images; re-create it with more input.")
     return ImageSet(path, "h5", kind, shape[0], shape[1],
-                    None if labels is None else labels.astype(np.int64), names)
+                    None if labels is None else labels.astype(np.int64), names, template=template)
 
 
 def _text(x) -> str:
@@ -149,9 +152,11 @@ def _open_image_folder(root: Path) -> ImageSet | None:
     if first.shape[0] != first.shape[1]:
         raise UserError(f"{files[0]}: is {first.shape[1]}x{first.shape[0]} px; evaluate square aligned "
                         "faces (108x108 from 'morph align' or 'refine export-dataset').")
-    kind = "refined" if _export_manifest(root) is not None else "unknown"
+    manifest = _export_manifest(root)
+    kind = "refined" if manifest is not None else "unknown"
+    template = str((manifest or {}).get("settings", {}).get("crop_template") or DEFAULT_TEMPLATE)
     return ImageSet(root, "imagefolder", kind, len(files), first.shape[0], np.asarray(labels, np.int64),
-                    classes, files)
+                    classes, files, template=template)
 
 
 def _export_manifest(root: Path) -> dict | None:

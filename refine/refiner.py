@@ -92,7 +92,7 @@ class Refiner:
             from refine.embedders import load_embedder
             self.C = load_embedder(cfg.get("embedder", "dlib"), device=str(self.device))
             self.C = self.C.to(memory_format=torch.channels_last)
-            self.T = self.C.transform(size)
+            self.T = self.C.transform(size, cfg.get("crop_template"))
 
     def _time(self, key, t0):
         if self.device.type == "cuda":

@@ -89,6 +89,11 @@ class Trainer:
                             "(from 'morph render-pairs'), or choose --variant no_pairs.")
         self.syn, self.real, self.pairs = open_sets(synthetic, real, pairs if cfg.uses_pairs or
                                                     cfg.variant == "recons" else None, cfg.image_size)
+        if cfg.crop_template is None:
+            cfg.crop_template = self.syn.template
+        elif cfg.crop_template != self.syn.template:
+            raise UserError(f"{synthetic}: was aligned by crop template '{self.syn.template}', but the config asks "
+                            f"for '{cfg.crop_template}'; re-create the sets with --template {cfg.crop_template}.")
         # identity labels -> 0..N-1 rows of the centroid table
         self.id_values, self.id_rows = np.unique(self.syn.labels, return_inverse=True)
         if cfg.uses_identity and len(self.id_values) < 2:
@@ -109,7 +114,7 @@ class Trainer:
         if cfg.uses_identity:
             from refine.embedders import load_embedder
             self.C = load_embedder(cfg.embedder).to(self.device)
-            self.transform = self.C.transform(cfg.image_size)
+            self.transform = self.C.transform(cfg.image_size, cfg.crop_template)
         torch.manual_seed(cfg.seed * 1000 + 700 + self.ddp.rank)  # dropout: its own draws per rank
         opt = lambda params: torch.optim.Adam(params, lr=cfg.lr, betas=cfg.betas, eps=1e-8)  # noqa: E731
         self.opt = {"G": opt(self.G.parameters()), "D": opt(self.d_params())}

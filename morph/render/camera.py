@@ -112,11 +112,11 @@ def five_points(pix: torch.Tensor, groups: list[np.ndarray]) -> torch.Tensor:
     return torch.stack([pix[:, torch.as_tensor(g, device=pix.device)].double().mean(1) for g in groups], 1)
 
 
-def similarity_to_template(points: torch.Tensor, size: int) -> torch.Tensor:
+def similarity_to_template(points: torch.Tensor, size: int, template: str | None = None) -> torch.Tensor:
     """(B, 2, 3) float64 least-squares similarity taking (B, 5, 2) points onto
-    ``morph.template.five_point_template(size)``: the closed form of
+    ``morph.template.five_point_template(size, template)``: the closed form of
     ``morph.template.similarity_from_points`` (Umeyama without reflection), in torch."""
-    dst = torch.as_tensor(five_point_template(size), dtype=torch.float64, device=points.device)
+    dst = torch.as_tensor(five_point_template(size, template), dtype=torch.float64, device=points.device)
     mu_s = points.mean(1, keepdim=True)
     mu_d = dst.mean(0, keepdim=True)
     s = points - mu_s

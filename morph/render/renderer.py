@@ -41,7 +41,7 @@ from morph.render import camera, cpu, shading
 from morph.render.prepared import Prepared, check_params, prepare_model
 from morph.render.raster import rasterize, rasterizer, resolve_backend
 from morph.render.types import image_hw
-from morph.template import five_point_template
+from morph.template import DEFAULT_TEMPLATE, crop_template, five_point_template
 
 OUTPUTS = ("image", "mask", "landmarks", "depth", "normals")
 ENGINES = ("auto", "numba", "torch")
@@ -57,6 +57,7 @@ class RenderSettings:
     device: where tensors live and the torch engine runs ("cpu", "cuda", "cuda:1" ...).
     align: similarity-align to the 5-point template; False renders in the camera's own frame
         (principal point at the image centre).
+    template: the crop template aligned to (``morph.template.TEMPLATES``), scaled to image_size.
     background: grey level or (r, g, b) in [0, 1] where no face is visible.
     outputs: any of "image", "mask", "landmarks", "depth", "normals".
     fov: the camera's field of view in degrees across the shorter image side; with alignment
@@ -72,11 +73,13 @@ class RenderSettings:
     outputs: tuple[str, ...] = ("image", "mask", "landmarks")
     fov: float = 12.6
     engine: str = "auto"
+    template: str = DEFAULT_TEMPLATE
 
     def __post_init__(self):
         unknown = set(self.outputs) - set(OUTPUTS)
         if unknown:
             raise UserError(f"unknown render outputs {sorted(unknown)}; choose from {', '.join(OUTPUTS)}.")
+        crop_template(self.template)  # a clear error for an unknown name
         if self.engine not in ENGINES:
             raise UserError(f"unknown render engine {self.engine!r}; choose one of {', '.join(ENGINES)}.")
         h, w = image_hw(self.image_size)
@@ -215,7 +218,7 @@ def _vertex_stage_numba(prep, p, settings, hw, focal, shaded, want_normals) -> d
     colors = np.empty((b if shaded else 0, n, 3), np.float32)
     cpu.vertex_stage(flat.reshape(b, n, 3), camera.compute_rotation(p.pose), p.distance, np.float32(focal),
                      np.float32(w / 2), np.float32(h / 2), settings.align, index, start,
-                     five_point_template(h), h, w, prep.triangles, want_normals, albedo, p.sh,
+                     five_point_template(h, settings.template), h, w, prep.triangles, want_normals, albedo, p.sh,
                      shading.SH_BASIS_SCALE, pix, ndc, normals, colors)
     return {"ndc": ndc, "pix": pix, "normals": normals if want_normals else None,
             "colors": colors if shaded else None}
@@ -229,7 +232,7 @@ def _vertex_stage_torch(prep, p, settings, hw, focal, shaded, want_normals) -> d
     rot = torch.from_numpy(camera.compute_rotation(p.pose)).to(dev)
     cam, pix, depth = camera.perspective_project(verts, rot, torch.from_numpy(p.distance).to(dev), focal, hw)
     if settings.align:
-        transform = camera.similarity_to_template(camera.five_points(pix, prep.five_groups), hw[0])
+        transform = camera.similarity_to_template(camera.five_points(pix, prep.five_groups), hw[0], settings.template)
         pix = camera.apply_similarity(pix, transform)
     out = {"ndc": camera.pixels_to_ndc(pix, depth, hw), "pix": pix}
     if want_normals:

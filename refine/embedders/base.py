@@ -59,9 +59,12 @@ class Embedder(nn.Module):
     #: None: the paper's centre 96/108 crop (``centre_crop_template``).
     chip_points: np.ndarray | None = None
 
-    def transform(self, source_size: int = SOURCE_SIZE, **augmentation) -> "IdentityInputTransform":
-        """This embedder's input transform for aligned images of ``source_size`` px."""
-        return IdentityInputTransform(self.input_size, self.chip_points, source_size, **augmentation)
+    def transform(self, source_size: int = SOURCE_SIZE, template: str | None = None,
+                  **augmentation) -> "IdentityInputTransform":
+        """This embedder's input transform for images of ``source_size`` px aligned by the crop
+        ``template`` (``morph.template``; default ``ganfaces108``)."""
+        return IdentityInputTransform(self.input_size, self.chip_points, source_size, template=template,
+                                      **augmentation)
 
     def freeze(self) -> Embedder:
         """No parameter requires grad; eval mode for good (``train()`` is a no-op)."""
@@ -101,7 +104,7 @@ class IdentityInputTransform(nn.Module):
     """C's input transform: face chip + random shift, rotation and flip, as one differentiable warp.
 
     ``chip_points``: the embedder's template (``Embedder.chip_points``; None: the paper's centre
-    crop). Images (B, C, S, S), S = ``source_size``, aligned by ``morph.template`` at S px. Each
+    crop). Images (B, C, S, S), S = ``source_size``, aligned by the crop ``template`` at S px. Each
     image gets its own draw: a shift uniform in +-``max_shift`` px of S (default 6 px of 108,
     the paper's 96-of-108 random crop), a rotation about the chip's centre uniform in
     +-``max_rotation`` degrees, a horizontal flip with probability ``flip_probability``; the
@@ -115,7 +118,7 @@ class IdentityInputTransform(nn.Module):
 
     def __init__(self, output_size: int, chip_points: np.ndarray | None = None, source_size: int = SOURCE_SIZE,
                  max_shift: float | None = None, max_rotation: float = 10.0, flip_probability: float = 0.5,
-                 seed: int = 0):
+                 seed: int = 0, template: str | None = None):
         super().__init__()
         self.output_size = int(output_size)
         self.source_size = int(source_size)
@@ -127,7 +130,7 @@ class IdentityInputTransform(nn.Module):
         self.flip_probability = float(flip_probability)
         self.generator = torch.Generator().manual_seed(seed)
         # source px -> chip px, both with pixel centres at integer + 0.5
-        m = similarity_from_points(five_point_template(self.source_size), self.chip_points)
+        m = similarity_from_points(five_point_template(self.source_size, template), self.chip_points)
         self.chip_from_source = np.vstack([m, [0.0, 0.0, 1.0]])
 
     def extra_repr(self) -> str:
