@@ -42,20 +42,10 @@ MODEL_HELP = ("3DMM: 'default' (embedded), a model file (BFM 2009 .mat, BFM 2017
 def sample_identities(model_spec, priors_path, n_identities, images_per_identity, seed, first_identity, output):
     """Sample shape and colour of new identities from the model's Gaussian, and expression,
     pose, lighting and camera per image from the priors (paper section 4, Data)."""
-    from morph.h5io import provenance, write_identities
-    from morph.models import load_model
-    from morph.priors import load_priors
-    from morph.sample import sample_block
+    from morph.sample_job import sample_identities as run
 
-    model = load_model(model_spec)
-    priors = load_priors(priors_path)
-    s = sample_block(model, priors, seed, range(first_identity, first_identity + n_identities),
-                     images_per_identity)
-    _check_writable(output)
-    write_identities(output, s, provenance(
-        seed=seed, model=str(model_spec), model_name=model.name, model_sources=model.sources,
-        priors=priors.text, priors_source=priors.source, n_identities=n_identities,
-        images_per_identity=images_per_identity, first_identity=first_identity))
+    run(output, model_spec, priors_path, n_identities=n_identities, images_per_identity=images_per_identity,
+        seed=seed, first_identity=first_identity)
     click.echo(f"{output}: {n_identities} identities x {images_per_identity} images (seed {seed}).")
 
 

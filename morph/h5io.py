@@ -35,6 +35,7 @@ import h5py
 import numpy as np
 
 from morph.errors import UserError
+from morph.files import partial_path, write_atomic
 from morph.sample import Sample
 
 
@@ -70,6 +71,13 @@ def open_h5(path: str | Path, what: str) -> h5py.File:
                         "the file is truncated or not an HDF5 file: re-create it.") from None
 
 
+def require_complete(f: h5py.File, path: Path) -> None:
+    """Refuse a file still being written (``NAME.partial``) or one whose ``complete`` attribute
+    is false (a file from another tool, without the attribute, is taken as it is)."""
+    if not f.attrs.get("complete", True) or Path(path).name.endswith(".partial"):
+        raise UserError(f"{path}: is not complete; finish the command that writes it first.")
+
+
 def completed_output(output: Path, key: str, what: str) -> bool:
     """Whether ``output`` already holds this job, complete (a re-run then has nothing to do).
 
@@ -94,21 +102,21 @@ def require(f: h5py.File, keys, what: str, fix: str):
 
 
 def write_identities(path: str | Path, s: Sample, attrs: dict) -> None:
-    """Write identities.h5 atomically (temporary name, then rename)."""
-    path = Path(path)
-    tmp = path.with_name(path.name + ".partial")
-    with h5py.File(tmp, "w") as f:
-        for k, v in attrs.items():
-            f.attrs[k] = v
-        f["identity/alpha"] = s.alpha
-        f["identity/gamma"] = s.gamma
-        f["image/identity"] = s.identity
-        f["image/index"] = s.image
-        f["image/beta"] = s.beta
-        f["image/pose"] = s.pose
-        f["image/sh"] = s.sh
-        f["image/camera_distance"] = s.camera_distance
-    os.replace(tmp, path)
+    """Write identities.h5 atomically (``morph.files.write_atomic``)."""
+    def write(tmp: Path) -> None:
+        with h5py.File(tmp, "w") as f:
+            for k, v in attrs.items():
+                f.attrs[k] = v
+            f["identity/alpha"] = s.alpha
+            f["identity/gamma"] = s.gamma
+            f["image/identity"] = s.identity
+            f["image/index"] = s.image
+            f["image/beta"] = s.beta
+            f["image/pose"] = s.pose
+            f["image/sh"] = s.sh
+            f["image/camera_distance"] = s.camera_distance
+
+    write_atomic(Path(path), write)
 
 
 IDENTITY_KEYS = ("identity/alpha", "identity/gamma", "image/identity", "image/index", "image/beta",
@@ -140,7 +148,7 @@ class ImageWriter:
                  extra: dict[str, tuple[tuple, str]] | None = None, images: bool = True,
                  resizable: bool = False):
         self.path = Path(path)
-        self.tmp = self.path.with_name(self.path.name + ".partial")
+        self.tmp = partial_path(self.path)
         self.n = n
         self.resizable = resizable
         self.row_datasets = (["images", "labels", "index"] if images else []) + list(extra or {})

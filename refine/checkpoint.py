@@ -1,12 +1,12 @@
 """`refine train` checkpoints: read without executing code, written atomically, the last few kept."""
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import torch
 
 from morph.errors import UserError
+from morph.files import write_atomic
 
 #: 2: the authors' networks (issue 9: normalisation, skips by concatenation, D depth); format-1
 #: checkpoints hold other networks and are refused.
@@ -41,9 +41,7 @@ class CheckpointStore:
     def save(self, state: dict) -> Path:
         self.dir.mkdir(parents=True, exist_ok=True)
         path = self.dir / f"step_{state['step']:08d}.pt"
-        tmp = path.with_name(path.name + ".partial")
-        torch.save(state, tmp)
-        os.replace(tmp, path)
+        write_atomic(path, lambda tmp: torch.save(state, tmp))
         for old in self.all()[:-self.keep]:
             old.unlink()
         return path

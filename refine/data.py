@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from morph.errors import UserError
-from morph.h5io import open_h5
+from morph.h5io import open_h5, require_complete
 from morph.template import template_of
 
 
@@ -46,8 +46,7 @@ class H5Images:
             missing = [k for k in (*keys, *([labels] if labels else [])) if k not in f]
             if missing:
                 raise UserError(f"{self.path}: not a {what} (missing {', '.join(missing)}); {fix}")
-            if not f.attrs.get("complete", True) or self.path.name.endswith(".partial"):
-                raise UserError(f"{self.path}: is not complete; finish the command that writes it first.")
+            require_complete(f, self.path)
             shapes = {k: f[k].shape for k in keys}
             self.template = template_of(f.attrs)
             self.labels = f[labels][()].astype(np.int64) if labels else None

@@ -13,35 +13,24 @@ environmental changes", paper section 4), each image's masks drawn from its own 
     hdf5:         DIR/ganfaces.h5   images, labels, index, draw, landmarks, masks, params/..., scores/...
     always:       DIR/scores.csv    one row per image;  DIR/manifest.json  what made the export
 
-Determinism (the README's "Reproducibility" has the whole contract): every image depends only on
-(checkpoint, model, priors, seed, identity, draw) up to float rounding. Sampling is per (seed,
-identity, image) and the renderer's numba engine is batch- and thread-invariant, so the renders
-are the same bits anywhere. The networks are not: oneDNN and MKL pick their kernels by
-instruction set, tensor shape and thread count, so G(x) and the scores may differ in the last
-bits (at most one 8-bit level in a pixel, about 1e-6 in a score) with another batch size, batch
-position, thread count or CPU kind (``tests/test_export.py`` measures that tolerance). What IS
-bit-identical on one machine with one thread count is each network batch, and the export fixes
-which images share a batch: the identities are cut into chunks of ``per_chunk`` consecutive
-identities from ``first_identity`` (``chunk_ranges``), a chunk's images always run together, in
-the same order, in network batches of ``batch_size`` rounded up to a multiple of 8 and padded to
-that size (the padding's results are dropped); a resumed chunk is recomputed whole, and torchrun
-ranks take whole chunks. So a resumed export and a multi-process export write the same bytes as
-one uninterrupted run, given the same network batch (a recorded setting: a resume with another is
-refused) and the same threads per process (``--threads``; torchrun ranks use ``OMP_NUM_THREADS``).
-The networks run in channels-last memory format (on 2 CPU cores: G 30 -> 25, D_R 110 -> 80
-CPU-ms per image). JPEGs are encoded by Pillow with fixed settings.
+Determinism (README, "Reproducibility"): sampling and the numba renders are the same bits
+anywhere; the networks' bits depend on batch shape, threads and instruction set, so the export
+fixes which images share a network batch: identities are cut into chunks of ``per_chunk`` from
+``first_identity`` (``export_state.chunk_ranges``), a chunk's images always run together in
+batches of ``batch_size`` rounded up to a multiple of 8 and padded (``refiner.Refiner``), a
+resumed chunk is recomputed whole and torchrun ranks take whole chunks. A resumed or
+multi-process export thus writes one run's bytes, given the same network batch (recorded; a
+resume with another is refused) and threads per process.
 
 Filtering (``max_dr_error`` / ``max_cycle_error``): an image above a threshold is replaced by a
 new draw of the same identity, taking the next image numbers of the identity's per-image seed
 stream (``M, M + 1, ...``, in slot order within each round) until it passes or ``max_retries``
 re-draws were tried; then the best draw (lowest ``max(score / threshold)``) is kept and flagged.
 
-Resume: an identity is written whole - its images into ``DIR/.export/tmp/`` then renamed into place
-(a folder, or one ``.npz`` for hdf5) - and then recorded in a per-range progress file
-(``DIR/.export/progress-A-B.jsonl``, one JSON line per identity with its scores). A re-run skips
-chunks whose identities are all recorded, and recomputes a partly written chunk whole (writing
-only its missing identities). When all are done, rank 0 writes scores.csv (and assembles ganfaces.h5 with
-``morph.h5io.ImageWriter``, itself resumable), marks the manifest complete and removes ``.export``.
+Resume: an identity is written whole by its format's ``Sink`` (``export_sinks``) and then
+recorded in a per-range progress file (``.export/progress-A-B.jsonl``). A re-run skips chunks
+whose identities are all recorded. When all are done, rank 0 writes scores.csv, lets the sink
+finish (hdf5: assembles ganfaces.h5), marks the manifest complete and removes ``.export``.
 
 Several processes (``torchrun``): rank ``r`` of ``W`` exports chunks ``[r C / W, (r + 1) C / W)`` of
 the ``C`` chunks; after a barrier rank 0 merges the progress files.
@@ -88,9 +77,9 @@ SCORE_MEANINGS = {
     "cycle_error": "cycle error mean|G'(G(x)) - x| over pixels and channels, images in [-1, 1] (Eq. 1 for one "
                    "image): how well G' maps the refined image back to its render; lower keeps more of the "
                    "render's pose, expression and lighting. Empty when the checkpoint has no G' (simgan)",
-    "identity_loss": "Euclidean distance between C's L2-normalised embedding of G(x) (the centre 96/108 crop "
-                     "resized to C's input, IdentityInputTransform.centre) and the mean embedding of the "
-                     "identity's M exported images; lower = more consistent identity",
+    "identity_loss": "Euclidean distance between C's L2-normalised embedding of G(x) (its face chip, "
+                     "Embedder.transform().centre) and the mean embedding of the identity's M exported "
+                     "images; lower = more consistent identity",
     "retries": "how many re-draws this slot took (0: the first draw was kept)",
     "flagged": "1 when no draw passed the thresholds within --max-retries and the best one was kept",
 }

@@ -16,7 +16,7 @@ import numpy as np
 from PIL import Image
 
 from morph.errors import UserError
-from morph.h5io import open_h5
+from morph.h5io import open_h5, require_complete
 from morph.imageio import IMAGE_SUFFIXES, read_rgb
 from morph.template import DEFAULT_TEMPLATE, template_of
 from refine.embedders.base import SOURCE_SIZE
@@ -93,8 +93,7 @@ def _open_h5_set(path: Path, what: str, need_labels: bool) -> ImageSet:
                             f"{', '.join(missing)}); "
                             "give synthetic.h5 ('morph render'), real.h5 ('morph align') or an exported "
                             "ganfaces.h5.")
-        if not f.attrs.get("complete", True) or path.name.endswith(".partial"):
-            raise UserError(f"{path}: is not complete; finish the command that writes it first.")
+        require_complete(f, path)
         shape = f["images"].shape
         if len(shape) != 4 or shape[3] != 3 or shape[1] != shape[2] or f["images"].dtype != np.uint8:
             raise UserError(f"{path}: 'images' is {f['images'].dtype} of shape {shape}; expected square "

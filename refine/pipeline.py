@@ -19,7 +19,6 @@ Relative paths in the YAML are resolved against the YAML's folder.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -28,6 +27,7 @@ from pathlib import Path
 import yaml
 
 from morph.errors import UserError
+from morph.files import file_sha256, job_key
 
 STAGES = ("sample", "render", "align", "render-pairs", "train", "export", "evaluate")
 TOP_KEYS = ("out", "model", "priors", "device", "sample", "real", "pairs", "train", "export", "evaluate")
@@ -184,10 +184,8 @@ def _h5_complete(path: Path) -> bool:
 
 
 def _sample_stage(cfg: PipelineConfig, path: Path) -> str:
-    from morph.h5io import provenance, write_identities
-    from morph.models import load_model
     from morph.priors import load_priors
-    from morph.sample import sample_block
+    from morph.sample_job import sample_identities
 
     s = cfg.sample
     want = {"seed": int(s["seed"]), "model": str(cfg.model), "n_identities": int(s["n_identities"]),
@@ -206,24 +204,15 @@ def _sample_stage(cfg: PipelineConfig, path: Path) -> str:
             return "already complete"
         raise UserError(f"{path}: holds another sample (different seed, size, model or priors); delete it "
                         f"(and what was made from it) or choose another 'out'.")
-    model = load_model(cfg.model)
-    block = sample_block(model, priors, want["seed"], range(want["n_identities"]), want["images_per_identity"])
-    write_identities(path, block, provenance(
-        seed=want["seed"], model=str(cfg.model), model_name=model.name, model_sources=model.sources,
-        priors=priors.text, priors_source=priors.source, n_identities=want["n_identities"],
-        images_per_identity=want["images_per_identity"], first_identity=0))
+    sample_identities(path, cfg.model, cfg.priors, n_identities=want["n_identities"],
+                      images_per_identity=want["images_per_identity"], seed=want["seed"])
     return f"{want['n_identities']} identities x {want['images_per_identity']} images"
 
 
 def _file_key(*parts) -> str:
-    h = hashlib.sha256()
-    for p in parts:
-        if isinstance(p, Path):
-            h.update(p.read_bytes() if p.is_file() else str(p).encode())
-        else:
-            h.update(json.dumps(p, sort_keys=True, default=str).encode())
-        h.update(b"\0")
-    return h.hexdigest()
+    """A job key over settings and the contents of the files among ``parts``."""
+    return job_key(*(file_sha256(p) if isinstance(p, Path) and p.is_file() else
+                     json.dumps(p, sort_keys=True, default=str) for p in parts))
 
 
 def run_pipeline(config_path: str | Path, echo: Callable[[str], None] = print, progress: bool = True) -> dict:

@@ -46,34 +46,50 @@ __all__ = [
 DEFAULT_EMBEDDER = "dlib"
 
 
+def _dlib(path: Path | None, input_size: int | None) -> Embedder:
+    return DlibResNet.load()
+
+
+def _torchscript(path: Path, input_size: int | None) -> Embedder:
+    from refine.embedders.external import load_torchscript
+    return load_torchscript(path, input_size)
+
+
+def _facenet(path: Path, input_size: int | None) -> Embedder:
+    from refine.embedders.external import load_facenet
+    if input_size is not None and input_size != FacenetEmbedder.input_size:
+        raise UserError(f"{path}: InceptionResnetV1 takes {FacenetEmbedder.input_size}x"
+                        f"{FacenetEmbedder.input_size} images; drop --embedder-size {input_size}.")
+    return load_facenet(path)
+
+
+#: kind -> loader(path, input_size). Built-in networks take no file ("dlib"); the others take
+#: "KIND:FILE", or a FILE whose kind ``_kind_of_file`` tells. Each embedder declares its own face
+#: template (``Embedder.chip_points``). A new embedder is one loader and one line here.
+EMBEDDERS = {"dlib": _dlib, "torchscript": _torchscript, "facenet": _facenet}
+BUILT_IN = ("dlib",)
+
+
+def _kind_of_file(path: Path) -> str:
+    return "torchscript" if is_torchscript_archive(path) else "facenet"
+
+
 def load_embedder(spec: str | Path = DEFAULT_EMBEDDER, *, input_size: int | None = None,
                   device: str = "cpu") -> Embedder:
-    """A frozen ``Embedder`` from ``spec`` (see the module docstring), on ``device``.
+    """A frozen ``Embedder`` from ``spec`` (see ``EMBEDDERS``), on ``device``.
 
     input_size: a TorchScript module's input size, if the module has no ``input_size``
     attribute. Raises ``UserError`` for a missing, unreadable or mismatched file.
     """
-    from refine.embedders.external import load_facenet, load_torchscript
-
-    text = str(spec)
-    if text in ("dlib", "default"):
-        net: Embedder = DlibResNet.load()
+    text = "dlib" if str(spec) == "default" else str(spec)
+    if text in BUILT_IN:
+        return EMBEDDERS[text](None, input_size).to(device)
+    kind, _, rest = text.partition(":")
+    if kind in EMBEDDERS and rest:
+        path = Path(rest)
     else:
-        kind, _, rest = text.partition(":")
-        if kind in ("torchscript", "facenet") and rest:
-            path = Path(rest)
-        else:
-            kind, path = "", Path(text)
-        if not path.is_file():
-            raise UserError(f"{path}: no such embedder file; give 'dlib', a TorchScript file or a "
-                            "facenet-pytorch InceptionResnetV1 state dict.")
-        if not kind:
-            kind = "torchscript" if is_torchscript_archive(path) else "facenet"
-        if kind == "torchscript":
-            net = load_torchscript(path, input_size)
-        else:
-            if input_size is not None and input_size != FacenetEmbedder.input_size:
-                raise UserError(f"{path}: InceptionResnetV1 takes {FacenetEmbedder.input_size}x"
-                                f"{FacenetEmbedder.input_size} images; drop --embedder-size {input_size}.")
-            net = load_facenet(path)
-    return net.to(device)
+        kind, path = "", Path(text)
+    if not path.is_file():
+        raise UserError(f"{path}: no such embedder file; give one of {', '.join(BUILT_IN)}, or a file of kind "
+                        f"{', '.join(k for k in EMBEDDERS if k not in BUILT_IN)} (KIND:FILE or just FILE).")
+    return EMBEDDERS[kind or _kind_of_file(path)](path, input_size).to(device)
