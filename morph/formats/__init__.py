@@ -23,55 +23,19 @@ truncated or foreign file, missing keys, wrong shapes) raises ``morph.errors.Use
 """
 from __future__ import annotations
 
-from pathlib import Path
-
-from morph.errors import UserError
-from morph.formats import _common as c
+from morph.formats.files import EXTENSIONS, load_file as _load_file
 from morph.model import MorphableModel
 
-MAT_FORMATS = (
-    ("bfm2009", ("shapeMU", "shapePC", "shapeEV", "tl"), "Basel Face Model 2009 (01_MorphableModel.mat)"),
-    ("face3d", ("model",), "face3d BFM.mat"),
-    ("face3d", ("mu_exp", "w_exp", "sigma_exp"), "3DDFA Model_Expression.mat"),
-    ("lsfm", ("mean", "components", "eigenvalues", "trilist"), "LSFM model"),
-)
-EXTENSIONS = ".mat, .h5/.hdf5, .bin, .pkl, .yaml/.yml"
+__all__ = ["EXTENSIONS", "load", "load_spec"]
 
 
 def load(path, name: str = "") -> MorphableModel:
-    """The model in one file; its format is told by the extension and, for .mat, the keys."""
-    path = c.existing(path)
-    ext = path.suffix.lower()
-    if ext == ".mat":
-        return _module(_mat_format(path)).load(path, name)
-    if ext in (".h5", ".hdf5"):
-        from morph.formats import bfm2017
-        return bfm2017.load(path, name)
-    if ext == ".bin":
-        from morph.formats import eos
-        return eos.load(path, name)
-    if ext == ".pkl":
-        from morph.formats import tddfa_v2
-        return tddfa_v2.load(path, name)
-    if ext in (".yaml", ".yml"):
+    """The model in one file (its format told by the extension and, for .mat, the keys), or the
+    model a YAML spec composes (``morph.formats.spec``)."""
+    from pathlib import Path
+    if Path(path).suffix.lower() in (".yaml", ".yml"):
         return load_spec(path)
-    raise UserError(f"{path}: unknown model file type '{path.suffix}'; give a {EXTENSIONS} file.")
-
-
-def _mat_format(path: Path) -> str:
-    keys = set(c.mat_keys(path))
-    for module, needed, _ in MAT_FORMATS:
-        if keys.issuperset(needed):
-            return module
-    c.read_mat(path)  # a file cut short lists only its first variables: report that, not the keys
-    known = "; ".join(f"{what}: {', '.join(k)}" for _, k, what in MAT_FORMATS)
-    raise UserError(f"{path}: not a model file we know - it holds {', '.join(sorted(keys)) or 'no variables'}, "
-                    f"while we read {known}; give one of those files.")
-
-
-def _module(name: str):
-    from importlib import import_module
-    return import_module(f"morph.formats.{name}")
+    return _load_file(path, name)
 
 
 def load_spec(path) -> MorphableModel:

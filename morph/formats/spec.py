@@ -21,6 +21,7 @@ import numpy as np
 
 from morph.errors import UserError
 from morph.formats import _common as c
+from morph.formats.files import load_file
 from morph.model import MorphableModel, compose, require_file
 
 ALLOWED = ("shape", "texture", "expression", "landmarks", "name")
@@ -29,11 +30,9 @@ _YAML = (".yaml", ".yml")
 
 def load_spec(path) -> MorphableModel:
     """A model from a model file or from a YAML spec (see the module docstring)."""
-    from morph import formats
-
     path = Path(path).expanduser()
     if path.suffix.lower() not in _YAML:
-        return formats.load(path)
+        return load_file(path)
     spec = _read_yaml(path)
     unknown = sorted(set(spec) - set(ALLOWED))
     if unknown:
@@ -63,7 +62,7 @@ def load_spec(path) -> MorphableModel:
             return None
         key = files[role].resolve()
         if key not in loaded:
-            loaded[key] = formats.load(files[role])
+            loaded[key] = load_file(files[role])
         return loaded[key]
 
     model = compose(get("shape"), texture=get("texture"), expression=get("expression"),

@@ -23,12 +23,9 @@ makes the same float32 decisions in the same order of operations:
   its zero checks); ``dists`` is the squared distance to the nearest edge, negated inside.
 
 Instead of testing every face at every pixel we visit only the pixels whose centres can fall in
-the face's bounding box, and images in parallel (``prange``). Measured on the default model
-(106,111 triangles, 108x108, one core): 1.2 ms per image - 0.6 ms for a branch-free pass that
-finds each face's candidate pixels (a per-face loop with early exits took 2.2 ms: mispredicted
-branches), 0.6 ms for the ~21,000 faces that have one - against ~10 s for PyTorch3D's loop over
-all faces at every pixel. Each image is computed alone by the same code, so the result does not
-depend on the batch size or on the image's position in the batch.
+the face's bounding box (a branch-free pass finds each face's candidate pixels), and images in
+parallel (``prange``); ``bench/README.md`` has the measurements. Each image is computed alone by
+the same code, so the result does not depend on the batch size or the image's position in it.
 """
 from __future__ import annotations
 
@@ -299,12 +296,19 @@ def pixel_stage(ndc, tri, xs, ys, m, perspective_correct, colors, background, no
                 hit = face[yi, xi] >= 0
                 mask[b, 0, yi, xi] = hit
                 depth[b, 0, yi, xi] = zb[yi, xi] if hit else 0
-        if image.shape[0] == n_img:
-            interpolate(face, wts, tri, colors[b], background, image[b])
-            clip01(image[b])
-        if normal_image.shape[0] == n_img:
-            interpolate(face, wts, tri, normals[b], np.zeros(3, np.float32), normal_image[b])
-            unit_channels(normal_image[b])
+        _shade(b, n_img, face, wts, tri, colors, background, normals, image, normal_image)
+
+
+@njit(cache=True, error_model="numpy")
+def _shade(b, n_img, face, wts, tri, colors, background, normals, image, normal_image):
+    """Image ``b``'s Gouraud colours (clipped to [0, 1]) and unit normals, for those asked for
+    (the output arrays hold ``n_img`` rows, or none)."""
+    if image.shape[0] == n_img:
+        interpolate(face, wts, tri, colors[b], background, image[b])
+        clip01(image[b])
+    if normal_image.shape[0] == n_img:
+        interpolate(face, wts, tri, normals[b], np.zeros(3, np.float32), normal_image[b])
+        unit_channels(normal_image[b])
 
 
 @njit(cache=True, error_model="numpy")
@@ -357,10 +361,4 @@ def shade_fragments(pix_to_face, bary, tri, colors, background, normals, image, 
     for b in prange(n_img):
         face = pix_to_face[b, :, :, 0] - b * n_tri
         face = np.where(pix_to_face[b, :, :, 0] >= 0, face, -1)
-        wts = bary[b, :, :, 0, :]
-        if image.shape[0] == n_img:
-            interpolate(face, wts, tri, colors[b], background, image[b])
-            clip01(image[b])
-        if normal_image.shape[0] == n_img:
-            interpolate(face, wts, tri, normals[b], np.zeros(3, np.float32), normal_image[b])
-            unit_channels(normal_image[b])
+        _shade(b, n_img, face, bary[b, :, :, 0, :], tri, colors, background, normals, image, normal_image)

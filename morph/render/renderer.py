@@ -24,9 +24,7 @@ Two engines run these steps:
 - ``torch`` (any device, the default on CUDA): the functions of this package as written, in
   batched torch. Batched matmuls pick kernels by shape, so this engine is *not* batch-invariant
   on CPU or CUDA; it agrees with the numba engine to float32 rounding.
-Measured with ``bench/render.py`` (16 images of 108x108, 106k triangles, 2 cores): see the
-numbers in ``morph/render/cpu.py``; end to end the numba engine with our rasterizer renders
-hundreds of images per second, PyTorch3D's CPU rasterizer about 0.1 per second.
+Speeds: ``bench/render.py`` and ``bench/README.md``.
 """
 from __future__ import annotations
 
