@@ -48,7 +48,7 @@ import numpy as np
 import torch
 
 from morph.mtcnn_nets import ONet, PNet, RNet
-from morph.template import ALIGNED_SIZE, five_point_template, similarity_from_points, warp_similarity
+from morph.template import crop_template, five_point_template, similarity_from_points, warp_similarity
 
 try:  # torchvision's C++ NMS is the fast path; our own greedy NMS is the fallback.
     from torchvision.ops import batched_nms as _tv_batched_nms
@@ -431,7 +431,7 @@ class MTCNN:
 # The aligned crop
 
 
-def align_face(image, landmarks5, size: int = ALIGNED_SIZE, padding_mode: str = "zeros",
+def align_face(image, landmarks5, size: int | None = None, padding_mode: str = "zeros",
                template: str | None = None) -> np.ndarray:
     """Warp the face(s) so the 5 MTCNN points land on ``five_point_template(size, template)``.
 
@@ -451,6 +451,7 @@ def align_face(image, landmarks5, size: int = ALIGNED_SIZE, padding_mode: str = 
     single = pts.ndim == 2
     pts = pts.reshape(-1, 5, 2)
     # Work in "pixel centres at integer + 0.5" coordinates, the template's.
+    size = size or crop_template(template).size
     m = similarity_from_points(pts + LANDMARK_CENTRE_OFFSET, five_point_template(size, template)[None])  # (K, 2, 3)
     out = warp_similarity(img, m, size, padding_mode)
     return out[0] if single else out
