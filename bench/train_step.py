@@ -1,5 +1,6 @@
 """Seconds per training step of `refine train` at the paper's settings (batch 16, 108x108, full
-networks, all three games and the identity loss), on this CPU and on CUDA when present (with and
+networks, all three games and the identity loss), on this CPU (and with bf16 autocast where the CPU
+has bf16 units) and on CUDA when present (with and
 without mixed precision). The paper: 248k steps in 70 h on a GTX 1080 Ti, about 1 s per step.
 
 The sets are random images in the exact layouts of synthetic.h5 / real.h5 / pairs.h5: a step's
@@ -18,6 +19,8 @@ from pathlib import Path
 import h5py
 import numpy as np
 import torch
+
+from morph.numerics import numerics, set_threads
 
 
 def make_sets(d: Path, n: int = 64, ids: int = 16, size: int = 108):
@@ -54,14 +57,17 @@ def main():
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--threads", type=int, default=2)
     a = ap.parse_args()
-    torch.set_num_threads(a.threads)
-    out = {"batch": a.batch_size, "image_size": 108, "threads": a.threads}
+    set_threads(a.threads)
+    out = {"numerics": numerics(), "batch": a.batch_size, "image_size": 108, "threads": a.threads}
     with tempfile.TemporaryDirectory() as tmp:
         d = Path(tmp)
         make_sets(d)
         print(f"CPU, {a.threads} threads, batch {a.batch_size}: {a.steps} steps after a warm-up ...", flush=True)
         out["cpu_s_per_step"] = round(time_steps("cpu", False, a.steps, a.batch_size, d), 3)
         print(f"  {out['cpu_s_per_step']} s/step", flush=True)
+        if torch.ops.mkldnn._is_mkldnn_bf16_supported():  # bf16 units (AMX / AVX512-BF16)
+            out["cpu_bf16_s_per_step"] = round(time_steps("cpu", True, a.steps, a.batch_size, d), 3)
+            print(f"  bf16 autocast: {out['cpu_bf16_s_per_step']} s/step", flush=True)
         if torch.cuda.is_available():
             for amp in (False, True):
                 key = "cuda_amp_s_per_step" if amp else "cuda_s_per_step"

@@ -102,7 +102,8 @@ class TrainConfig:
 
     def architecture_key(self) -> str:
         """What a checkpoint must match to be resumed or exported with this config."""
-        keys = {k: getattr(self, k) for k in ("image_size", "variant", "embedder", "g_width", "d_hidden", "norm")}
+        keys = {k: getattr(self, k) for k in ("image_size", "variant", "embedder", "g_width", "d_hidden", "norm",
+                                              "crop_template")}
         return hashlib.sha256(json.dumps(keys, sort_keys=True).encode()).hexdigest()[:16]
 
     def to_dict(self) -> dict:
