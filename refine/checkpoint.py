@@ -1,6 +1,7 @@
 """`refine train` checkpoints: read without executing code, written atomically, the last few kept."""
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import torch
@@ -30,6 +31,27 @@ def load_checkpoint(path: Path) -> dict:
     return state
 
 
+def canonical(obj):
+    """``obj`` rebuilt so that its pickle depends only on its values: every string interned, every
+    container new. Pickle writes a string seen before as a reference to the first (by identity), so
+    the same state pickled bytes apart in a resumed run: Adam's per-parameter key 'step' was our
+    literal 'step' (one object, referenced) in the uninterrupted run but a fresh unpickled string
+    (written out again) after ``--resume``. Dict subclasses keep their type and attributes
+    (a module state dict's ``_metadata``); tensors are kept as they are."""
+    if isinstance(obj, str):
+        return sys.intern(obj)
+    if isinstance(obj, dict):
+        out = type(obj)()
+        for k, v in obj.items():
+            out[canonical(k)] = canonical(v)
+        if hasattr(obj, "__dict__"):
+            out.__dict__.update(obj.__dict__)
+        return out
+    if isinstance(obj, (list, tuple)) and type(obj) in (list, tuple):
+        return type(obj)(canonical(v) for v in obj)
+    return obj
+
+
 class CheckpointStore:
     """``RUN/checkpoints/step_00001000.pt`` written atomically (temporary name, then rename); the
     last ``keep`` are kept. ``latest`` is the newest complete one."""
@@ -41,7 +63,7 @@ class CheckpointStore:
     def save(self, state: dict) -> Path:
         self.dir.mkdir(parents=True, exist_ok=True)
         path = self.dir / f"step_{state['step']:08d}.pt"
-        write_atomic(path, lambda tmp: torch.save(state, tmp))
+        write_atomic(path, lambda tmp: torch.save(canonical(state), tmp))
         for old in self.all()[:-self.keep]:
             old.unlink()
         return path
