@@ -26,12 +26,12 @@ from morph.numerics import numerics, set_threads
 def make_sets(d: Path, n: int = 64, ids: int = 16, size: int = 108):
     rng = np.random.default_rng(0)
     img = lambda: rng.integers(0, 256, (n, size, size, 3), dtype=np.uint8)  # noqa: E731
-    with h5py.File(d / "synthetic.h5", "w") as f:
-        f["images"], f["labels"] = img(), np.repeat(np.arange(ids), n // ids)
-    with h5py.File(d / "real.h5", "w") as f:
-        f["images"] = img()
-    with h5py.File(d / "pairs.h5", "w") as f:
-        f["real"], f["render"] = img(), img()
+    for name, data in (("synthetic.h5", {"images": img(), "labels": np.repeat(np.arange(ids), n // ids)}),
+                       ("real.h5", {"images": img()}), ("pairs.h5", {"real": img(), "render": img()})):
+        with h5py.File(d / name, "w") as f:
+            for k, v in data.items():
+                f[k] = v
+            f.attrs["complete"] = True
 
 
 def time_steps(device: str, amp: bool, steps: int, batch: int, d: Path) -> float:

@@ -1,7 +1,10 @@
 """What every command shares: user errors as one line and a non-zero exit, no traceback."""
 from __future__ import annotations
 
+import math
 import os
+import signal
+import sys
 
 import click
 
@@ -9,8 +12,31 @@ import click
 # one process that halved rendering speed on 2 cores (83 against 191 images/s). Must be set
 # before either starts its thread pool, so here, where every command starts.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+# A file-size limit (ulimit -f) kills a process with SIGXFSZ by default; ignored, the write fails
+# with EFBIG instead, which every job reports as a full disk and leaves resumable.
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
 
 from morph.errors import UserError
+from morph.files import hdf5_write_failed, quiet_hdf5_disk_full
+
+quiet_hdf5_disk_full()
+
+#: Upper bounds of the options every command shares, so that a typo is refused by the parser
+#: (and shown in --help) instead of reaching torch or numba as an overflow.
+MAX_THREADS = 1024
+MAX_BATCH = 4096
+THREADS = click.IntRange(1, MAX_THREADS)
+BATCH = click.IntRange(1, MAX_BATCH)
+
+
+class FiniteRange(click.FloatRange):
+    """``click.FloatRange`` that also refuses NaN and infinities (NaN passes every comparison)."""
+
+    def convert(self, value, param, ctx):
+        rv = super().convert(value, param, ctx)
+        if not math.isfinite(rv):
+            self.fail(f"{value!r} is not a finite number.", param, ctx)
+        return rv
 
 
 class Group(click.Group):
@@ -21,6 +47,10 @@ class Group(click.Group):
             return super().invoke(ctx)
         except UserError as e:
             click.echo(f"Error: {e}", err=True)
+            if hdf5_write_failed():  # HDF5's exit handler would crash (see hdf5_write_failed)
+                sys.stdout.flush()
+                sys.stderr.flush()
+                os._exit(2)
             ctx.exit(2)
         except KeyboardInterrupt:
             click.echo("Interrupted; re-run the same command to resume.", err=True)

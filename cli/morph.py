@@ -5,8 +5,9 @@ from pathlib import Path
 
 import click
 
-from cli.common import Group
+from cli.common import BATCH, THREADS, FiniteRange, Group
 from morph.render.raster import BACKENDS
+from morph.sample import MAX_IDENTITIES, MAX_IDENTITY, MAX_IMAGES, MAX_SEED
 from morph.template import DEFAULT_TEMPLATE, TEMPLATES
 
 
@@ -32,11 +33,11 @@ MODEL_HELP = ("3DMM: 'default' (embedded), a model file (BFM 2009 .mat, BFM 2017
 @click.option("--model", "model_spec", default="default", show_default=True, help=MODEL_HELP)
 @click.option("--priors", "priors_path", default=None,
               help="Priors YAML for expression, pose, lighting and camera (default: embedded).")
-@click.option("--n-identities", type=click.IntRange(1), required=True, help="Number of new identities.")
-@click.option("--images-per-identity", type=click.IntRange(1), required=True, help="Images of each identity.")
-@click.option("--seed", type=int, default=0, show_default=True,
+@click.option("--n-identities", type=click.IntRange(1, MAX_IDENTITIES), required=True, help="Number of new identities.")
+@click.option("--images-per-identity", type=click.IntRange(1, MAX_IMAGES), required=True, help="Images of each identity.")
+@click.option("--seed", type=click.IntRange(0, MAX_SEED), default=0, show_default=True,
               help="Identity i of seed s is the same in any run, batch size or machine.")
-@click.option("--first-identity", type=click.IntRange(0), default=0, show_default=True,
+@click.option("--first-identity", type=click.IntRange(0, MAX_IDENTITY), default=0, show_default=True,
               help="Number of the first identity (to continue or split a set).")
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), required=True)
 def sample_identities(model_spec, priors_path, n_identities, images_per_identity, seed, first_identity, output):
@@ -59,8 +60,8 @@ def sample_identities(model_spec, priors_path, n_identities, images_per_identity
 @click.option("--backend", type=click.Choice(BACKENDS), default="auto", show_default=True,
               help="Rasterizer: our CPU z-buffer or PyTorch3D (auto: PyTorch3D on CUDA, ours on CPU).")
 @click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
-@click.option("--batch-size", type=click.IntRange(1), default=64, show_default=True)
-@click.option("--threads", type=click.IntRange(1), default=None, help="CPU threads (default: all cores).")
+@click.option("--batch-size", type=BATCH, default=64, show_default=True)
+@click.option("--threads", type=THREADS, default=None, help="CPU threads (default: all cores).")
 @click.option("--with", "extra", type=click.Choice(["depth", "normals"]), multiple=True,
               help="Also store per-pixel depth (mm) or camera-frame normals; repeatable.")
 @click.option("--align-by", type=click.Choice(["projection", "mtcnn", "ibug68"]), default="projection",
@@ -102,8 +103,9 @@ def mesh(identities, image_index, neutral, model_spec, output):
 @click.option("--template", type=click.Choice(TEMPLATES), default=DEFAULT_TEMPLATE, show_default=True,
               help="Crop template: where the 5 points land (morph/template.py); --size scales it.")
 @click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
-@click.option("--batch-size", type=click.IntRange(1), default=16, show_default=True, help="Photos per detector batch.")
-@click.option("--min-face-size", type=float, default=20.0, show_default=True, help="Smallest face in pixels.")
+@click.option("--batch-size", type=BATCH, default=16, show_default=True, help="Photos per detector batch.")
+@click.option("--min-face-size", type=FiniteRange(1, 10000), default=20.0, show_default=True,
+              help="Smallest face in pixels.")
 @click.option("--thresholds", type=(float, float, float), default=(0.6, 0.7, 0.7), show_default=True,
               help="P-Net, R-Net, O-Net face probability thresholds.")
 @click.option("--landmarks", type=click.Choice(["ibug68", "mtcnn"]), default="ibug68", show_default=True,
@@ -165,10 +167,10 @@ def fit_priors(annotations, output, base, expression_model):
 @click.option("--size", type=click.IntRange(16, 1024), default=None, help="Crop size in pixels [the template's].")
 @click.option("--template", type=click.Choice(TEMPLATES), default=DEFAULT_TEMPLATE, show_default=True,
               help="Crop template: where the 5 points land (morph/template.py); --size scales it.")
-@click.option("--max-landmark-error", type=click.FloatRange(0, min_open=True), default=None,
+@click.option("--max-landmark-error", type=FiniteRange(0, min_open=True), default=None,
               help="Flag pairs whose mean landmark error exceeds this many photo pixels "
                    "[default: 10% of the annotation's inter-ocular distance].")
-@click.option("--batch-size", type=click.IntRange(1), default=32, show_default=True)
+@click.option("--batch-size", type=BATCH, default=32, show_default=True)
 def render_pairs(annotated, output, model_spec, size, template, max_landmark_error, batch_size):
     """Pair real photos with renders of their fitted 3DMM parameters (paper section 3.2: the
     paired data of G'). ANNOTATED is a folder in 300W-LP / AFLW2000-3D layout: NAME.jpg (or .png)

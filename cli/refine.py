@@ -3,7 +3,8 @@ from pathlib import Path
 
 import click
 
-from cli.common import Group
+from cli.common import BATCH, THREADS, FiniteRange, Group
+from morph.sample import MAX_IDENTITIES, MAX_IDENTITY, MAX_IMAGES, MAX_SEED
 from refine.config import VARIANTS
 from refine.export_sinks import FORMATS
 
@@ -24,17 +25,18 @@ def main():
 @click.option("--config", "config_path", type=click.Path(path_type=Path), default=None,
               help="YAML of settings (see refine/config.py); options below override it.")
 @click.option("--steps", type=click.IntRange(1), default=None, help="Training steps [paper: 248000].")
-@click.option("--batch-size", type=click.IntRange(1), default=None, help="[paper: 16]")
-@click.option("--lr", type=float, default=None, help="Adam learning rate [paper: 8e-5], halved on the paper's schedule.")
+@click.option("--batch-size", type=BATCH, default=None, help="[paper: 16]")
+@click.option("--lr", type=FiniteRange(0, 1, min_open=True), default=None,
+              help="Adam learning rate [paper: 8e-5], halved on the paper's schedule.")
 @click.option("--variant", type=click.Choice(VARIANTS),
               default=None, help="The full method or an ablation of the paper's Fig. 5 / Table 1 [ours].")
 @click.option("--embedder", default=None, help="Identity network C: 'dlib' (default), a TorchScript file, "
               "or a facenet-pytorch InceptionResnetV1 state dict.")
 @click.option("--device", default=None, help="cpu, cuda, cuda:1 ... [cpu]")
-@click.option("--seed", type=int, default=None)
+@click.option("--seed", type=click.IntRange(0, 2 ** 32 - 1), default=None, help="Initial weights, batches, noise [0].")
 @click.option("--checkpoint-every", type=click.IntRange(1), default=None)
 @click.option("--resume", is_flag=True, help="Continue from the newest checkpoint in --out.")
-@click.option("--threads", type=click.IntRange(1), default=None,
+@click.option("--threads", type=THREADS, default=None,
               help="CPU threads (default: OMP_NUM_THREADS, else all cores). A resumed run repeats the "
                    "uninterrupted one bit for bit with the same threads (README, Reproducibility).")
 def train(synthetic, real, pairs, run_dir, config_path, steps, batch_size, lr, variant, embedder, device, seed,
@@ -63,14 +65,15 @@ def train(synthetic, real, pairs, run_dir, config_path, steps, batch_size, lr, v
               help="Face network: 'dlib', a TorchScript file, or a facenet-pytorch InceptionResnetV1 state dict.")
 @click.option("--pairs", "n_pairs", type=click.IntRange(1), default=1000, show_default=True,
               help="Same-identity and different-identity pairs, each [paper: 1000]; fewer if the set has fewer.")
-@click.option("--seed", type=int, default=0, show_default=True, help="Draws the pairs and the image samples.")
+@click.option("--seed", type=click.IntRange(0, MAX_SEED), default=0, show_default=True,
+              help="Draws the pairs and the image samples.")
 @click.option("--max-images", type=click.IntRange(2), default=2000, show_default=True,
               help="Images per set (drawn with --seed) for face detection, Fréchet distance and KID.")
-@click.option("--min-face-size", type=click.FloatRange(min=1.0), default=20.0, show_default=True,
+@click.option("--min-face-size", type=FiniteRange(min=1.0), default=20.0, show_default=True,
               help="MTCNN's smallest face, in px of the 108x108 images.")
 @click.option("--kind", type=click.Choice(["rendered", "refined", "real"]), default=None,
               help="What the set is, for the report (default: told from the file).")
-@click.option("--batch-size", type=click.IntRange(1), default=64, show_default=True, help="Images per embedder call.")
+@click.option("--batch-size", type=BATCH, default=64, show_default=True, help="Images per embedder call.")
 @click.option("--device", default="cpu", show_default=True, help="cpu, cuda, cuda:1 ...")
 def evaluate(dataset, prefix, against, embedder, n_pairs, seed, max_images, min_face_size, kind, batch_size,
              device):
@@ -109,11 +112,12 @@ def evaluate(dataset, prefix, against, embedder, n_pairs, seed, max_images, min_
                    "(as 'morph sample-identities --model').")
 @click.option("--priors", "priors_path", default=None,
               help="Priors YAML for expression, pose, lighting and camera (default: embedded).")
-@click.option("--n-identities", type=click.IntRange(1), required=True, help="Number of new identities (classes).")
-@click.option("--images-per-identity", type=click.IntRange(1), required=True, help="Images of each identity.")
-@click.option("--seed", type=int, required=True,
+@click.option("--n-identities", type=click.IntRange(1, MAX_IDENTITIES), required=True,
+              help="Number of new identities (classes).")
+@click.option("--images-per-identity", type=click.IntRange(1, MAX_IMAGES), required=True, help="Images of each identity.")
+@click.option("--seed", type=click.IntRange(0, MAX_SEED), required=True,
               help="Sampling seed; must not re-make the checkpoint's training identities.")
-@click.option("--first-identity", type=click.IntRange(0), default=0, show_default=True,
+@click.option("--first-identity", type=click.IntRange(0, MAX_IDENTITY), default=0, show_default=True,
               help="Number of the first identity (identities first .. first+N-1 of the seed).")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True,
               help="Output folder (new, empty, or this export's own folder to resume it).")
@@ -122,11 +126,11 @@ def evaluate(dataset, prefix, against, embedder, n_pairs, seed, max_images, min_
                                       "parameter of each image.")
 @click.option("--quality", type=click.IntRange(1, 100), default=95, show_default=True, help="JPEG quality.")
 @click.option("--png", is_flag=True, help="Write lossless PNG instead of JPEG (imagefolder).")
-@click.option("--max-dr-error", type=click.FloatRange(0), default=None,
+@click.option("--max-dr-error", type=FiniteRange(0), default=None,
               help="Re-draw an image whose D_R reconstruction error |G(x) - D_R(G(x))| is above this.")
-@click.option("--max-cycle-error", type=click.FloatRange(0), default=None,
+@click.option("--max-cycle-error", type=FiniteRange(0), default=None,
               help="Re-draw an image whose cycle error |G'(G(x)) - x| is above this.")
-@click.option("--max-retries", type=click.IntRange(0), default=10, show_default=True,
+@click.option("--max-retries", type=click.IntRange(0, 1000), default=10, show_default=True,
               help="Re-draws per image before the best draw is kept (and flagged in scores.csv).")
 @click.option("--scores/--no-scores", default=True, show_default=True,
               help="Score every image with D_R, G' and C (most of the time on a CPU); --no-scores leaves the "
@@ -134,11 +138,11 @@ def evaluate(dataset, prefix, against, embedder, n_pairs, seed, max_images, min_
 @click.option("--dropout/--no-dropout", default=True, show_default=True,
               help="Keep G's dropout (keep 0.9) on, as the authors generate, each image's noise seeded by "
                    "(seed, identity, draw); --no-dropout refines without it.")
-@click.option("--batch-size", type=click.IntRange(1), default=16, show_default=True,
+@click.option("--batch-size", type=BATCH, default=16, show_default=True,
               help="Images per network batch, rounded up to a multiple of 8. Changes results only in their "
                    "last bits (README, Reproducibility); an unfinished export resumes with its own.")
 @click.option("--device", default="cpu", show_default=True, help="Where the networks run: cpu, cuda, cuda:1 ...")
-@click.option("--threads", type=click.IntRange(1), default=None, help="CPU threads (default: all cores).")
+@click.option("--threads", type=THREADS, default=None, help="CPU threads (default: all cores).")
 def export_dataset(checkpoint, model_spec, priors_path, n_identities, images_per_identity, seed, first_identity,
                    out, fmt, quality, png, max_dr_error, max_cycle_error, max_retries, scores, dropout, batch_size,
                    device, threads):

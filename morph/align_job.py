@@ -38,7 +38,7 @@ import numpy as np
 from tqdm import tqdm
 
 from morph.errors import UserError
-from morph.files import job_key
+from morph.files import file_sha256, job_key, output_lock, write_atomic
 from morph.h5io import ImageWriter, completed_output, open_h5, provenance
 from morph.imageio import IMAGE_SUFFIXES, read_rgb
 from morph.template import crop_template
@@ -80,6 +80,9 @@ def align_folder(photos_dir: Path, output: Path, all_faces: bool = False, size: 
         from morph.landmarks68 import LandmarkRefiner, five_from_68
         refiner = LandmarkRefiner()
 
+    from morph.numerics import check_device
+
+    check_device(device)
     tpl = crop_template(template)
     size = size or tpl.size
     photos_dir, output = Path(photos_dir), Path(output)
@@ -87,89 +90,94 @@ def align_folder(photos_dir: Path, output: Path, all_faces: bool = False, size: 
     rel = [p.relative_to(photos_dir).as_posix() for p in photos]
     classes = sorted({str(Path(r).parent) for r in rel})
     label_of = {c: i for i, c in enumerate(classes)}
-    key = job_key("\n".join(rel), all_faces, size, min_face_size, thresholds, landmarks, tpl.name)
-    if completed_output(output, key, "image set"):
-        report(f"{output}: already complete.")
-        with open_h5(output, "image set") as f:
-            return {"n_faces": int(f["images"].shape[0]), "skipped": list(f["skipped"].asstr()[()])}
+    # keyed by the photos' contents, not only their names: a photo replaced under the same name
+    # makes another job, never a mix of old and new faces
+    key = job_key([(r, file_sha256(p)) for r, p in zip(rel, photos)], all_faces, size, min_face_size,
+                  thresholds, landmarks, tpl.name)
+    with output_lock(output, "image set"):
+        if completed_output(output, key, "image set"):
+            report(f"{output}: already complete.")
+            with open_h5(output, "image set") as f:
+                return {"n_faces": int(f["images"].shape[0]), "skipped": list(f["skipped"].asstr()[()])}
 
-    extra = {"source": ((), STR), "boxes": ((4,), np.float32), "scores": ((), np.float32),
-             "landmarks5": ((5, 2), np.float32), "landmarks5_mtcnn": ((5, 2), np.float32)}
-    if refiner is not None:
-        extra["landmarks68"] = ((68, 2), np.float32)
-    writer = ImageWriter(output, len(photos), size, provenance(photos=str(photos_dir), size=size,
-                                                               all_faces=all_faces, n_photos=len(photos),
-                                                               landmarks=landmarks, crop_template=tpl.name),
-                         key, extra, resizable=True)
-    f = writer.f
-    if "cursor" not in f.attrs:
-        f.attrs["cursor"] = np.array([0, 0], np.int64)
-        f.create_dataset("label_names", data=np.array(classes, dtype=object), dtype=STR)
-        f.create_dataset("skipped", (0,), STR, maxshape=(None,), chunks=True)
-    photos_done, rows = (int(x) for x in f.attrs["cursor"])
-    detector = MTCNN(min_face_size=min_face_size, thresholds=thresholds, device=device)
-    bar = tqdm(total=len(photos), initial=photos_done, unit="photo", desc="align", disable=not progress)
-    try:
-        for start in range(photos_done, len(photos), batch_size):
-            stop = min(start + batch_size, len(photos))
-            images, ok, skipped = [], [], []
-            for i in range(start, stop):
-                try:
-                    images.append(read_rgb(photos[i]))
-                    ok.append(i)
-                except UserError as e:  # its message starts with the path, already in the first column
-                    skipped.append(f"{rel[i]}\t{str(e).removeprefix(str(photos[i]) + ': ')}")
-            dets = detector.detect(images) if images else []
-            out = {k: [] for k in ("images", "labels", "index", "source", "boxes", "scores", "landmarks5",
-                                   "landmarks5_mtcnn", *(("landmarks68",) if refiner else ()))}
-            for i, img, det in zip(ok, images, dets):
-                if len(det.scores) == 0:
-                    skipped.append(f"{rel[i]}\tno face found")
-                    continue
-                keep = range(len(det.scores)) if all_faces else [pick_face(det.boxes, det.scores, img.shape[:2])]
-                five = det.landmarks[list(keep)]
-                if refiner is not None:
-                    p68 = refiner.refine(img, five)
-                    out["landmarks68"].extend(p68)
-                    five = five_from_68(p68)
-                faces = align_face(img, five, size, template=tpl.name)
-                for j, k in enumerate(keep):
-                    out["images"].append(faces[j])
-                    out["labels"].append(label_of[str(Path(rel[i]).parent)])
-                    out["index"].append(i)
-                    out["source"].append(rel[i])
-                    out["boxes"].append(det.boxes[k])
-                    out["scores"].append(det.scores[k])
-                    out["landmarks5"].append(five[j])
-                    out["landmarks5_mtcnn"].append(det.landmarks[k])
-            n_new = len(out["images"])
-            if rows + n_new > f["images"].shape[0]:  # --all-faces: more faces than photos
-                for name in writer.row_datasets:
-                    f[name].resize(max(rows + n_new, 2 * f[name].shape[0]), axis=0)
-            if n_new:
-                for name, values in out.items():
-                    arr = np.array(values, dtype=object) if name == "source" else np.stack(values)
-                    f[name][rows:rows + n_new] = arr
-            if skipped:
-                s = f["skipped"]
-                s.resize(s.shape[0] + len(skipped), axis=0)
-                s[-len(skipped):] = np.array(skipped, dtype=object)
-                for line in skipped:
-                    report(f"skipped {line.replace(chr(9), ': ', 1)}")
-            f.flush()  # data first, then the cursor: a kill never counts unwritten faces
-            rows += n_new
-            f.attrs["cursor"] = np.array([stop, rows], np.int64)
-            f.flush()
-            bar.update(stop - start)
-        bar.close()
-        skipped_all = list(f["skipped"].asstr()[()])
-        del f.attrs["cursor"]
-        writer.finish(rows)
-    finally:
-        bar.close()  # also on failure: an open bar garbles every later message
-        writer.close()
-    report_path = output.with_name(output.name + ".report.tsv")
-    report_path.write_text("path\treason\n" + "".join(line + "\n" for line in skipped_all))
-    if rows == 0:
-        report(f"{output}: no face found in any of {len(photos)} photos.")
-    return {"n_faces": rows, "n_photos": len(photos), "skipped": skipped_all, "report": str(report_path)}
+        extra = {"source": ((), STR), "boxes": ((4,), np.float32), "scores": ((), np.float32),
+                 "landmarks5": ((5, 2), np.float32), "landmarks5_mtcnn": ((5, 2), np.float32)}
+        if refiner is not None:
+            extra["landmarks68"] = ((68, 2), np.float32)
+        writer = ImageWriter(output, len(photos), size, provenance(photos=str(photos_dir), size=size,
+                                                                   all_faces=all_faces, n_photos=len(photos),
+                                                                   landmarks=landmarks, crop_template=tpl.name),
+                             key, extra, resizable=True)
+        f = writer.f
+        if "cursor" not in f.attrs:
+            f.attrs["cursor"] = np.array([0, 0], np.int64)
+            f.create_dataset("label_names", data=np.array(classes, dtype=object), dtype=STR)
+            f.create_dataset("skipped", (0,), STR, maxshape=(None,), chunks=True)
+        photos_done, rows = (int(x) for x in f.attrs["cursor"])
+        detector = MTCNN(min_face_size=min_face_size, thresholds=thresholds, device=device)
+        bar = tqdm(total=len(photos), initial=photos_done, unit="photo", desc="align", disable=not progress)
+        try:
+            for start in range(photos_done, len(photos), batch_size):
+                stop = min(start + batch_size, len(photos))
+                images, ok, skipped = [], [], []
+                for i in range(start, stop):
+                    try:
+                        images.append(read_rgb(photos[i]))
+                        ok.append(i)
+                    except UserError as e:  # its message starts with the path, already in the first column
+                        skipped.append(f"{rel[i]}\t{str(e).removeprefix(str(photos[i]) + ': ')}")
+                dets = detector.detect(images) if images else []
+                out = {k: [] for k in ("images", "labels", "index", "source", "boxes", "scores", "landmarks5",
+                                       "landmarks5_mtcnn", *(("landmarks68",) if refiner else ()))}
+                for i, img, det in zip(ok, images, dets):
+                    if len(det.scores) == 0:
+                        skipped.append(f"{rel[i]}\tno face found")
+                        continue
+                    keep = range(len(det.scores)) if all_faces else [pick_face(det.boxes, det.scores, img.shape[:2])]
+                    five = det.landmarks[list(keep)]
+                    if refiner is not None:
+                        p68 = refiner.refine(img, five)
+                        out["landmarks68"].extend(p68)
+                        five = five_from_68(p68)
+                    faces = align_face(img, five, size, template=tpl.name)
+                    for j, k in enumerate(keep):
+                        out["images"].append(faces[j])
+                        out["labels"].append(label_of[str(Path(rel[i]).parent)])
+                        out["index"].append(i)
+                        out["source"].append(rel[i])
+                        out["boxes"].append(det.boxes[k])
+                        out["scores"].append(det.scores[k])
+                        out["landmarks5"].append(five[j])
+                        out["landmarks5_mtcnn"].append(det.landmarks[k])
+                n_new = len(out["images"])
+                if rows + n_new > f["images"].shape[0]:  # --all-faces: more faces than photos
+                    for name in writer.row_datasets:
+                        f[name].resize(max(rows + n_new, 2 * f[name].shape[0]), axis=0)
+                if n_new:
+                    for name, values in out.items():
+                        arr = np.array(values, dtype=object) if name == "source" else np.stack(values)
+                        f[name][rows:rows + n_new] = arr
+                if skipped:
+                    s = f["skipped"]
+                    s.resize(s.shape[0] + len(skipped), axis=0)
+                    s[-len(skipped):] = np.array(skipped, dtype=object)
+                    for line in skipped:
+                        report(f"skipped {line.replace(chr(9), ': ', 1)}")
+                f.flush()  # data first, then the cursor: a kill never counts unwritten faces
+                rows += n_new
+                f.attrs["cursor"] = np.array([stop, rows], np.int64)
+                f.flush()
+                bar.update(stop - start)
+            bar.close()
+            skipped_all = list(f["skipped"].asstr()[()])
+            report_path = output.with_name(output.name + ".report.tsv")
+            write_atomic(report_path, ("path\treason\n" + "".join(line + "\n" for line in skipped_all)).encode())
+            if rows == 0:  # an empty set is no set: nothing to train or judge on
+                raise UserError(f"{photos_dir}: no face found in any of its {len(photos)} photos (reasons in "
+                                f"{report_path}); {output} was not written.")
+            del f.attrs["cursor"]
+            writer.finish(rows)
+        finally:
+            bar.close()  # also on failure: an open bar garbles every later message
+            writer.close()
+        return {"n_faces": rows, "n_photos": len(photos), "skipped": skipped_all, "report": str(report_path)}

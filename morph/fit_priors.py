@@ -29,7 +29,7 @@ import scipy.io
 import yaml
 
 from morph.errors import UserError
-from morph.files import write_atomic
+from morph.files import output_lock, write_atomic
 from morph.priors import load_priors, parse_priors
 
 POSE_KEY = "Pose_Para"
@@ -139,7 +139,8 @@ def fit_priors(folder: Path, output: Path, base: str | None = None, expression_m
     doc["description"] = f"fitted by morph fit-priors to {len(poses)} annotations in {folder}"
     text = yaml.safe_dump(doc, sort_keys=False, width=120)
     parse_priors(yaml.safe_load(text), text, str(output))  # what we write must read back
-    write_atomic(Path(output), text.encode())
+    with output_lock(Path(output), "priors file"):
+        write_atomic(Path(output), text.encode())
     for line in skipped:
         report(line)
     return {"n_files": len(files), "n_used": len(poses), "n_expression": len(exps), "n_lighting": len(lights),

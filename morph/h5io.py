@@ -35,7 +35,7 @@ import h5py
 import numpy as np
 
 from morph.errors import UserError
-from morph.files import partial_path, write_atomic
+from morph.files import disk_errors, hdf5_write_failed, partial_path, write_atomic
 from morph.sample import Sample
 
 
@@ -72,10 +72,15 @@ def open_h5(path: str | Path, what: str) -> h5py.File:
 
 
 def require_complete(f: h5py.File, path: Path) -> None:
-    """Refuse a file still being written (``NAME.partial``) or one whose ``complete`` attribute
-    is false (a file from another tool, without the attribute, is taken as it is)."""
-    if not f.attrs.get("complete", True) or Path(path).name.endswith(".partial"):
+    """A file counts as complete only if it says so (its ``complete`` attribute, which every
+    writer of the toolkit sets last); a file still being written (``NAME.partial``) never does."""
+    if Path(path).name.endswith(".partial") or "complete" in f.attrs and not f.attrs["complete"]:
         raise UserError(f"{path}: is not complete; finish the command that writes it first.")
+    if "complete" not in f.attrs:
+        raise UserError(f"{path}: does not say it is complete (no 'complete' attribute): a file this toolkit "
+                        "did not write or did not finish. Re-create it with the command that makes it; a set "
+                        "you made yourself and know to be whole can be marked with h5py: f.attrs['complete'] "
+                        "= True.")
 
 
 def completed_output(output: Path, key: str, what: str) -> bool:
@@ -115,6 +120,7 @@ def write_identities(path: str | Path, s: Sample, attrs: dict) -> None:
             f["image/pose"] = s.pose
             f["image/sh"] = s.sh
             f["image/camera_distance"] = s.camera_distance
+            f.attrs["complete"] = True
 
     write_atomic(Path(path), write)
 
@@ -126,12 +132,35 @@ IDENTITY_KEYS = ("identity/alpha", "identity/gamma", "image/identity", "image/in
 def read_identities(path: str | Path) -> tuple[Sample, dict]:
     with open_h5(path, "identities file") as f:
         require(f, IDENTITY_KEYS, "identities file", "make one with 'morph sample-identities'.")
-        s = Sample(alpha=f["identity/alpha"][()], gamma=f["identity/gamma"][()],
-                   identity=f["image/identity"][()], image=f["image/index"][()],
-                   beta=f["image/beta"][()], pose=f["image/pose"][()], sh=f["image/sh"][()],
-                   camera_distance=f["image/camera_distance"][()])
+        data = {k: f[k][()] for k in IDENTITY_KEYS}
         attrs = dict(f.attrs)
+    check_identities(path, data)
+    s = Sample(alpha=data["identity/alpha"], gamma=data["identity/gamma"], identity=data["image/identity"],
+               image=data["image/index"], beta=data["image/beta"], pose=data["image/pose"], sh=data["image/sh"],
+               camera_distance=data["image/camera_distance"])
     return s, attrs
+
+
+def check_identities(path, d: dict[str, np.ndarray]) -> None:
+    """Refuse an identities file whose arrays have the wrong kind, rank or length, or hold values
+    that would render blank (non-finite coefficients, a camera at or behind the face)."""
+    m = d["image/identity"].shape[0] if d["image/identity"].ndim == 1 else -1
+    want = {"identity/alpha": 2, "identity/gamma": 2, "image/identity": 1, "image/index": 1, "image/beta": 2,
+            "image/pose": 2, "image/sh": 3, "image/camera_distance": 1}
+    for k, rank in want.items():
+        a = d[k]
+        if a.ndim != rank or a.dtype.kind not in ("iu" if k in ("image/identity", "image/index") else "f"):
+            raise UserError(f"{path}: '{k}' is {a.dtype} of shape {a.shape}, not the layout 'morph sample-identities' "
+                            "writes; re-create the file with it.")
+        if k.startswith("image/") and a.shape[0] != m:
+            raise UserError(f"{path}: '{k}' has {a.shape[0]} rows for {m} images; re-create the file.")
+        if a.dtype.kind == "f" and not np.all(np.isfinite(a)):
+            raise UserError(f"{path}: '{k}' holds NaN or infinite values; re-create the file (check the priors).")
+    if d["image/pose"].shape[1:] != (3,) or d["image/sh"].shape[1:] != (9, 3):
+        raise UserError(f"{path}: pose must be (M, 3) and sh (M, 9, 3); re-create the file.")
+    if np.any(d["image/camera_distance"] <= 0):
+        raise UserError(f"{path}: a camera distance is zero or negative (the face would be behind the camera); "
+                        "fix the priors' camera_distance and sample again.")
 
 
 class ImageWriter:
@@ -161,35 +190,37 @@ class ImageWriter:
                 self.f = f
             except OSError:
                 self.tmp.unlink()
-        if not self.tmp.exists():
-            self.f = h5py.File(self.tmp, "w")
-            for k, v in attrs.items():
-                self.f.attrs[k] = v
-            self.f.attrs["n_done"] = 0
-            comp = dict(compression="gzip", compression_opts=4, shuffle=True)
-            grow = (lambda shape: dict(maxshape=(None, *shape))) if resizable else (lambda shape: {})
-            if images:
-                self.f.create_dataset("images", (n, size, size, 3), np.uint8, chunks=(1, size, size, 3),
-                                      **comp, **grow((size, size, 3)))
-                self.f.create_dataset("labels", (n,), np.int64, **grow(()))
-                self.f.create_dataset("index", (n,), np.int64, **grow(()))
-            for name, (shape, dtype) in (extra or {}).items():
-                # chunk per row; a row with no values (e.g. colour coefficients of a model without
-                # a colour model) cannot be chunked at all
-                chunks = (1, *shape) if shape and 0 not in shape else (True if resizable else None)
-                self.f.create_dataset(name, (n, *shape), dtype, chunks=chunks,
-                                      **(comp if len(shape) >= 2 else {}), **grow(shape))
-            self.f.attrs["job_key"] = key
-            self.f.flush()
-        self.n_done = int(self.f.attrs["n_done"])
+        with disk_errors(self.path):
+            if not self.tmp.exists():
+                self.f = h5py.File(self.tmp, "w")
+                for k, v in attrs.items():
+                    self.f.attrs[k] = v
+                self.f.attrs["n_done"] = 0
+                comp = dict(compression="gzip", compression_opts=4, shuffle=True)
+                grow = (lambda shape: dict(maxshape=(None, *shape))) if resizable else (lambda shape: {})
+                if images:
+                    self.f.create_dataset("images", (n, size, size, 3), np.uint8, chunks=(1, size, size, 3),
+                                          **comp, **grow((size, size, 3)))
+                    self.f.create_dataset("labels", (n,), np.int64, **grow(()))
+                    self.f.create_dataset("index", (n,), np.int64, **grow(()))
+                for name, (shape, dtype) in (extra or {}).items():
+                    # chunk per row; a row with no values (e.g. colour coefficients of a model without
+                    # a colour model) cannot be chunked at all
+                    chunks = (1, *shape) if shape and 0 not in shape else (True if resizable else None)
+                    self.f.create_dataset(name, (n, *shape), dtype, chunks=chunks,
+                                          **(comp if len(shape) >= 2 else {}), **grow(shape))
+                self.f.attrs["job_key"] = key
+                self.f.flush()
+            self.n_done = int(self.f.attrs["n_done"])
 
     def write(self, start: int, arrays: dict[str, np.ndarray]) -> None:
         stop = start + len(next(iter(arrays.values())))
-        for k, v in arrays.items():
-            self.f[k][start:stop] = v
-        self.f.flush()  # data first, then the counter: a kill never counts unwritten images
-        self.f.attrs["n_done"] = stop
-        self.f.flush()
+        with disk_errors(self.path):  # (the completed rows stay: a re-run resumes after them)
+            for k, v in arrays.items():
+                self.f[k][start:stop] = v
+            self.f.flush()  # data first, then the counter: a kill never counts unwritten images
+            self.f.attrs["n_done"] = stop
+            self.f.flush()
         self.n_done = stop
 
     def finish(self, n_rows: int | None = None) -> None:
@@ -200,11 +231,16 @@ class ImageWriter:
                 raise ValueError("finish(n_rows): the writer was not created resizable")
             for name in self.row_datasets:
                 self.f[name].resize(n_rows, axis=0)
-        self.f.attrs["complete"] = True
-        del self.f.attrs["n_done"]
-        self.f.close()
-        os.replace(self.tmp, self.path)
+        with disk_errors(self.path):
+            self.f.attrs["complete"] = True
+            del self.f.attrs["n_done"]
+            self.f.close()
+            os.replace(self.tmp, self.path)
 
     def close(self) -> None:
         if self.f.id.valid:
-            self.f.close()
+            try:
+                self.f.close()
+            except (OSError, RuntimeError):
+                if not hdf5_write_failed():  # after a full disk HDF5 cannot close the file; the
+                    raise                    # error already reported says so, and the run resumes

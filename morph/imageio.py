@@ -17,15 +17,25 @@ from morph.errors import UserError
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".ppm", ".pgm", ".pbm", ".pnm", ".bmp", ".webp", ".tif", ".tiff", ".gif"}
 
 
+#: Photos larger than this are refused before decoding (a 15000 x 15000 JPEG needs 675 MB as RGB
+#: and several GB in MTCNN's pyramid); PIL's own decompression-bomb limit is 2 x 89 MP.
+MAX_PIXELS = 64_000_000
+
+
 def read_rgb(path: str | Path) -> np.ndarray:
-    """(H, W, 3) uint8 RGB of an image file, EXIF-rotated; UserError when it cannot be decoded."""
+    """(H, W, 3) uint8 RGB of an image file, EXIF-rotated; UserError when it cannot be decoded
+    or is larger than ``MAX_PIXELS``."""
     path = Path(path)
     try:
         with Image.open(path) as im:
+            w, h = im.size
+            if w * h > MAX_PIXELS:
+                raise UserError(f"{path}: is {w} x {h} px ({w * h / 1e6:.0f} MP), more than the "
+                                f"{MAX_PIXELS / 1e6:.0f} MP this toolkit decodes; downscale it.")
             im.load()  # decode now: a truncated file fails here, not later
             im = ImageOps.exif_transpose(im)
             return to_rgb8(im)
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
         raise UserError(f"{path}: not a readable image ({e.__class__.__name__}: {e}); "
                         "re-download or remove it.") from None
 

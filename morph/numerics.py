@@ -13,6 +13,8 @@ from __future__ import annotations
 import os
 import re
 
+from morph.errors import UserError
+
 #: Run an AVX-512 CPU's AVX2 code paths: ATen's vectorised kernels, oneDNN's JIT, MKL, numpy's
 #: dispatched loops (X86_V3 = AVX2 is what remains), numpy's OpenBLAS, and numba's code generator.
 #: numba needs both variables: with ``NUMBA_CPU_NAME=haswell`` alone it keeps the
@@ -78,3 +80,24 @@ def set_threads(threads: int | None = None) -> int:
     numba.set_num_threads(min(n, numba.config.NUMBA_NUM_THREADS))  # starts numba's pool ...
     torch.set_num_threads(n)  # ... and only then torch's count holds
     return n
+
+
+def check_device(device: str) -> str:
+    """``device`` if this machine can compute on it ("cpu", "cuda", "cuda:N"); a clear error for a
+    name torch does not know or a GPU that is not there."""
+    import torch
+
+    try:
+        d = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise UserError(f"device '{device}' is unknown; give cpu, cuda or cuda:N.") from None
+    if d.type == "cpu":
+        return str(device)
+    if d.type != "cuda":
+        raise UserError(f"device '{device}' is not supported; give cpu, cuda or cuda:N.")
+    if not torch.cuda.is_available():
+        raise UserError(f"device '{device}': this machine has no CUDA GPU torch can use; give cpu.")
+    if d.index is not None and d.index >= torch.cuda.device_count():
+        raise UserError(f"device '{device}': there are {torch.cuda.device_count()} GPUs (cuda:0 .. "
+                        f"cuda:{torch.cuda.device_count() - 1}).")
+    return str(device)

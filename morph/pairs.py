@@ -84,7 +84,7 @@ import torch
 from tqdm import tqdm
 
 from morph.errors import UserError
-from morph.files import job_key
+from morph.files import job_key, output_lock
 from morph.model import MorphableModel
 from morph.template import crop_template, warp_similarity
 
@@ -357,96 +357,97 @@ def render_pairs(annotated: Path, output: Path, model_spec: str, size: int | Non
     conv = raw_convention(model)
     key = _job_key(folder, items, str(model_spec), model, size, max_landmark_error, tpl.name)
     output = Path(output)
-    if completed_output(output, key, "pairs file"):
-        if progress:
-            print(f"{output}: already complete.")
-        with open_h5(output, "pairs file") as f:
-            return {"n_pairs": int(f.attrs.get("n_pairs", 0)), "n_skipped": int(f.attrs.get("n_skipped", 0)),
-                    "n_flagged": int(f.attrs.get("n_flagged", 0)), "complete": True}
+    with output_lock(output, "pairs file"):
+        if completed_output(output, key, "pairs file"):
+            if progress:
+                print(f"{output}: already complete.")
+            with open_h5(output, "pairs file") as f:
+                return {"n_pairs": int(f.attrs.get("n_pairs", 0)), "n_skipped": int(f.attrs.get("n_skipped", 0)),
+                        "n_flagged": int(f.attrs.get("n_flagged", 0)), "complete": True}
 
-    s = size
-    extra = {"real": ((s, s, 3), np.uint8), "render": ((s, s, 3), np.uint8), "mask": ((s, s), bool),
-             "landmarks": ((68, 2), np.float32), "pt2d": ((68, 2), np.float32),
-             "landmark_error": ((), np.float32), "landmark_threshold": ((), np.float32),
-             "flagged": ((), bool), "names": ((), h5py.string_dtype()), "transform": ((2, 3), np.float64)}
-    rule = (f"landmark_error > {max_landmark_error:g} px" if max_landmark_error is not None else
-            f"landmark_error > {DEFAULT_IOD_FRACTION:g} x inter-ocular distance of the annotation (points 36, 45)")
-    attrs = provenance(model=str(model_spec), model_name=model.name, model_sources=model.sources,
-                       annotated=str(folder), size=size, flag_rule=rule, crop_template=tpl.name,
-                       coefficient_convention={k: v for k, v in conv.kind.items()}, n_candidates=len(items))
-    writer = ImageWriter(output, len(items), size, attrs, key, extra, images=False, resizable=True)
-    bar = tqdm(total=len(items), unit="img", desc="render-pairs", disable=not progress)
-    try:
-        f = writer.f
-        if "skipped" not in f:
-            f.create_dataset("skipped", (0,), h5py.string_dtype(), maxshape=(None,), chunks=True)
-        skipped_seen = set(_strings(f["skipped"][()]))
-        index = {it.name: i for i, it in enumerate(items)}
-        start = index[_strings(f["names"][writer.n_done - 1:writer.n_done])[0]] + 1 if writer.n_done else 0
+        s = size
+        extra = {"real": ((s, s, 3), np.uint8), "render": ((s, s, 3), np.uint8), "mask": ((s, s), bool),
+                 "landmarks": ((68, 2), np.float32), "pt2d": ((68, 2), np.float32),
+                 "landmark_error": ((), np.float32), "landmark_threshold": ((), np.float32),
+                 "flagged": ((), bool), "names": ((), h5py.string_dtype()), "transform": ((2, 3), np.float64)}
+        rule = (f"landmark_error > {max_landmark_error:g} px" if max_landmark_error is not None else
+                f"landmark_error > {DEFAULT_IOD_FRACTION:g} x inter-ocular distance of the annotation (points 36, 45)")
+        attrs = provenance(model=str(model_spec), model_name=model.name, model_sources=model.sources,
+                           annotated=str(folder), size=size, flag_rule=rule, crop_template=tpl.name,
+                           coefficient_convention={k: v for k, v in conv.kind.items()}, n_candidates=len(items))
+        writer = ImageWriter(output, len(items), size, attrs, key, extra, images=False, resizable=True)
+        bar = tqdm(total=len(items), unit="img", desc="render-pairs", disable=not progress)
+        try:
+            f = writer.f
+            if "skipped" not in f:
+                f.create_dataset("skipped", (0,), h5py.string_dtype(), maxshape=(None,), chunks=True)
+            skipped_seen = set(_strings(f["skipped"][()]))
+            index = {it.name: i for i, it in enumerate(items)}
+            start = index[_strings(f["names"][writer.n_done - 1:writer.n_done])[0]] + 1 if writer.n_done else 0
 
-        def skip(line: str):
-            if line in skipped_seen:
-                return
-            skipped_seen.add(line)
-            report(line)
-            ds = f["skipped"]
-            ds.resize(ds.shape[0] + 1, axis=0)
-            ds[-1] = line
+            def skip(line: str):
+                if line in skipped_seen:
+                    return
+                skipped_seen.add(line)
+                report(line)
+                ds = f["skipped"]
+                ds.resize(ds.shape[0] + 1, axis=0)
+                ds[-1] = line
 
-        bar.update(start)
-        for b0 in range(start, len(items), batch_size):
-            batch = items[b0:b0 + batch_size]
-            rows = []
-            for it in batch:
-                for extra_image in it.images[1:]:
-                    skip(f"{extra_image}: another image ({it.images[0].name}) has the same name; skipped.")
-                if it.mat is None:
-                    skip(f"{it.images[0]}: has no annotation {Path(it.name).name}.mat next to it; skipped.")
-                    continue
-                try:
-                    ann = read_pair_annotation(it.mat, model, conv)
-                    image = read_rgb(it.images[0])
-                except UserError as e:
-                    skip(f"{str(e).rstrip('.')}; skipped.")
-                    continue
-                g = renderer.geometry(ann, image.shape[:2])
-                err, thr, flag = landmark_check(g["landmarks_photo"], ann.pt2d, max_landmark_error)
-                rows.append((it, image, ann, g, err, thr, flag))
-            if rows:
-                renders, masks = renderer.render([r[3] for r in rows])
-                writer.write(writer.n_done, {
-                    "real": np.stack([warp_similarity(r[1], r[3]["transform"], size)[0] for r in rows]),
-                    "render": renders, "mask": masks,
-                    "landmarks": np.stack([map_points(r[3]["landmarks_photo"], r[3]["transform"]) for r in rows]
-                                          ).astype(np.float32),
-                    "pt2d": np.stack([map_points(r[2].pt2d, r[3]["transform"]) for r in rows]).astype(np.float32),
-                    "landmark_error": np.array([r[4] for r in rows], np.float32),
-                    "landmark_threshold": np.array([r[5] for r in rows], np.float32),
-                    "flagged": np.array([r[6] for r in rows], bool),
-                    "names": np.array([r[0].name for r in rows], dtype=object),
-                    "transform": np.stack([r[3]["transform"] for r in rows])})
-            else:
-                f.flush()
-            bar.update(len(batch))
-        bar.close()
-        n_rows = writer.n_done
-        n_skipped = int(f["skipped"].shape[0])
-        if n_rows == 0:
+            bar.update(start)
+            for b0 in range(start, len(items), batch_size):
+                batch = items[b0:b0 + batch_size]
+                rows = []
+                for it in batch:
+                    for extra_image in it.images[1:]:
+                        skip(f"{extra_image}: another image ({it.images[0].name}) has the same name; skipped.")
+                    if it.mat is None:
+                        skip(f"{it.images[0]}: has no annotation {Path(it.name).name}.mat next to it; skipped.")
+                        continue
+                    try:
+                        ann = read_pair_annotation(it.mat, model, conv)
+                        image = read_rgb(it.images[0])
+                    except UserError as e:
+                        skip(f"{str(e).rstrip('.')}; skipped.")
+                        continue
+                    g = renderer.geometry(ann, image.shape[:2])
+                    err, thr, flag = landmark_check(g["landmarks_photo"], ann.pt2d, max_landmark_error)
+                    rows.append((it, image, ann, g, err, thr, flag))
+                if rows:
+                    renders, masks = renderer.render([r[3] for r in rows])
+                    writer.write(writer.n_done, {
+                        "real": np.stack([warp_similarity(r[1], r[3]["transform"], size)[0] for r in rows]),
+                        "render": renders, "mask": masks,
+                        "landmarks": np.stack([map_points(r[3]["landmarks_photo"], r[3]["transform"]) for r in rows]
+                                              ).astype(np.float32),
+                        "pt2d": np.stack([map_points(r[2].pt2d, r[3]["transform"]) for r in rows]).astype(np.float32),
+                        "landmark_error": np.array([r[4] for r in rows], np.float32),
+                        "landmark_threshold": np.array([r[5] for r in rows], np.float32),
+                        "flagged": np.array([r[6] for r in rows], bool),
+                        "names": np.array([r[0].name for r in rows], dtype=object),
+                        "transform": np.stack([r[3]["transform"] for r in rows])})
+                else:
+                    f.flush()
+                bar.update(len(batch))
+            bar.close()
+            n_rows = writer.n_done
+            n_skipped = int(f["skipped"].shape[0])
+            if n_rows == 0:
+                writer.close()
+                writer.tmp.unlink()
+                raise UserError(f"{folder}: none of the {len(items)} images gave a pair ({n_skipped} skipped, see above); "
+                                "fix the files named above or give another folder.")
+            n_flagged = int(np.count_nonzero(f["flagged"][:n_rows]))
+            f.attrs["n_pairs"] = n_rows
+            f.attrs["n_skipped"] = n_skipped
+            f.attrs["n_flagged"] = n_flagged
+            f.attrs["n_mat_without_image"] = n_orphans
+            writer.finish(n_rows)
+        finally:
+            bar.close()  # also on failure: an open bar garbles every later message
             writer.close()
-            writer.tmp.unlink()
-            raise UserError(f"{folder}: none of the {len(items)} images gave a pair ({n_skipped} skipped, see above); "
-                            "fix the files named above or give another folder.")
-        n_flagged = int(np.count_nonzero(f["flagged"][:n_rows]))
-        f.attrs["n_pairs"] = n_rows
-        f.attrs["n_skipped"] = n_skipped
-        f.attrs["n_flagged"] = n_flagged
-        f.attrs["n_mat_without_image"] = n_orphans
-        writer.finish(n_rows)
-    finally:
-        bar.close()  # also on failure: an open bar garbles every later message
-        writer.close()
-    return {"n_pairs": n_rows, "n_skipped": n_skipped, "n_flagged": n_flagged, "n_mat_without_image": n_orphans,
-            "complete": False}
+        return {"n_pairs": n_rows, "n_skipped": n_skipped, "n_flagged": n_flagged, "n_mat_without_image": n_orphans,
+                "complete": False}
 
 
 def _strings(a) -> list[str]:

@@ -7,6 +7,7 @@ import numpy as np
 from PIL import Image
 
 from morph.errors import UserError
+from morph.files import output_lock, write_atomic
 from morph.h5io import open_h5, require
 
 
@@ -29,5 +30,10 @@ def contact_sheet(path: Path, output: Path, max_identities: int = 8, max_images:
     output = Path(output)
     if not output.resolve().parent.is_dir():
         raise UserError(f"{output}: folder {output.resolve().parent} does not exist; create it first.")
-    Image.fromarray(sheet).save(output)
+    kind = Image.registered_extensions().get(output.suffix.lower())
+    if kind is None or kind not in Image.SAVE:
+        raise UserError(f"{output}: '{output.suffix or '(no extension)'}' is not an image type Pillow writes; "
+                        "name the sheet .png or .jpg.")
+    with output_lock(output, "contact sheet"):
+        write_atomic(output, lambda tmp: Image.fromarray(sheet).save(tmp, format=kind))
     return output

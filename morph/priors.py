@@ -44,6 +44,10 @@ GROUPS = {
     "camera_distance": (1, "per-image camera distance in millimetres"),
 }
 PER_IDENTITY = ("shape", "texture")
+#: Bounds that keep renders faces: std_scale multiplies a model's standard deviations; the camera
+#: distance is in mm from the face centre
+MAX_STD_SCALE = 100.0
+CAMERA_MM = (100.0, 100_000.0)
 PER_IMAGE = ("expression", "pose", "sh", "camera_distance")
 _KEYS = {"mean", "std", "cov", "low", "high", "std_scale", "basis", "fitted_from"}
 
@@ -121,6 +125,7 @@ def parse_priors(doc, text: str = "", source: str = "<priors>") -> Priors:
     if missing:
         raise UserError(f"{source}: missing parameter group {', '.join(missing)}.")
     groups = {name: _parse_group(name, doc[name], source) for name in GROUPS}
+    _check_camera(groups["camera_distance"], source)
     if not text:
         text = yaml.safe_dump(doc, sort_keys=False)
     return Priors(groups=groups, text=text, source=source)
@@ -138,8 +143,9 @@ def _parse_group(name: str, spec, source: str) -> Gaussian:
         if dim is not None:
             raise UserError(f"{where}: std_scale applies to shape, texture and expression only; give mean and std.")
         s = _number(spec["std_scale"], where + " std_scale")
-        if s < 0:
-            raise UserError(f"{where}: std_scale is negative ({s}); a standard deviation must be >= 0.")
+        if not 0 <= s <= MAX_STD_SCALE:
+            raise UserError(f"{where}: std_scale is {s:g}; it scales the model's standard deviations and must be "
+                            f"in [0, {MAX_STD_SCALE:g}].")
         return Gaussian(mean=np.zeros(0), chol=np.zeros((0, 0)), std_scale=s, basis=spec.get("basis"))
     if "mean" not in spec or ("std" not in spec and "cov" not in spec):
         raise UserError(f"{where} needs 'mean' and one of 'std' or 'cov' (or 'std_scale').")
@@ -155,7 +161,10 @@ def _parse_group(name: str, spec, source: str) -> Gaussian:
             raise UserError(f"{where}: std has a negative value; standard deviations must be >= 0.")
         chol = np.diag(std)
     else:
-        cov = np.asarray(spec["cov"], dtype=np.float64)
+        try:
+            cov = np.asarray(spec["cov"], dtype=np.float64)
+        except (TypeError, ValueError):
+            raise UserError(f"{where}: cov must be a {d}x{d} matrix of numbers.") from None
         if cov.shape != (d, d) or not np.all(np.isfinite(cov)):
             raise UserError(f"{where}: cov must be a finite {d}x{d} matrix.")
         if np.any(np.diag(cov) < 0):
@@ -171,6 +180,25 @@ def _parse_group(name: str, spec, source: str) -> Gaussian:
     if low is not None and high is not None and np.any(low > high):
         raise UserError(f"{where}: low is above high for some value.")
     return Gaussian(mean=mean, chol=chol, low=low, high=high, basis=spec.get("basis"))
+
+
+def _check_camera(g: Gaussian, source: str) -> None:
+    """A camera at or behind the face, or so far that it is a dot, renders a blank image."""
+    mean = float(g.mean[0])
+    std = float(abs(g.chol[0, 0]))
+    low = None if g.low is None else float(g.low[0])
+    if not CAMERA_MM[0] <= mean <= CAMERA_MM[1]:
+        raise UserError(f"{source}: 'camera_distance' mean is {mean:g} mm; give {CAMERA_MM[0]:g} to {CAMERA_MM[1]:g} mm "
+                        "(the face is ~200 mm tall; 800 mm frames it like a portrait).")
+    if (low is None or low <= 0) and mean - 6 * std <= 0:
+        raise UserError(f"{source}: 'camera_distance' can be drawn at or behind the face (mean {mean:g}, std {std:g} mm); "
+                        "add a positive 'low', e.g. low: [400].")
+    if g.high is None and std > mean:
+        raise UserError(f"{source}: 'camera_distance' std {std:g} mm is larger than its mean {mean:g} mm; lower it or "
+                        "add a 'high'.")
+    if g.high is not None and float(g.high[0]) > CAMERA_MM[1]:
+        raise UserError(f"{source}: 'camera_distance' high is {float(g.high[0]):g} mm; keep it at most "
+                        f"{CAMERA_MM[1]:g} mm.")
 
 
 def cholesky_psd(cov: np.ndarray) -> np.ndarray:

@@ -19,6 +19,13 @@ from morph.model import MorphableModel
 from morph.priors import Priors
 
 
+#: Bounds of what can be sampled (and stored as int64): seeds, identity numbers, block sizes.
+MAX_SEED = 2 ** 63 - 1
+MAX_IDENTITY = 2 ** 62
+MAX_IDENTITIES = 10 ** 9
+MAX_IMAGES = 10 ** 6
+
+
 def _rng(seed: int, *key: int) -> np.random.Generator:
     return np.random.Generator(np.random.PCG64(np.random.SeedSequence(seed, spawn_key=key)))
 

@@ -31,6 +31,22 @@ import yaml
 from morph.errors import UserError
 
 VARIANTS = ("ours", "no_pairs", "no_identity", "cyclegan", "simgan", "recons")
+INT64 = 2 ** 63 - 1
+#: numeric settings: (kind, low, high, which ends are open: "", "(", ")" or "()"); a value
+#: outside is refused, naming the range
+RANGES = {
+    "steps": ("int", 1, INT64, ""), "batch_size": ("int", 1, 65536, ""),
+    "image_size": ("int", 16, 1024, ""), "g_width": ("int", 1, 1024, ""), "d_hidden": ("int", 1, 1024, ""),
+    "images_per_identity": ("int", 1, 65536, ""), "warmup_steps": ("int", 0, INT64, ""),
+    "seed": ("int", 0, 2 ** 32 - 1, ""), "checkpoint_every": ("int", 1, INT64, ""),
+    "keep_checkpoints": ("int", 1, 1_000_000, ""), "log_every": ("int", 1, INT64, ""),
+    "grid_every": ("int", 1, INT64, ""),
+    "lr": ("float", 0.0, 1.0, "("), "lambda_cyc": ("float", 0.0, 1e6, ""), "lambda_dp": ("float", 0.0, 1e6, ""),
+    "lambda_c": ("float", 0.0, 1e6, ""), "lambda_id": ("float", 0.0, 1e6, ""),
+    "lambda_reg": ("float", 0.0, 1e6, ""), "gamma": ("float", 0.0, 10.0, ""),
+    "lambda_k": ("float", 0.0, 1.0, ""), "eta": ("float", 0.0, 1e3, ""),
+    "centroid_momentum": ("float", 0.0, 1.0, ")"), "ema_decay": ("float", 0.0, 1.0, ")"),
+}
 PAPER_STEPS = 248_000
 PAPER_MILESTONES = (128_000, 192_000, 224_000, 240_000, 244_000, 246_000, 247_000)
 
@@ -69,17 +85,30 @@ class TrainConfig:
     amp: bool = False  # bfloat16 autocast of the networks (CUDA; CPUs with AMX or AVX512-BF16)
 
     def __post_init__(self):
-        if self.variant not in VARIANTS:
-            raise UserError(f"variant '{self.variant}' is unknown; choose one of {', '.join(VARIANTS)}.")
-        self.betas = tuple(self.betas)
-        from refine.nets import NORMS
-        if self.norm not in NORMS:
-            raise UserError(f"norm '{self.norm}' is unknown; choose one of {', '.join(NORMS)} (batch norm was "
-                            "dropped: the authors' generators run without it).")
-        for name in ("steps", "batch_size", "checkpoint_every", "keep_checkpoints", "log_every", "grid_every",
-                     "images_per_identity", "g_width", "d_hidden"):
-            if getattr(self, name) < 1:
-                raise UserError(f"{name} must be at least 1 (got {getattr(self, name)}).")
+        for name, (kind, low, high, open_ends) in RANGES.items():
+            value = getattr(self, name)
+            if value is None and name == "image_size":
+                continue
+            setattr(self, name, _number(name, value, kind, low, high, open_ends))
+        for name, choices in (("variant", VARIANTS), ("norm", ("authors", "instance"))):
+            if getattr(self, name) not in choices:
+                raise UserError(f"{name} '{getattr(self, name)}' is unknown; choose one of {', '.join(choices)}"
+                                + (" (batch norm was dropped: the authors' generators run without it)."
+                                   if name == "norm" else "."))
+        for name in ("embedder", "device"):
+            if not isinstance(getattr(self, name), str) or not getattr(self, name):
+                raise UserError(f"{name} must be a non-empty string (got {getattr(self, name)!r}).")
+        if self.crop_template is not None:
+            from morph.template import crop_template
+            crop_template(self.crop_template)
+        if not isinstance(self.amp, bool):
+            raise UserError(f"amp must be true or false (got {self.amp!r}).")
+        try:
+            self.betas = tuple(float(b) for b in self.betas)
+        except (TypeError, ValueError):
+            raise UserError(f"betas must be two numbers in [0, 1) (got {self.betas!r}).") from None
+        if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
+            raise UserError(f"betas must be two numbers in [0, 1) (got {self.betas!r}).")
         if self.batch_size < 2 and self.uses_identity:
             raise UserError("batch_size must be at least 2 for the identity-set loss (sigma needs M - 1 > 0).")
 
@@ -110,6 +139,20 @@ class TrainConfig:
         d = dataclasses.asdict(self)
         d["betas"] = list(self.betas)
         return d
+
+
+def _number(name: str, value, kind: str, low, high, open_ends: str):
+    """``value`` as an int or a finite float inside its range (``RANGES``)."""
+    import math
+
+    span = f"{'(' if '(' in open_ends else '['}{low}, {high}{')' if ')' in open_ends else ']'}"
+    ok = (isinstance(value, int) and not isinstance(value, bool)) if kind == "int" else \
+        (isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value))
+    if (not ok or value < low or value > high or ("(" in open_ends and value == low)
+            or (")" in open_ends and value == high)):
+        what = "an integer" if kind == "int" else "a finite number"
+        raise UserError(f"{name} must be {what} in {span} (got {value!r}).")
+    return int(value) if kind == "int" else float(value)
 
 
 def load_config(path: str | Path | None, **overrides) -> TrainConfig:

@@ -48,8 +48,18 @@ class H5Images:
                 raise UserError(f"{self.path}: not a {what} (missing {', '.join(missing)}); {fix}")
             require_complete(f, self.path)
             shapes = {k: f[k].shape for k in keys}
+            for k in keys:
+                if f[k].dtype != np.uint8:
+                    raise UserError(f"{self.path}: '{k}' holds {f[k].dtype} values; training reads 8-bit RGB images "
+                                    f"(uint8), as the toolkit writes them; {fix}")
             self.template = template_of(f.attrs)
-            self.labels = f[labels][()].astype(np.int64) if labels else None
+            self.labels = None
+            if labels:
+                raw = f[labels]
+                if raw.ndim != 1 or raw.dtype.kind not in "iu" or raw.shape[0] != shapes[keys[0]][0]:
+                    raise UserError(f"{self.path}: '{labels}' is {raw.dtype} of shape {raw.shape} for "
+                                    f"{shapes[keys[0]][0]} images; identity labels are one integer per image. {fix}")
+                self.labels = raw[()].astype(np.int64)
         n = {s[0] for s in shapes.values()}
         if len(n) != 1:
             raise UserError(f"{self.path}: datasets {', '.join(keys)} differ in length; re-create the file.")

@@ -2,10 +2,14 @@
 from __future__ import annotations
 
 import os
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
+
+from morph.errors import UserError
+from morph.files import output_lock
 
 
 @dataclass
@@ -44,3 +48,27 @@ def finish(ddp: Dist) -> None:
     called without an active exception", exit -6) after a complete run."""
     if ddp.world > 1 and dist.is_initialized():
         dist.destroy_process_group()
+
+
+@contextmanager
+def main_rank_lock(ddp: Dist, path, what: str):
+    """``morph.files.output_lock`` of ``path`` for the whole group: rank 0 takes it, and when
+    another process holds it every rank stops with an error (the group is left first)."""
+    with ExitStack() as stack:
+        error = None
+        if ddp.main:
+            try:
+                stack.enter_context(output_lock(path, what))
+            except UserError as e:
+                error = e
+        if ddp.world > 1:
+            device = "cuda" if dist.get_backend() == "nccl" else "cpu"
+            held = torch.tensor([0 if error is None else 1], device=device)
+            dist.broadcast(held, 0)
+            if held.item() and error is None:
+                error = UserError(f"{path}: is being written by another process (rank 0 holds no lock); wait for "
+                                  f"it to finish, or write the {what} elsewhere.")
+        if error is not None:
+            finish(ddp)
+            raise error
+        yield

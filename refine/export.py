@@ -49,7 +49,7 @@ import numpy as np
 import torch
 
 from morph.errors import UserError
-from morph.files import disk_errors, file_sha256, job_key, write_atomic
+from morph.files import check_size, disk_errors, file_sha256, job_key, write_atomic
 from morph.numerics import numerics, set_threads
 from morph.template import DEFAULT_TEMPLATE
 from refine.distributed import barrier, finish
@@ -280,6 +280,15 @@ class Exporter:
 
     # ---- the run
     def run(self) -> dict:
+        """The export, holding OUT's lock (``refine.distributed.main_rank_lock``)."""
+        from morph.numerics import check_device
+        from refine.distributed import init_distributed, main_rank_lock
+
+        check_device(self.o.device)
+        with main_rank_lock(init_distributed(self.o.device), self.out, "export"):
+            return self._run()
+
+    def _run(self) -> dict:
         from tqdm import tqdm
 
         from morph.models import load_model
@@ -307,6 +316,11 @@ class Exporter:
         self.model = load_model(o.model)
         self.priors = load_priors(o.priors)
         check_priors(self.model, self.priors)
+        n_images = o.n_identities * o.images_per_identity
+        per_image = {"hdf5": 24_000, "imagefolder": 40_000 if o.png else 6_000}[o.format] * (size / 108) ** 2
+        check_size(self.out, 400 * n_images, int(per_image * n_images),
+                   f"an export of {o.n_identities} x {o.images_per_identity} images",
+                   "export fewer identities per run (--first-identity continues where one stopped).")
         sha = file_sha256(o.checkpoint)
         settings = _settings(o, sha, self.model, self.priors, cfg, self.sink.settings())
         status = check_out(self.out, settings)

@@ -27,7 +27,7 @@ from pathlib import Path
 import yaml
 
 from morph.errors import UserError
-from morph.files import file_sha256, job_key
+from morph.files import file_sha256, job_key, output_lock
 
 STAGES = ("sample", "render", "align", "render-pairs", "train", "export", "evaluate")
 TOP_KEYS = ("out", "model", "priors", "device", "sample", "real", "pairs", "train", "export", "evaluate")
@@ -228,120 +228,121 @@ def run_pipeline(config_path: str | Path, echo: Callable[[str], None] = print, p
     tc = train_config(cfg)
     out = cfg.out
     out.mkdir(parents=True, exist_ok=True)
-    (out / STATE_DIR).mkdir(exist_ok=True)
-    ids, syn = out / "identities.h5", out / "synthetic.h5"
-    status: dict[str, str] = {}
-    n = len(STAGES)
+    with output_lock(out, "pipeline folder"):
+        (out / STATE_DIR).mkdir(exist_ok=True)
+        ids, syn = out / "identities.h5", out / "synthetic.h5"
+        status: dict[str, str] = {}
+        n = len(STAGES)
 
-    def header(i: int, text: str, done: bool, skipped: bool = False):
-        status[STAGES[i]] = "skipped" if skipped else "complete" if done else "run"
-        note = " (skipped)" if skipped else " (already complete)" if done else ""
-        echo(f"[{i + 1}/{n}] {STAGES[i]}: {text}{note}")
+        def header(i: int, text: str, done: bool, skipped: bool = False):
+            status[STAGES[i]] = "skipped" if skipped else "complete" if done else "run"
+            note = " (skipped)" if skipped else " (already complete)" if done else ""
+            echo(f"[{i + 1}/{n}] {STAGES[i]}: {text}{note}")
 
-    # 1 sample
-    done = ids.exists()
-    header(0, f"{cfg.sample['n_identities']} identities x {cfg.sample['images_per_identity']} images, "
-              f"seed {cfg.sample['seed']} -> {ids}", done)
-    _sample_stage(cfg, ids)
+        # 1 sample
+        done = ids.exists()
+        header(0, f"{cfg.sample['n_identities']} identities x {cfg.sample['images_per_identity']} images, "
+                  f"seed {cfg.sample['seed']} -> {ids}", done)
+        _sample_stage(cfg, ids)
 
-    # 2 render
-    done = _h5_complete(syn)
-    header(1, f"{ids.name} -> {syn}", done)
-    render_identities(ids, syn, progress=progress and not done)
+        # 2 render
+        done = _h5_complete(syn)
+        header(1, f"{ids.name} -> {syn}", done)
+        render_identities(ids, syn, progress=progress and not done)
 
-    # 3 align
-    if "h5" in cfg.real:
-        real = _given_h5(cfg, "real", 2, header)
-    else:
-        real = out / "real.h5"
-        done = _h5_complete(real)
-        header(2, f"{cfg.real['photos']} -> {real}", done)
-        opts = {k: cfg.real[k] for k in ("all_faces", "min_face_size", "batch_size") if k in cfg.real}
-        r = align_folder(cfg.real["photos"], real, device="cpu", progress=progress and not done,
-                         report=(lambda line: None) if done else echo, **opts)
-        if not done:
-            echo(f"  {r['n_faces']} faces; {len(r['skipped'])} photos skipped")
-
-    # 4 render-pairs
-    pairs = None
-    if cfg.pairs is None:
-        header(3, "no 'pairs' section; training without paired data", True, skipped=True)
-    elif "h5" in cfg.pairs:
-        pairs = _given_h5(cfg, "pairs", 3, header)
-    else:
-        pairs = out / "pairs.h5"
-        done = _h5_complete(pairs)
-        header(3, f"{cfg.pairs['annotated']} -> {pairs}", done)
-        opts = {k: cfg.pairs[k] for k in ("max_landmark_error", "batch_size") if k in cfg.pairs}
-        render_pairs(cfg.pairs["annotated"], pairs, cfg.pairs["model"], progress=progress and not done,
-                     report=(lambda line: None) if done else (lambda line: echo(f"  {line}")), **opts)
-
-    # 5 train
-    run_dir = out / "run"
-    ckpt_dir = run_dir / "checkpoints"
-    final = ckpt_dir / f"step_{tc.steps:08d}.pt"
-    existing = sorted(ckpt_dir.glob("step_*.pt")) if ckpt_dir.is_dir() else []
-    done = final.is_file()
-    resume = bool(existing) and not done
-    header(4, f"{tc.variant}, {tc.steps} steps, batch {tc.batch_size} -> {run_dir}"
-              + (f" (resuming from {existing[-1].name})" if resume else ""), done)
-    if not done:
-        if existing and int(existing[-1].stem.split("_")[1]) > tc.steps:
-            raise UserError(f"{run_dir}: holds a run past {tc.steps} steps ({existing[-1].name}); raise "
-                            "'train: steps' or choose another 'out'.")
-        train(tc, syn, real, pairs, run_dir, resume=resume, progress=progress)
-        if not final.is_file():
-            raise UserError(f"{run_dir}: training ended without {final.name}.")
-
-    # 6 export
-    exports = {}
-    for fmt in cfg.formats:
-        exports[fmt] = out / "export" / fmt
-    manifests_done = all(_export_complete(p / MANIFEST) for p in exports.values())
-    e = cfg.export
-    header(5, f"{e['n_identities']} identities x {e['images_per_identity']} images, seed {e['seed']} -> "
-              + ", ".join(str(p) for p in exports.values()), manifests_done)
-    (out / "export").mkdir(exist_ok=True)
-    extra = {k: e[k] for k in ("quality", "png", "max_dr_error", "max_cycle_error", "max_retries", "scores",
-                               "dropout", "batch_size", "threads") if k in e}
-    for fmt, path in exports.items():
-        was = _export_complete(path / MANIFEST)
-        m = export_dataset(ExportOptions(checkpoint=final, out=path, n_identities=int(e["n_identities"]),
-                                         images_per_identity=int(e["images_per_identity"]), seed=int(e["seed"]),
-                                         model=str(cfg.model), priors=cfg.priors, format=fmt,
-                                         device=cfg.device, **extra), progress=progress and not was)
-        if not was:
-            echo(f"  {path}: {m.get('counts', {}).get('flagged', 0)} flagged")
-
-    # 7 evaluate
-    report_prefix = out / "report"
-    report = None
-    if cfg.evaluate is None:
-        header(6, "disabled ('evaluate: false')", True, skipped=True)
-    else:
-        ev = dict(cfg.evaluate)
-        dataset = exports[cfg.formats[0]]
-        against = ev.pop("against", None)
-        if against is not None and str(against) == "real":
-            against = real
-        kwargs = {"n_pairs": int(ev.pop("pairs", 1000)), **ev}
-        key = _file_key(dataset / MANIFEST, str(dataset), str(against), kwargs,
-                        against if isinstance(against, Path) else None)
-        key_file = out / STATE_DIR / "evaluate.key"
-        json_path = out / "report.json"
-        done = (json_path.is_file() and (out / "report.png").is_file() and key_file.is_file()
-                and key_file.read_text().strip() == key)
-        header(6, f"{dataset}" + (f" against {against}" if against else "") + f" -> {json_path}", done)
-        if done:
-            report = json.loads(json_path.read_text())
+        # 3 align
+        if "h5" in cfg.real:
+            real = _given_h5(cfg, "real", 2, header)
         else:
-            key_file.unlink(missing_ok=True)
-            report = evaluate(dataset, report_prefix, against=against, device=cfg.device, **kwargs)
-            key_file.write_text(key + "\n")
-            echo(f"  AUC {report['auc']:.4f}, EER {100 * report['eer']:.2f}%")
-    return {"status": status, "out": out, "identities": ids, "synthetic": syn, "real": real, "pairs": pairs,
-            "run": run_dir, "checkpoint": final, "exports": exports,
-            "report": None if report is None else out / "report.json"}
+            real = out / "real.h5"
+            done = _h5_complete(real)
+            header(2, f"{cfg.real['photos']} -> {real}", done)
+            opts = {k: cfg.real[k] for k in ("all_faces", "min_face_size", "batch_size") if k in cfg.real}
+            r = align_folder(cfg.real["photos"], real, device="cpu", progress=progress and not done,
+                             report=(lambda line: None) if done else echo, **opts)
+            if not done:
+                echo(f"  {r['n_faces']} faces; {len(r['skipped'])} photos skipped")
+
+        # 4 render-pairs
+        pairs = None
+        if cfg.pairs is None:
+            header(3, "no 'pairs' section; training without paired data", True, skipped=True)
+        elif "h5" in cfg.pairs:
+            pairs = _given_h5(cfg, "pairs", 3, header)
+        else:
+            pairs = out / "pairs.h5"
+            done = _h5_complete(pairs)
+            header(3, f"{cfg.pairs['annotated']} -> {pairs}", done)
+            opts = {k: cfg.pairs[k] for k in ("max_landmark_error", "batch_size") if k in cfg.pairs}
+            render_pairs(cfg.pairs["annotated"], pairs, cfg.pairs["model"], progress=progress and not done,
+                         report=(lambda line: None) if done else (lambda line: echo(f"  {line}")), **opts)
+
+        # 5 train
+        run_dir = out / "run"
+        ckpt_dir = run_dir / "checkpoints"
+        final = ckpt_dir / f"step_{tc.steps:08d}.pt"
+        existing = sorted(ckpt_dir.glob("step_*.pt")) if ckpt_dir.is_dir() else []
+        done = final.is_file()
+        resume = bool(existing) and not done
+        header(4, f"{tc.variant}, {tc.steps} steps, batch {tc.batch_size} -> {run_dir}"
+                  + (f" (resuming from {existing[-1].name})" if resume else ""), done)
+        if not done:
+            if existing and int(existing[-1].stem.split("_")[1]) > tc.steps:
+                raise UserError(f"{run_dir}: holds a run past {tc.steps} steps ({existing[-1].name}); raise "
+                                "'train: steps' or choose another 'out'.")
+            train(tc, syn, real, pairs, run_dir, resume=resume, progress=progress)
+            if not final.is_file():
+                raise UserError(f"{run_dir}: training ended without {final.name}.")
+
+        # 6 export
+        exports = {}
+        for fmt in cfg.formats:
+            exports[fmt] = out / "export" / fmt
+        manifests_done = all(_export_complete(p / MANIFEST) for p in exports.values())
+        e = cfg.export
+        header(5, f"{e['n_identities']} identities x {e['images_per_identity']} images, seed {e['seed']} -> "
+                  + ", ".join(str(p) for p in exports.values()), manifests_done)
+        (out / "export").mkdir(exist_ok=True)
+        extra = {k: e[k] for k in ("quality", "png", "max_dr_error", "max_cycle_error", "max_retries", "scores",
+                                   "dropout", "batch_size", "threads") if k in e}
+        for fmt, path in exports.items():
+            was = _export_complete(path / MANIFEST)
+            m = export_dataset(ExportOptions(checkpoint=final, out=path, n_identities=int(e["n_identities"]),
+                                             images_per_identity=int(e["images_per_identity"]), seed=int(e["seed"]),
+                                             model=str(cfg.model), priors=cfg.priors, format=fmt,
+                                             device=cfg.device, **extra), progress=progress and not was)
+            if not was:
+                echo(f"  {path}: {m.get('counts', {}).get('flagged', 0)} flagged")
+
+        # 7 evaluate
+        report_prefix = out / "report"
+        report = None
+        if cfg.evaluate is None:
+            header(6, "disabled ('evaluate: false')", True, skipped=True)
+        else:
+            ev = dict(cfg.evaluate)
+            dataset = exports[cfg.formats[0]]
+            against = ev.pop("against", None)
+            if against is not None and str(against) == "real":
+                against = real
+            kwargs = {"n_pairs": int(ev.pop("pairs", 1000)), **ev}
+            key = _file_key(dataset / MANIFEST, str(dataset), str(against), kwargs,
+                            against if isinstance(against, Path) else None)
+            key_file = out / STATE_DIR / "evaluate.key"
+            json_path = out / "report.json"
+            done = (json_path.is_file() and (out / "report.png").is_file() and key_file.is_file()
+                    and key_file.read_text().strip() == key)
+            header(6, f"{dataset}" + (f" against {against}" if against else "") + f" -> {json_path}", done)
+            if done:
+                report = json.loads(json_path.read_text())
+            else:
+                key_file.unlink(missing_ok=True)
+                report = evaluate(dataset, report_prefix, against=against, device=cfg.device, **kwargs)
+                key_file.write_text(key + "\n")
+                echo(f"  AUC {report['auc']:.4f}, EER {100 * report['eer']:.2f}%")
+        return {"status": status, "out": out, "identities": ids, "synthetic": syn, "real": real, "pairs": pairs,
+                "run": run_dir, "checkpoint": final, "exports": exports,
+                "report": None if report is None else out / "report.json"}
 
 
 def _export_complete(manifest: Path) -> bool:

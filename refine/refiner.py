@@ -24,10 +24,18 @@ def _np(x) -> np.ndarray:
 def check_checkpoint(state: dict, source: Path) -> dict:
     """The checkpoint's config, after checking it is a `refine train` checkpoint; the export
     renders at its image size (aligned by ``morph.template`` scaled to that size)."""
-    if not isinstance(state, dict) or "config" not in state or "ema" not in state.get("nets", {}):
+    nets = state.get("nets") if isinstance(state, dict) else None
+    if (not isinstance(state, dict) or not isinstance(state.get("config"), dict) or not isinstance(nets, dict)
+            or not isinstance(nets.get("ema"), dict)):
         raise UserError(f"{source}: not a 'refine train' checkpoint (no config or EMA generator); "
                         "give a file from RUN/checkpoints/.")
     cfg = state["config"]
+    from refine.config import TrainConfig
+    try:  # the config must be one refine train would accept
+        known = {k: v for k, v in cfg.items() if k in TrainConfig.__dataclass_fields__}
+        TrainConfig(**{**known, "betas": tuple(known.get("betas", (0.9, 0.999)))})
+    except (UserError, TypeError) as e:
+        raise UserError(f"{source}: its config is not valid ({e}); the checkpoint is damaged.") from None
     size = cfg.get("image_size")
     if not isinstance(size, int) or size < 16:
         raise UserError(f"{source}: its config has no valid image_size ({size!r}); the checkpoint is damaged.")
@@ -123,6 +131,9 @@ class Refiner:
             if noise_seeds is not None:  # (the padding's seeds are never seen)
                 seeds = [int(v) for v in noise_seeds[start:start + m]] + [0] * (k - m)
             gx = self.G(x, seeds)
+            if not torch.isfinite(gx).all():
+                raise UserError("the checkpoint's generator gives non-finite images (NaN or inf weights?); use "
+                                "another checkpoint of the run.")
             t = self._time("refine", t)
             out["image"][start:start + m] = to_uint8(gx)[:m]
             if self.scores:

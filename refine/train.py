@@ -18,10 +18,10 @@ import torch
 import yaml
 
 from morph.errors import UserError
-from morph.numerics import set_threads
+from morph.numerics import check_device, set_threads
 from refine.checkpoint import CheckpointStore, load_checkpoint
 from refine.config import TrainConfig
-from refine.distributed import finish, init_distributed
+from refine.distributed import finish, init_distributed, main_rank_lock
 from refine.trainer import NonFiniteLoss, Trainer
 
 
@@ -45,15 +45,23 @@ def _trim_log(path: Path, step: int) -> None:
 
 def train(cfg: TrainConfig, synthetic: Path, real: Path, pairs: Path | None, run_dir: Path,
           resume: bool | Path = False, progress: bool = True, threads: int | None = None) -> Path | None:
-    """Train until ``cfg.steps``; returns the final checkpoint (rank 0)."""
-    from tqdm import tqdm
-
+    """Train until ``cfg.steps``, holding the run folder's lock (``RUN.lock``); returns the final
+    checkpoint (rank 0)."""
+    check_device(cfg.device)
     ddp = init_distributed(cfg.device)
     set_threads(threads)  # torchrun: OMP_NUM_THREADS per rank, held (see morph.numerics.set_threads)
     run_dir = Path(run_dir)
-    store = CheckpointStore(run_dir, cfg.keep_checkpoints)
     if ddp.main:
         _check_run_dir(run_dir)
+    with main_rank_lock(ddp, run_dir, "training run"):
+        return _train(cfg, synthetic, real, pairs, run_dir, resume, progress, ddp)
+
+
+def _train(cfg: TrainConfig, synthetic: Path, real: Path, pairs: Path | None, run_dir: Path,
+           resume: bool | Path, progress: bool, ddp) -> Path | None:
+    from tqdm import tqdm
+
+    store = CheckpointStore(run_dir, cfg.keep_checkpoints)
     start_from = None
     if resume:
         start_from = Path(resume) if not isinstance(resume, bool) else store.latest()

@@ -220,6 +220,7 @@ def test_image_folder_and_exported_h5_layouts(sets, tmp_path):
     export.mkdir()
     with h5py.File(sets / "synthetic.h5", "r") as f, h5py.File(export / "ganfaces.h5", "w") as g:
         g["images"], g["labels"] = f["images"][()], f["labels"][()] + 100
+        g.attrs["complete"] = True
     r = json.loads(_evaluate_json(export, tmp_path / "exported"))
     assert r["set"]["kind"] == "refined" and r["set"]["layout"] == "h5"
     assert r["auc"] == pytest.approx(ref["auc"])
@@ -234,9 +235,11 @@ def _evaluate_json(dataset, prefix) -> str:
 def _bad(tmp: Path):
     with h5py.File(tmp / "nolabels.h5", "w") as f:
         f["images"] = np.zeros((4, 108, 108, 3), np.uint8)
+        f.attrs["complete"] = True
     with h5py.File(tmp / "singletons.h5", "w") as f:
         f["images"] = np.zeros((3, 108, 108, 3), np.uint8)
         f["labels"] = np.arange(3)
+        f.attrs["complete"] = True
     (tmp / "text.h5").write_text("not hdf5")
     (tmp / "empty").mkdir()
     (tmp / "unfinished" / "00000").mkdir(parents=True)

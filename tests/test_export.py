@@ -48,8 +48,10 @@ def ckpt(tmp_path_factory):
         renders = f["images"][()]
     with h5py.File(d / "real.h5", "w") as f:
         f["images"] = renders[:, :, ::-1]  # stand-in "photos": mirrored renders
+        f.attrs["complete"] = True
     with h5py.File(d / "pairs.h5", "w") as f:
         f["render"], f["real"] = renders[:8], renders[:8, :, ::-1]
+        f.attrs["complete"] = True
     (d / "small.yaml").write_text(SMALL)
     res = run(refine, "train", "--synthetic", d / "synthetic.h5", "--real", d / "real.h5", "--pairs",
               d / "pairs.h5", "--out", d / "run", "--steps", 4, "--batch-size", 2, "--checkpoint-every", 4,

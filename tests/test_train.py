@@ -76,15 +76,19 @@ def test_resume_after_sigkill_logs_the_same_losses(sets, tmp_path):
     for name, net in sa["nets"].items():
         for k, v in net.items():
             assert torch.equal(v, sb["nets"][name][k]), (name, k)
+    # and the file itself: the same bytes, so an export's checkpoint_sha256 and job keys agree
+    assert (ref / "checkpoints" / "step_00000040.pt").read_bytes() == (out / "checkpoints" / "step_00000040.pt").read_bytes()
 
 
 def _bad_sets(sets, tmp):
     with h5py.File(tmp / "small.h5", "w") as f:
         f["images"] = np.zeros((3, 64, 64, 3), np.uint8)
         f["labels"] = np.zeros(3, np.int64)
+        f.attrs["complete"] = True
     with h5py.File(tmp / "nopairs.h5", "w") as f:
         f["real"] = np.zeros((0, 108, 108, 3), np.uint8)
         f["render"] = np.zeros((0, 108, 108, 3), np.uint8)
+        f.attrs["complete"] = True
     (tmp / "file").write_text("x")
 
 
