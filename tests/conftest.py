@@ -1,3 +1,4 @@
+import importlib.util
 from pathlib import Path
 
 import numpy as np
@@ -7,6 +8,10 @@ from morph.model import MorphableModel, PCAModel
 
 ROOT = Path(__file__).resolve().parents[1]
 TESTDATA = ROOT.parent / "shared" / "testdata"
+
+#: eos/SFM .bin models are read through eos-py (extra "sfm"), which has no wheel for Python 3.13
+requires_eos = pytest.mark.skipif(importlib.util.find_spec("eos") is None,
+                                  reason="eos-py (ganfaces[sfm]) is not installed; it has no Python 3.13 wheel")
 
 
 def read_pts(path) -> np.ndarray:

@@ -3,12 +3,14 @@ from __future__ import annotations
 
 import os
 import pickle
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 import fixtures_formats as fx
+from conftest import requires_eos
 from morph import formats
 from morph.errors import UserError
 from morph.formats import face3d
@@ -200,6 +202,15 @@ def test_malicious_pickle_is_refused_unexecuted(tmp_path):
 
 # ------------------------------------------------------------------- eos / SFM (real) --
 
+def test_a_bin_model_without_eos_is_one_clear_error(monkeypatch):
+    monkeypatch.setitem(sys.modules, "eos", None)  # as on Python 3.13, where eos-py has no wheel
+    with pytest.raises(UserError, match=r"sfm_shape_3448.bin: is an eos/Surrey .bin model.*ganfaces\[sfm\]"):
+        formats.load(SFM / "sfm_shape_3448.bin")
+    with pytest.raises(UserError, match="ganfaces"):
+        formats.load(SFM / "expression_blendshapes_3448.bin")
+
+
+@requires_eos
 def test_sfm_real_files():
     shape = formats.load(SFM / "sfm_shape_3448.bin")
     assert (shape.n_vertices, shape.triangles.shape, shape.n_shape) == (3448, (6736, 3), 63)
@@ -237,6 +248,7 @@ def assert_front_ccw_mostly(model):
 
 # ------------------------------------------------------------------------- YAML specs --
 
+@requires_eos
 def test_spec_composes_files_and_reads_landmarks(tmp_path):
     lm = np.arange(68) * 10
     (tmp_path / "lm.txt").write_text("# iBUG order\n" + "\n".join(map(str, lm)) + "\n")
@@ -252,6 +264,7 @@ def test_spec_composes_files_and_reads_landmarks(tmp_path):
     assert formats.load_spec(spec).landmarks[30] == 114
 
 
+@requires_eos
 def test_spec_paths_are_relative_to_the_yaml(tmp_path):
     (tmp_path / "models").mkdir()
     fx.write_face3d_bfm(tmp_path / "models" / "BFM.mat")
@@ -263,6 +276,7 @@ def test_spec_paths_are_relative_to_the_yaml(tmp_path):
     assert m.sources["texture"] == str(tmp_path / "models" / "BFM.mat")
 
 
+@requires_eos
 def test_spec_unknown_key(tmp_path):
     spec = tmp_path / "bad.yaml"
     spec.write_text(f"shape: {SFM / 'sfm_shape_3448.bin'}\ncolour: x.mat\n")
@@ -272,6 +286,7 @@ def test_spec_unknown_key(tmp_path):
     assert "colour" in msg and "shape, texture, expression, landmarks, name" in msg
 
 
+@requires_eos
 def test_spec_missing_file_is_named(tmp_path):
     spec = tmp_path / "m.yaml"
     spec.write_text(f"shape: {SFM / 'sfm_shape_3448.bin'}\nexpression: nowhere/exp.bin\n")
@@ -313,6 +328,7 @@ def test_truncated_h5(tmp_path):
     assert str(path) in msg and "truncated or corrupt" in msg
 
 
+@requires_eos
 def test_truncated_pkl_and_bin(tmp_path):
     fx.write_tddfa_v2(tmp_path)
     _cut_in_half(tmp_path / "bfm_noneck_v3.pkl")
@@ -367,6 +383,7 @@ def test_unknown_extension(tmp_path):
     assert ".mat" in one_sentence(err)
 
 
+@requires_eos
 def test_compose_mismatched_topologies_names_both_files(tmp_path):
     a, b = tmp_path / "shape.h5", tmp_path / "BFM.mat"
     fx.write_bfm2017(a)

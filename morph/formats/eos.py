@@ -35,12 +35,23 @@ from morph.formats import _common as c
 from morph.model import MorphableModel, PCAModel
 
 
+def _eos(path: Path):
+    """The ``eos`` module, or a clear error saying how to get it."""
+    try:
+        import eos
+    except ImportError:
+        raise c.fail(path, "is an eos/Surrey .bin model, which is read through eos-py",
+                     "pip install 'ganfaces[sfm]' (eos-py 1.5.0 has wheels for Python 3.12 and "
+                     "older only), or convert the model to .h5/.mat") from None
+    return eos
+
+
 def load(path, name: str = "") -> MorphableModel:
     """An eos model or blendshapes file, told apart by trying the model reader first."""
     path = c.existing(path)
     if "blendshape" in path.name.lower() and _looks_like_blendshapes(path):
         return load_blendshapes(path, name)
-    import eos
+    eos = _eos(path)
 
     try:
         model = eos.morphablemodel.load_model(str(path))
@@ -52,7 +63,7 @@ def load(path, name: str = "") -> MorphableModel:
 
 
 def _from_model(path: Path, model, name: str) -> MorphableModel:
-    import eos
+    eos = _eos(path)
 
     shape = _pca(path, model.get_shape_model())
     n3 = shape.mean.shape[0]
@@ -96,9 +107,8 @@ def _looks_like_blendshapes(path: Path) -> bool:
 
 def load_blendshapes(path, name: str = "") -> MorphableModel:
     """An expression-only model from an eos blendshapes file (see the module docstring)."""
-    import eos
-
     path = c.existing(path)
+    eos = _eos(path)
     try:
         shapes = eos.morphablemodel.load_blendshapes(str(path))
     except (RuntimeError, MemoryError) as err:
