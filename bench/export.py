@@ -48,7 +48,7 @@ def write_checkpoint(path: Path) -> Path:
     from refine.config import TrainConfig
     from refine.nets import build_nets
 
-    cfg = TrainConfig()
+    cfg = TrainConfig(image_size=108)  # (a trained run infers it from its synthetic set)
     torch.manual_seed(0)
     nets = build_nets(cfg)
     torch.save({"format": CHECKPOINT_FORMAT, "step": 0, "config": cfg.to_dict(), "world_size": 1,
