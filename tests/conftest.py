@@ -9,6 +9,15 @@ from morph.model import MorphableModel, PCAModel
 ROOT = Path(__file__).resolve().parents[1]
 TESTDATA = ROOT.parent / "shared" / "testdata"
 
+def pytorch3d_imports() -> bool:
+    from morph.render.raster import rasterizer
+    return rasterizer("pytorch3d").available()
+
+
+#: PyTorch3D (extra "pytorch3d") imports only with the torch its binary was built for
+requires_pytorch3d = pytest.mark.skipif(not pytorch3d_imports(),
+                                        reason="PyTorch3D (ganfaces[pytorch3d]) does not import with this torch")
+
 #: eos/SFM .bin models are read through eos-py (extra "sfm"), which has no wheel for Python 3.13
 requires_eos = pytest.mark.skipif(importlib.util.find_spec("eos") is None,
                                   reason="eos-py (ganfaces[sfm]) is not installed; it has no Python 3.13 wheel")

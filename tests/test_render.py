@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import pytorch3d_imports, requires_pytorch3d
 from morph.errors import UserError
 from morph.model import FIVE_POINT_GROUPS, MorphableModel, PCAModel
 from morph.render import RenderSettings, camera, cpu, export_mesh, rasterize, render_batch, render_projected, shading
@@ -22,6 +23,7 @@ from morph.template import five_point_template, similarity_from_points
 TESTDATA = Path(__file__).resolve().parents[2] / "shared" / "testdata"
 SFM = TESTDATA / "models" / "sfm"
 DEFAULT_MODEL = Path(__file__).resolve().parents[1] / "data" / "default_model.h5"
+PYTORCH3D = pytorch3d_imports()
 
 
 # ----------------------------------------------------------------------------- fixtures
@@ -112,6 +114,7 @@ def assert_same_fragments(ours, ref, min_equal=0.999, min_iou=0.999):
 
 
 # ----------------------------------------------------------------------------- (1) rasterizer vs PyTorch3D
+@requires_pytorch3d
 def test_cpu_rasterizer_matches_pytorch3d_on_sfm_16_poses(sfm_mesh):
     verts, tris = sfm_mesh
     ndc = projected_ndc(verts, spread_poses(16), (108, 108))
@@ -127,6 +130,7 @@ def test_cpu_rasterizer_matches_pytorch3d_on_sfm_16_poses(sfm_mesh):
     assert hit.min() >= 5 * len(tris) and hit.max() < 6 * len(tris)
 
 
+@requires_pytorch3d
 @pytest.mark.parametrize("hw", [(40, 56), (56, 40)])
 def test_cpu_rasterizer_matches_pytorch3d_non_square_affine(sfm_mesh, hw):
     """Non-square images (PyTorch3D's longer NDC side) and screen-space barycentrics."""
@@ -139,6 +143,7 @@ def test_cpu_rasterizer_matches_pytorch3d_non_square_affine(sfm_mesh, hw):
     assert_same_fragments(ours, ref)
 
 
+@requires_pytorch3d
 def test_cpu_rasterizer_edge_cases():
     """Background values, pixel centres exactly on a shared edge (strict inside test: neither
     face takes them), depth ties (the smaller face index wins), faces behind the camera."""
@@ -157,12 +162,14 @@ def test_cpu_rasterizer_edge_cases():
     assert (ours.zbuf[bg] == -1).all() and (ours.dists[bg] == -1).all() and (ours.bary_coords[bg] == -1).all()
 
 
+@requires_pytorch3d
 def test_cpu_rasterizer_matches_pytorch3d_default_model_small(default_model):
     ndc = projected_ndc(default_model.shape.mean.reshape(-1, 3), spread_poses(4), (24, 24), distance=800.0, fov=22.0)
     faces = torch.from_numpy(default_model.triangles)
     assert_same_fragments(rasterize(ndc, faces, 24, "cpu", True), rasterize(ndc, faces, 24, "pytorch3d", True))
 
 
+@requires_pytorch3d
 @pytest.mark.slow
 def test_cpu_rasterizer_matches_pytorch3d_default_model_108(default_model):
     """Renders through render_batch (aligned, 108x108); PyTorch3D takes ~10 s per image."""
@@ -368,7 +375,7 @@ def test_pixel_centre_convention():
     tri = np.array([[0, 2, 1], [0, 3, 2]])
     expected = torch.zeros(16, 32, dtype=torch.bool)
     expected[4:12, 10:20] = True
-    for backend in ("cpu", "pytorch3d"):
+    for backend in ("cpu", "pytorch3d") if PYTORCH3D else ("cpu",):
         for engine in ("numba", "torch"):
             out = render_projected(pix, depth, colors, tri, RenderSettings(
                 image_size=(16, 32), align=False, backend=backend, engine=engine, outputs=("image", "mask")))
@@ -501,7 +508,7 @@ def test_every_renderer_forms_the_reference_face_with_an_expression_mean(sfm_mod
     pix = camera.apply_similarity(pix, camera.similarity_to_template(camera.five_points(pix, model.five_point_vertices()), 108))
     known = model.landmarks >= 0  # (SFM maps 60 of the 68 iBUG points)
     want = pix[:, model.landmarks[known]].float()
-    for kw in ({"engine": "numba"}, {"engine": "torch"}, {"engine": "numba", "backend": "pytorch3d"}):
+    for kw in ({"engine": "numba"}, {"engine": "torch"}, *([{"engine": "numba", "backend": "pytorch3d"}] * PYTORCH3D)):
         out = render_batch(model, params, RenderSettings(image_size=108, outputs=("landmarks", "mask"), **kw))
         assert (out.landmarks[:, known] - want).abs().max() < 1e-3, kw
     # the pair renderer: 300W-LP's weak-perspective camera of the same face
