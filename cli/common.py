@@ -52,6 +52,21 @@ class Group(click.Group):
                 sys.stderr.flush()
                 os._exit(2)
             ctx.exit(2)
+        except (MemoryError, RuntimeError) as e:
+            if not _out_of_memory(e):
+                raise
+            click.echo("Error: out of memory; lower --batch-size (or free memory) and re-run the same command "
+                       "to resume.", err=True)
+            ctx.exit(2)
         except KeyboardInterrupt:
             click.echo("Interrupted; re-run the same command to resume.", err=True)
             ctx.exit(130)
+
+
+def _out_of_memory(e: BaseException) -> bool:
+    """Python's MemoryError, torch's (CUDA) OutOfMemoryError, or its CPU allocator's failure
+    (a RuntimeError: "DefaultCPUAllocator: can't allocate memory")."""
+    torch = sys.modules.get("torch")  # (only when a command has imported it)
+    if isinstance(e, MemoryError) or (torch is not None and isinstance(e, getattr(torch, "OutOfMemoryError", ()))):
+        return True
+    return "can't allocate memory" in str(e) or "out of memory" in str(e).lower()

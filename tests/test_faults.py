@@ -158,3 +158,31 @@ def test_an_oversized_photo_is_skipped_with_its_reason(tmp_path):
     assert "huge.png" in report and "72 MP" in report
     with h5py.File(tmp_path / "real.h5", "r") as f:
         assert f["images"].shape[0] == 1
+
+
+def test_out_of_memory_is_one_line_and_resumes(tmp_path, monkeypatch):
+    """Memory running out in the middle of a job (torch's CPU allocator, or Python's MemoryError):
+    one line, exit 2, and the images written before it stay for the re-run."""
+    import morph.render as job  # (render_job imports render_batch from here when it runs)
+
+    assert run(morph, "sample-identities", "--n-identities", 8, "--images-per-identity", 4, "-o",
+               tmp_path / "ids.h5").exit_code == 0
+    from morph.render.renderer import render_batch as real
+
+    for error in (RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate 99 bytes"),
+                  MemoryError()):
+        calls = {"n": 0}
+
+        def failing(*a, error=error, calls=calls, **k):
+            calls["n"] += 1
+            if calls["n"] == 2:
+                raise error
+            return real(*a, **k)
+
+        monkeypatch.setattr(job, "render_batch", failing)
+        res = run(morph, "render", tmp_path / "ids.h5", "-o", tmp_path / "out.h5", "--batch-size", 8)
+        assert res.exit_code == 2 and "out of memory" in res.output and "Traceback" not in res.output
+        with h5py.File(tmp_path / "out.h5.partial", "r") as f:
+            assert f.attrs["n_done"] >= 8  # (the second run resumes after the first one's batch)
+    monkeypatch.setattr(job, "render_batch", real)
+    assert run(morph, "render", tmp_path / "ids.h5", "-o", tmp_path / "out.h5").exit_code == 0
