@@ -1,19 +1,24 @@
-"""Benchmark: coefficients -> shaded 108x108 images on 2 CPU threads, our rasterizer vs PyTorch3D's.
+"""Benchmark: coefficients -> shaded 108x108 images on 2 CPU threads, our rasterizer vs PyTorch3D's
+(and the plain-torch rasterizer, ``backend="torch"``, the fallback for CUDA without PyTorch3D).
 
 Renders a batch of 16 faces of the default model (53,349 vertices, 106,111 triangles) with SH
 lighting, end to end (``morph.render.render_batch``: blend, pose, projection, alignment,
 normals, shading, rasterization, interpolation), once to compile the numba kernels and then
-timed; then 2 images of the same batch with PyTorch3D's CPU rasterizer and the same shading.
+timed; then the same batch with the plain-torch rasterizer (``morph.render.raster_torch``) in
+place of ours; then 2 images of the same batch with PyTorch3D's CPU rasterizer and the same
+shading.
 The numba kernels are compiled into a fresh cache directory, so ``numba_compile_s`` is the
 cost of a first run on a new machine (later runs load them from numba's cache).
 
 Without ``data/default_model.h5`` (or with ``--template TARBALL``) it uses menpo3d's template
 head (same mesh) with random bases of the default model's sizes.
 
-The last line printed is one JSON object: cpu_img_per_s (wall clock), pytorch3d_img_per_s,
-ratio, numba_compile_s, the timings of the CPU engine's parallel regions (ms per image), and -
-because a shared machine skews wall-clock rates - the share of CPU time other processes used
-during the timing and our images per CPU-second.
+The last line printed is one JSON object: cpu_img_per_s (wall clock), torch_backend_img_per_s
+(wall clock; with its mask agreement and largest image difference against ours, and the share of
+the machine other processes used meanwhile),
+pytorch3d_img_per_s, ratio, numba_compile_s, the timings of the CPU engine's parallel regions
+(ms per image), and - because a shared machine skews wall-clock rates - the share of CPU time
+other processes used during the timing and our images per CPU-second.
 
     python bench/render.py [--batch 16] [--repeats 5] [--template menpo3d-0.8.6.tar.gz]
 """
@@ -163,6 +168,20 @@ def main():
           f"other processes used {others:.0%} of the machine meanwhile; {per_cpu_s:.0f} images per "
           f"CPU-second of this process)", flush=True)
 
+    plain = RenderSettings(image_size=108, backend="torch")
+    mine = render_batch(model, params, ours)
+    theirs_t = render_batch(model, params, plain)
+    before = cpu_jiffies()
+    t = time.perf_counter()
+    for _ in range(args.repeats):
+        render_batch(model, params, plain)
+    torch_rate = args.batch * args.repeats / (time.perf_counter() - t)
+    torch_others = busy_elsewhere(before, cpu_jiffies())
+    torch_same = (theirs_t.mask == mine.mask).float().mean().item()
+    torch_diff = (theirs_t.image - mine.image).abs().max().item()
+    print(f"torch backend: {torch_rate:.1f} images/s (other processes used {torch_others:.0%} of the machine); "
+          f"masks agree with ours on {torch_same:.4%} of pixels, images differ by at most {torch_diff:.2g}", flush=True)
+
     stages = stage_times(model, params, args.repeats)
     print("stages (ms per image): " + ", ".join(f"{k} {v / args.batch * 1e3:.2f}" for k, v in stages.items()),
           flush=True)
@@ -180,7 +199,10 @@ def main():
     print(f"pytorch3d: {p3d_s:.1f} s for 2 images = {p3d_rate:.3f} images/s; masks agree on {same:.4%} of pixels",
           flush=True)
     print(json.dumps({
-        "cpu_img_per_s": round(cpu_rate, 1), "pytorch3d_img_per_s": round(p3d_rate, 4),
+        "cpu_img_per_s": round(cpu_rate, 1), "torch_backend_img_per_s": round(torch_rate, 1),
+        "torch_backend_mask_agreement": round(torch_same, 6), "torch_backend_image_max_diff": torch_diff,
+        "torch_backend_cpu_used_by_other_processes": round(torch_others, 3),
+        "pytorch3d_img_per_s": round(p3d_rate, 4),
         "ratio": round(cpu_rate / p3d_rate, 1), "numba_compile_s": round(compile_s, 2),
         "batch": args.batch, "threads": args.threads, "image_size": 108, "model": model.name,
         "n_vertices": model.n_vertices, "n_triangles": len(model.triangles),

@@ -58,7 +58,8 @@ def sample_identities(model_spec, priors_path, n_identities, images_per_identity
 @click.option("--template", type=click.Choice(TEMPLATES), default=DEFAULT_TEMPLATE, show_default=True,
               help="Crop template: where the 5 points land (morph/template.py); --size scales it.")
 @click.option("--backend", type=click.Choice(BACKENDS), default="auto", show_default=True,
-              help="Rasterizer: our CPU z-buffer or PyTorch3D (auto: PyTorch3D on CUDA, ours on CPU).")
+              help="Rasterizer: our CPU z-buffer (cpu), PyTorch3D, or plain torch on any device (torch) "
+                   "(auto: ours on CPU; on CUDA PyTorch3D, or torch where PyTorch3D does not import).")
 @click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
 @click.option("--batch-size", type=BATCH, default=64, show_default=True)
 @click.option("--threads", type=THREADS, default=None, help="CPU threads (default: all cores).")

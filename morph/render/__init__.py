@@ -6,7 +6,8 @@
 - ``camera``: pose rotation, perspective and 300W-LP weak-perspective cameras, 5-point alignment;
 - ``shading``: spherical-harmonics and 300W-LP Phong lighting, vertex normals;
 - ``types``: ``Fragments`` and the ``Rasterizer`` interface; ``raster``: the registry of sibling
-  backends (``raster_cpu``: our numba z-buffer; ``raster_pytorch3d``) and ``rasterize``;
+  backends (``raster_cpu``: our numba z-buffer; ``raster_pytorch3d``;
+  ``raster_torch``: plain torch, any device) and ``rasterize``;
 - ``cpu``: the numba vertex-stage and shading kernels of the CPU engine.
 """
 import importlib

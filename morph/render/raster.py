@@ -4,7 +4,10 @@
   default on the CPU (PyTorch3D's CPU path loops over every face at every pixel: ~10 s per
   108x108 image of a 106k-triangle mesh, against ~1 ms; ``bench/render.py``);
 - ``pytorch3d``: ``pytorch3d.renderer.mesh.rasterize_meshes`` (``raster_pytorch3d``), the
-  reference, and the default on CUDA.
+  reference, and the default on CUDA where it imports;
+- ``torch``: a z-buffer in plain torch (``raster_torch``), the same fragments on any device with
+  no compiled extension: the default on CUDA when PyTorch3D's binary does not match the installed
+  torch (its wheels are built for one torch version at a time).
 
 A new backend is one module with a ``Rasterizer`` subclass (``morph.render.types``) and one line
 in ``RASTERIZERS``; the CLI's ``--backend`` choices come from it. Backends are imported only when
@@ -26,6 +29,7 @@ if TYPE_CHECKING:  # (imported lazily: the CLI reads BACKENDS without importing 
 RASTERIZERS = {
     "cpu": "morph.render.raster_cpu:NumbaRasterizer",
     "pytorch3d": "morph.render.raster_pytorch3d:PyTorch3DRasterizer",
+    "torch": "morph.render.raster_torch:TorchRasterizer",
 }
 BACKENDS = ("auto", *RASTERIZERS)
 

@@ -51,7 +51,7 @@ class RenderSettings:
 
     image_size: S (square) or (H, W); alignment needs a square image.
     backend: rasterizer, "auto" or a name of ``morph.render.raster.RASTERIZERS`` (auto: ours on
-        the CPU, PyTorch3D on CUDA).
+        the CPU; on CUDA PyTorch3D, or the plain-torch one where PyTorch3D does not import).
     device: where tensors live and the torch engine runs ("cpu", "cuda", "cuda:1" ...).
     align: similarity-align to the 5-point template; False renders in the camera's own frame
         (principal point at the image centre).
