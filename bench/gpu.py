@@ -16,7 +16,7 @@ On ``--device`` (default: cuda when present):
 A section that fails records its error and the others still run. Prints progress and, last,
 one JSON object.
 
-    python bench/gpu.py                      # on a GPU: about 3 minutes on one H200
+    python bench/gpu.py                      # on a GPU (sized for 8 minutes on one; not yet run on one)
     python bench/gpu.py --device cpu --small # the same code paths, small, as the test suite runs it
 """
 from __future__ import annotations

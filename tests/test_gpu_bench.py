@@ -24,9 +24,8 @@ def test_every_section_runs_on_the_cpu(figures):
 
 
 def test_figures_are_sane(figures):
-    torch_backend = figures["render"]["torch"]
-    if isinstance(torch_backend, dict):  # the plain-torch rasterizer against the numba engine
-        assert torch_backend["pix_to_face_equal_to_cpu"] >= 0.999 and torch_backend["img_per_s"] > 0
+    torch_backend = figures["render"]["torch"]  # the plain-torch rasterizer against the numba engine
+    assert torch_backend["pix_to_face_equal_to_cpu"] >= 0.999 and torch_backend["img_per_s"] > 0
     d = figures["detect"]
     assert d["faces"] > 0 and d["max_box_diff_px"] == 0 and d["max_landmark_diff_px"] == 0  # same device
     t = figures["train"]
