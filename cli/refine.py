@@ -5,6 +5,7 @@ import click
 
 from cli.common import BATCH, THREADS, FiniteRange, Group
 from morph.sample import MAX_IDENTITIES, MAX_IDENTITY, MAX_IMAGES, MAX_SEED
+from morph.template import DEFAULT_TEMPLATE, TEMPLATES
 from refine.config import VARIANTS
 from refine.export_sinks import FORMATS
 
@@ -102,6 +103,62 @@ def evaluate(dataset, prefix, against, embedder, n_pairs, seed, max_images, min_
     if r["against"]:
         line += f"; Fréchet {r['against']['frechet_distance']:.4f}, KID {r['against']['kid_mmd2']:.5f}"
     click.echo(f"{line}.\n{r['figure'][:-4]}.json, {r['figure']}")
+
+@main.command("verify")
+@click.option("--lfw-pairs", type=click.Path(path_type=Path), default=None,
+              help="LFW's pairs.txt (or a file in its layout); the images are in --images.")
+@click.option("--images", type=click.Path(path_type=Path), default=None,
+              help="With --lfw-pairs: the folder of NAME/NAME_0001.jpg ..., faces aligned by --template.")
+@click.option("--bin", "bin_path", type=click.Path(path_type=Path), default=None,
+              help="An insightface verification file (lfw.bin, cfp_fp.bin, agedb_30.bin ...).")
+@click.option("--set", "labelled_set", type=click.Path(path_type=Path), default=None,
+              help="A labelled set (as 'refine evaluate' reads): --pairs same and different pairs drawn from it.")
+@click.option("-o", "--output", "prefix", type=click.Path(path_type=Path), required=True,
+              help="Report prefix: writes PREFIX.json and PREFIX.png (the ROC).")
+@click.option("--embedder", default="dlib", show_default=True,
+              help="Face network: 'dlib', a TorchScript file, or a facenet-pytorch InceptionResnetV1 state dict.")
+@click.option("--template", type=click.Choice(TEMPLATES), default=DEFAULT_TEMPLATE, show_default=True,
+              help="With --lfw-pairs: the crop template the images were aligned by (.bin files are arcface112).")
+@click.option("--folds", type=click.IntRange(2, 100), default=10, show_default=True,
+              help="Folds of the accuracy (LFW: its file's folds; insightface: 10).")
+@click.option("--pairs", "n_pairs", type=click.IntRange(1), default=3000, show_default=True,
+              help="With --set: same- and different-identity pairs, each.")
+@click.option("--seed", type=click.IntRange(0, MAX_SEED), default=0, show_default=True, help="With --set: draws the pairs.")
+@click.option("--flip/--no-flip", default=True, show_default=True,
+              help="Add each image's mirror image's embedding, as insightface reports its accuracy.")
+@click.option("--batch-size", type=BATCH, default=64, show_default=True, help="Images per embedder call.")
+@click.option("--device", default="cpu", show_default=True, help="cpu, cuda, cuda:1 ...")
+def verify(lfw_pairs, images, bin_path, labelled_set, prefix, embedder, template, folds, n_pairs, seed, flip,
+           batch_size, device):
+    """Face verification on a standard protocol: k-fold accuracy (mean +- std), AUC, EER and TAR at
+    FAR 1e-3 / 1e-2, as insightface's verification reports them; PREFIX.json and the ROC in PREFIX.png.
+
+    \b
+    Examples:
+      refine verify --lfw-pairs lfw/pairs.txt --images lfw-aligned --template arcface112 -o reports/lfw
+      refine verify --bin faces_emore/agedb_30.bin -o reports/agedb30
+      refine verify --set export/ -o reports/export
+    """
+    from morph.errors import UserError
+    from refine import verification as V
+
+    given = [name for name, v in (("--lfw-pairs", lfw_pairs), ("--bin", bin_path), ("--set", labelled_set)) if v]
+    if len(given) != 1:
+        raise UserError("give one of --lfw-pairs (with --images), --bin or --set.")
+    if lfw_pairs is not None:
+        if images is None:
+            raise UserError(f"{lfw_pairs}: --lfw-pairs needs --images, the folder its names refer to.")
+        pairs = V.read_lfw_pairs(lfw_pairs, images, template)
+    elif bin_path is not None:
+        pairs = V.read_insightface_bin(bin_path, folds)
+    else:
+        pairs = V.pairs_of_labelled_set(labelled_set, n_pairs, seed, folds)
+    r = V.verify(pairs, prefix, embedder=embedder, flip=flip, batch_size=batch_size, device=device)
+    a = r["accuracy"]
+    tar = ", ".join(f"TAR@FAR={k} {v['tar']:.4f}" for k, v in r["tar_at_far"].items() if v)
+    click.echo(f"{pairs.source}: accuracy {100 * a['mean']:.2f}% +- {100 * a['std']:.2f} over {a['folds']} folds of "
+               f"{r['pairs']['total']} pairs; AUC {r['auc']:.4f}, EER {100 * r['eer']:.2f}%"
+               f"{'; ' + tar if tar else ''}.\n{r['figure'][:-4]}.json, {r['figure']}")
 
 
 @main.command("export-dataset")

@@ -48,11 +48,7 @@ class ImageSet:
                 images = f["images"][uniq][inverse]
         else:
             images = np.stack([self._read_file(self.files[i]) for i in idx])
-        if self.size != SOURCE_SIZE:
-            images = np.stack([np.asarray(Image.fromarray(im).resize((SOURCE_SIZE, SOURCE_SIZE),
-                                                                    Image.Resampling.BILINEAR))
-                               for im in images])
-        return images
+        return to_source_size(images)
 
     def _read_file(self, path: Path) -> np.ndarray:
         im = read_rgb(path)
@@ -60,6 +56,14 @@ class ImageSet:
             raise UserError(f"{path}: is {im.shape[1]}x{im.shape[0]} px, but the set's first image is "
                             f"{self.size}x{self.size}; evaluate a set of aligned faces of one size.")
         return im
+
+
+def to_source_size(images: np.ndarray) -> np.ndarray:
+    """(k, S, S, 3) uint8 images at 108x108 (bilinear), as the embedders' transforms take them."""
+    if images.shape[1] == SOURCE_SIZE:
+        return images
+    return np.stack([np.asarray(Image.fromarray(im).resize((SOURCE_SIZE, SOURCE_SIZE), Image.Resampling.BILINEAR))
+                     for im in images])
 
 
 def open_image_set(path: str | Path, what: str = "image set", need_labels: bool = True) -> ImageSet:
