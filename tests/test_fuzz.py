@@ -235,6 +235,19 @@ def cases(inputs) -> list[tuple[str, object, list]]:
         add(f"evaluate set {name}", refine, *_set(evaluate, 1, p))
         add(f"evaluate against {name}", refine, *evaluate, "--against", p)
     add("evaluate into a missing folder", refine, *_set(evaluate, "-o", d / "nowhere" / "r"))
+    verify = ["verify", "--set", s / "synthetic.h5", "--pairs", 10, "--folds", 2, "-o", o / "v"]
+    for opt, values in (("--folds", ["1", "x", "101", "nan"]), ("--pairs", BAD_INTS[:5]), ("--batch-size", BAD_INTS),
+                        ("--device", ["tpu"]), ("--template", ["vgg"]), ("--seed", BAD_INTS[:1])):
+        for v in values:
+            add(f"verify {opt} {v}", refine, *_set(verify, opt, v))
+    for name, p in {**inputs["bad_sets"], "text": d / "text.h5", "missing": d / "nowhere.h5"}.items():
+        add(f"verify set {name}", refine, *_set(verify, "--set", p))
+    for name, p in (("text", d / "text.h5"), ("truncated", d / "truncated.h5"), ("missing", d / "nowhere.bin"),
+                    ("folder", d / "folder")):
+        add(f"verify bin {name}", refine, "verify", "--bin", p, "-o", o / "v")
+        add(f"verify lfw pairs {name}", refine, "verify", "--lfw-pairs", p, "--images", d / "folder", "-o", o / "v")
+    add("verify lfw without images", refine, "verify", "--lfw-pairs", d / "text.h5", "-o", o / "v")
+    add("verify two sources", refine, *verify, "--bin", d / "text.h5")
     for name, text in (("missing", None), ("broken", "out: [x"), ("unknown key", "bogus: 1\n"),
                        ("not a mapping", "[1, 2]\n")):
         p = d / f"pipe_{name.replace(' ', '_')}.yaml"
