@@ -189,6 +189,12 @@ def verify(lfw_pairs, images, bin_path, labelled_set, prefix, embedder, template
               help="Re-draw an image whose cycle error |G'(G(x)) - x| is above this.")
 @click.option("--max-retries", type=click.IntRange(0, 1000), default=10, show_default=True,
               help="Re-draws per image before the best draw is kept (and flagged in scores.csv).")
+@click.option("--reference", "references", multiple=True, type=click.Path(path_type=Path),
+              help="A set whose identities must not reappear (your training or benchmark faces; any set "
+                   "'refine evaluate' reads, labels optional); repeatable. The data card lists synthetic "
+                   "identities nearer to one than --leak-threshold.")
+@click.option("--leak-threshold", type=FiniteRange(0, 2), default=None,
+              help="Distance (unit embeddings) below which the leakage audit lists a pair [the set's EER distance].")
 @click.option("--scores/--no-scores", default=True, show_default=True,
               help="Score every image with D_R, G' and C (most of the time on a CPU); --no-scores leaves the "
                    "score columns of scores.csv empty.")
@@ -201,10 +207,12 @@ def verify(lfw_pairs, images, bin_path, labelled_set, prefix, embedder, template
 @click.option("--device", default="cpu", show_default=True, help="Where the networks run: cpu, cuda, cuda:1 ...")
 @click.option("--threads", type=THREADS, default=None, help="CPU threads (default: all cores).")
 def export_dataset(checkpoint, model_spec, priors_path, n_identities, images_per_identity, seed, first_identity,
-                   out, fmt, quality, png, max_dr_error, max_cycle_error, max_retries, scores, dropout, batch_size,
-                   device, threads):
+                   out, fmt, quality, png, max_dr_error, max_cycle_error, max_retries, references, leak_threshold,
+                   scores, dropout, batch_size, device, threads):
     """Sample new identities, render them, refine them with the checkpoint's EMA generator and
-    write a labelled dataset (paper section 5, GANFaces) with OUT/scores.csv and OUT/manifest.json.
+    write a labelled dataset (paper section 5, GANFaces) with OUT/scores.csv, OUT/manifest.json and
+    its data card, OUT/DATACARD.md and OUT/datacard.json (what made it, identity separability,
+    consistency and uniqueness under C, and with --reference a leakage audit).
     Resumes after a kill (re-run the same command); under 'torchrun --nproc_per_node K' each
     process exports its own chunks of identities, with the same bytes as one process with the
     same threads per process (OMP_NUM_THREADS / --threads)."""
@@ -217,12 +225,12 @@ def export_dataset(checkpoint, model_spec, priors_path, n_identities, images_per
                          first_identity=first_identity, format=fmt, quality=quality, png=png,
                          max_dr_error=max_dr_error, max_cycle_error=max_cycle_error, max_retries=max_retries,
                          scores=scores, dropout=dropout, batch_size=batch_size, device=device,
-                         threads=threads)
+                         threads=threads, references=tuple(references), leak_threshold=leak_threshold)
     manifest = run(opts)
     if int(os.environ.get("RANK", "0")) == 0:
         c = manifest.get("counts", {})
         click.echo(f"{out}: {n_identities} identities x {images_per_identity} images ({fmt}); "
-                   f"{c.get('flagged', 0)} flagged; scores in {out / 'scores.csv'}")
+                   f"{c.get('flagged', 0)} flagged; scores in {out / 'scores.csv'}, data card {out / 'DATACARD.md'}")
 
 
 @main.command("pipeline")

@@ -106,6 +106,8 @@ class ExportOptions:
     batch_size: int = 16
     device: str = "cpu"
     threads: int | None = None
+    references: tuple = ()  # sets whose identities the data card's leakage audit compares with
+    leak_threshold: float | None = None
 
     @property
     def net_batch(self) -> int:
@@ -273,6 +275,14 @@ class Exporter:
                 shutil.rmtree(tmp)
             tmp.mkdir(parents=True)
             self.sink.write(i, final, tmp)
+            if self.o.scores:  # C's embeddings, for the data card (refine.datacard) when all are done
+                e = np.stack([c["embedding"] for c in final]).astype(np.float32)
+
+                def save(p, e=e):
+                    with open(p, "wb") as f:
+                        np.save(f, e)
+                (self.state_dir / "emb").mkdir(exist_ok=True)
+                write_atomic(self.state_dir / "emb" / f"{self.id_name(i)}.npy", save)
         self.log.record({"identity": i, "images": [
             {"image": c["slot"], "draw": int(c["draw"]), "dr_error": c["dr_error"], "cycle_error": c["cycle_error"],
              "identity_loss": c["identity_loss"], "retries": c["retries"], "flagged": c["flagged"]}
@@ -303,11 +313,18 @@ class Exporter:
             raise UserError(f"--quality {o.quality}: JPEG quality must be in 1..100.")
         if o.filtering and not o.scores:
             raise UserError("--max-dr-error / --max-cycle-error filter on scores; drop --no-scores.")
+        if o.references and not o.scores:
+            raise UserError("--reference: the leakage audit compares C's embeddings, which --no-scores skips; "
+                            "drop --no-scores.")
+        from refine.image_sets import open_image_set
+        for ref in o.references:  # checked before the long part
+            open_image_set(ref, "reference set for the leakage audit", need_labels=False)
         ddp = init_distributed(o.device)
         self.world = ddp.world
         set_threads(o.threads)  # torchrun: OMP_NUM_THREADS per rank (1 unless set)
         state = load_checkpoint(o.checkpoint)
         cfg = check_checkpoint(state, o.checkpoint)
+        self.embedder_spec = str(cfg.get("embedder", "dlib"))
         size = int(cfg["image_size"])
         warning = check_new_identities(state, o.checkpoint, o.seed, o.first_identity, o.n_identities)
         if o.max_cycle_error is not None and "Gp" not in state["nets"]:
@@ -412,6 +429,7 @@ class Exporter:
                                       fmt(r["dr_error"]), fmt(r["cycle_error"]), fmt(r["identity_loss"]),
                                       str(r["retries"]), str(int(bool(r["flagged"])))]))
         write_atomic(self.out / SCORES, (",".join(SCORE_COLUMNS) + "\n" + "".join(r + "\n" for r in rows)).encode())
+        self.write_datacard(manifest, ids, done)
         manifest = {**manifest, "complete": True,
                     "counts": {"identities": o.n_identities, "images_per_identity": m,
                                "images": o.n_identities * m, "flagged": n_flagged, "redraws": n_redraws}}
@@ -419,6 +437,41 @@ class Exporter:
         self._clean()
         self._tick("finish", t)
         return manifest
+
+    def write_datacard(self, manifest: dict, ids: range, done: dict) -> None:
+        """DATACARD.md and datacard.json (``refine.datacard``), before the manifest says complete."""
+        from refine import datacard
+
+        o, m = self.o, self.o.images_per_identity
+        loss = np.array([r["identity_loss"] if r["identity_loss"] is not None else np.nan
+                         for i in ids for r in sorted(done[i]["images"], key=lambda r: r["image"])], np.float64)
+        emb = labels = None
+        references = {}
+        if o.scores:
+            emb = np.concatenate([np.load(self.state_dir / "emb" / f"{self.id_name(i)}.npy") for i in ids])
+            emb = emb.astype(np.float64)
+            labels = np.repeat(np.asarray(ids, np.int64), m)
+            for ref in o.references:
+                references[str(ref)] = self.reference_means(ref)
+        card = datacard.build(manifest, self.embedder_spec, emb, labels, loss, references,
+                              o.leak_threshold)
+        datacard.write(self.out, card)
+
+    def reference_means(self, path) -> tuple[np.ndarray, list[str]]:
+        """Unit mean embedding of each identity of a reference set (each image its own without labels)."""
+        from refine.datacard import identity_means
+        from refine.evaluate import embed
+        from refine.image_sets import open_image_set
+
+        images = open_image_set(path, "reference set for the leakage audit", need_labels=False)
+        e = embed(images, np.arange(images.n), self.refiner.C, device=str(self.refiner.device),
+                  desc=f"embed {images.path.name}")
+        if images.labels is None:
+            names = [p.name for p in images.files] if images.files else [str(k) for k in range(images.n)]
+            return e / np.linalg.norm(e, axis=1, keepdims=True), names
+        ids, means = identity_means(e, images.labels)
+        names = images.label_names or [str(k) for k in ids]
+        return means, [names[k] if k < len(names) else str(k) for k in ids]
 
     def _clean(self) -> None:
         """Remove the work state of a complete export (ImageFolder would take it for a class)."""

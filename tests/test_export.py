@@ -121,7 +121,7 @@ def test_hdf5_holds_every_parameter_and_the_ema_generators_output(reference, ckp
     from refine.nets import Generator
 
     out = reference / "hdf5"
-    assert sorted(p.name for p in out.iterdir()) == ["ganfaces.h5", "manifest.json", "scores.csv"]
+    assert sorted(p.name for p in out.iterdir()) == ["DATACARD.md", "datacard.json", "ganfaces.h5", "manifest.json", "scores.csv"]
     model, priors = load_model("default"), load_priors(None)
     s = sample_block(model, priors, 1, range(N), M)
     with h5py.File(out / "ganfaces.h5", "r") as f:
@@ -282,7 +282,7 @@ def test_sigkill_then_resume_gives_the_uninterrupted_bytes(ckpt, reference, tmp_
     again = run(refine, *args)
     assert again.exit_code == 0 and "already complete" in again.output
     assert tree(out) == tree(reference / "imagefolder")
-    assert sorted(p.name for p in out.iterdir() if not p.is_dir()) == ["manifest.json", "scores.csv"]
+    assert sorted(p.name for p in out.iterdir() if not p.is_dir()) == ["DATACARD.md", "datacard.json", "manifest.json", "scores.csv"]
 
 
 # ------------------------------------------------------------------------------ (3) torchrun --
