@@ -447,8 +447,9 @@ class Exporter:
                          for i in ids for r in sorted(done[i]["images"], key=lambda r: r["image"])], np.float64)
         emb = labels = None
         references = {}
-        if o.scores:
-            emb = np.concatenate([np.load(self.state_dir / "emb" / f"{self.id_name(i)}.npy") for i in ids])
+        files = [self.state_dir / "emb" / f"{self.id_name(i)}.npy" for i in ids]
+        if o.scores and all(f.is_file() for f in files):  # (not in an export begun by an earlier version)
+            emb = np.concatenate([np.load(f, allow_pickle=False) for f in files])
             emb = emb.astype(np.float64)
             labels = np.repeat(np.asarray(ids, np.int64), m)
             for ref in o.references:
