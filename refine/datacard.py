@@ -104,7 +104,8 @@ def build(manifest: dict, embedder: str | None, embeddings: np.ndarray | None, l
         "embedder": embedder,
     }
     if embeddings is None:
-        card["note"] = "exported with --no-scores: no embeddings, so no identity measures"
+        card["note"] = ("no embeddings were kept (exported with --no-scores, or begun by an earlier version), "
+                        "so no identity measures")
         return card
     sep = separability(embeddings, labels, manifest["seed"])
     ids, means = identity_means(embeddings, labels)
