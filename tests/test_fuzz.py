@@ -217,12 +217,16 @@ def cases(inputs) -> list[tuple[str, object, list]]:
     for opt, values in (("--n-identities", BAD_INTS + [str(10 ** 12)]), ("--images-per-identity", BAD_INTS),
                         ("--seed", BAD_INTS), ("--first-identity", ["-1", str(2 ** 63)]),
                         ("--quality", ["0", "101", "x"]), ("--batch-size", BAD_INTS), ("--format", ["tiff"]),
-                        ("--device", ["tpu"]), ("--max-dr-error", BAD_FLOATS), ("--max-retries", ["-1", "x"])):
+                        ("--device", ["tpu"]), ("--max-dr-error", BAD_FLOATS), ("--max-retries", ["-1", "x"]),
+                        ("--leak-threshold", BAD_FLOATS + ["3"])):
         for v in values:
             add(f"export {opt} {v}", refine, *_set(export, opt, v))
     for name, p in {**bad_checkpoints(inputs), "missing": d / "nowhere.pt", "text": d / "text.h5"}.items():
         add(f"export checkpoint {name}", refine, *_set(export, "--checkpoint", p))
     add("export priors", refine, *export, "--priors", inputs["bad_priors"]["camera_negative"])
+    for name, p in {**inputs["bad_sets"], "text": d / "text.h5", "missing": d / "nowhere.h5"}.items():
+        if name not in ("one_identity", "float_labels"):  # (valid references: labels are optional, any values)
+            add(f"export reference {name}", refine, *export, "--reference", p)
     add("export into a file", refine, *_set(export, "--out", d / "text.h5"))
 
     evaluate = ["evaluate", s / "synthetic.h5", "-o", o / "report"]
