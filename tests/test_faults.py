@@ -43,9 +43,15 @@ def test_two_renders_of_one_output_one_finishes_the_other_refuses(tmp_path):
     deadline = time.time() + 120
     while not (tmp_path / "out.h5.partial").exists() and time.time() < deadline:
         time.sleep(0.02)
-    second = cli("render", tmp_path / "ids.h5", "-o", out)
-    err = second.communicate(timeout=120)[1]
-    assert first.poll() is None, "the first render ended before the second started; give it more work"
+    # paused while the second starts (its imports take seconds on a loaded machine): the first is
+    # then certainly still writing, whatever the machine's speed
+    first.send_signal(signal.SIGSTOP)
+    try:
+        assert first.poll() is None, "the first render ended before it could be paused; give it more work"
+        second = cli("render", tmp_path / "ids.h5", "-o", out)
+        err = second.communicate(timeout=300)[1]
+    finally:
+        first.send_signal(signal.SIGCONT)
     assert second.returncode == 2 and "Traceback" not in err
     assert f"is being written by another process (PID {first.pid}" in err
     assert first.wait(timeout=600) == 0
@@ -76,8 +82,8 @@ def test_two_trainings_of_one_run_folder(sets, tmp_path):
             "--out", tmp_path / "run", "--steps", 400, "--batch-size", 2, "--config", sets / "small.yaml"]
     first = cli(*args)
     deadline = time.time() + 120
-    while not (tmp_path / "run.lock").exists() and time.time() < deadline:
-        time.sleep(0.02)
+    while not (tmp_path / "run" / "config.yaml").exists() and time.time() < deadline:
+        time.sleep(0.02)  # (written under the lock: the first holds it from then on)
     second = run(refine, *args)
     try:
         assert second.exit_code == 2 and "is being written by another process" in second.output
