@@ -101,8 +101,11 @@ def test_lfw_pairs_and_insightface_bin_give_the_same_report(published_layouts, t
     assert res.exit_code == 0, res.output
     a, b = (json.loads((tmp_path / f"{n}.json").read_text()) for n in ("lfw", "bin"))
     assert a["raw"]["same"] == b["raw"]["same"] == same  # LFW: per fold N same lines, then N different
-    assert a["raw"]["distance"] == b["raw"]["distance"]  # the same JPEG bytes through either reader
-    assert a["accuracy"] == b["accuracy"] and a["auc"] == b["auc"]
+    # the same JPEG bytes through either reader; equal to the networks' tolerance, not in every bit:
+    # the readers batch the images differently (LFW: each file once; .bin: as the pairs list them),
+    # and oneDNN picks kernels by batch shape (1.5e-8 apart with AVX2 kernels)
+    assert np.allclose(a["raw"]["distance"], b["raw"]["distance"], rtol=0, atol=1e-6)
+    assert a["accuracy"]["mean"] == b["accuracy"]["mean"] and a["auc"] == pytest.approx(b["auc"])
     dist = np.array(a["raw"]["distance"])
     acc, _ = V.fold_accuracy(dist, np.array(same), 2)
     assert a["accuracy"]["mean"] == pytest.approx(acc.mean()) and a["accuracy"]["std"] == pytest.approx(acc.std())
