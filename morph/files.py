@@ -36,9 +36,9 @@ _hdf5_failed = False
 
 
 def hdf5_write_failed() -> bool:
-    """True once HDF5 has failed a write for lack of space in this process. HDF5 (1.14, through
-    h5py 3) then cannot close the file, and its exit handler dereferences the half-flushed
-    metadata: the interpreter ends in SIGSEGV after the error was reported (reproduced with a
+    """True once HDF5 has failed a write for lack of space in this process. The HDF5 that
+    h5py 3.16 bundles (2.0.0) then cannot close the file, and the interpreter ends in SIGSEGV
+    at exit after the error was reported (reproduced with a
     400 kB RLIMIT_FSIZE and any chunked dataset). The CLI therefore leaves with ``os._exit``
     after its one-line message when this is set; the partial file is resumed, or restarted when
     HDF5 cannot open it, by the next run."""

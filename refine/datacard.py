@@ -7,11 +7,11 @@ what the identity network C (the checkpoint's embedder, through its own face chi
   each, drawn with the export's seed as ``refine evaluate`` draws them): AUC, EER and the EER's
   distance, Euclidean between L2-normalised embeddings;
 - **consistency**: each image's distance to its identity's mean embedding (the ``identity_loss``
-  column of scores.csv), summarised; DCFace (Kim et al., CVPR 2023) calls this intra-class
-  consistency;
+  column of scores.csv), summarised (an intra-identity consistency);
 - **uniqueness**: each identity's distance to the nearest other identity's mean (L2-normalised),
-  and the share of identities whose nearest other one is farther than the EER distance (DCFace's
-  inter-class uniqueness, measured on means);
+  and the share of identities whose nearest other one is farther than the EER distance (an
+  inter-identity uniqueness, measured on means; named after the kind of metric DCFace reports,
+  not computed as its code does, which was not read);
 - **leakage audit** against reference sets the user names (their training or benchmark
   identities): synthetic identities whose mean is nearer to a reference identity's mean than the
   threshold (default: the EER distance above), nearest first. A reference set without labels counts
