@@ -63,7 +63,8 @@ def train(synthetic, real, pairs, run_dir, config_path, steps, batch_size, lr, v
               help="A real set (real.h5 from 'morph align', or any set this command reads) to measure the "
                    "Fréchet distance and KID to, in the embedder's feature space.")
 @click.option("--embedder", default="dlib", show_default=True,
-              help="Face network: 'dlib', a TorchScript file, or a facenet-pytorch InceptionResnetV1 state dict.")
+              help="Face network: 'dlib', a TorchScript file, a facenet-pytorch InceptionResnetV1 state dict, "
+                   "or RUN/recognizer.pt from 'refine train-recognizer'.")
 @click.option("--pairs", "n_pairs", type=click.IntRange(1), default=1000, show_default=True,
               help="Same-identity and different-identity pairs, each [paper: 1000]; fewer if the set has fewer.")
 @click.option("--seed", type=click.IntRange(0, MAX_SEED), default=0, show_default=True,
@@ -116,7 +117,8 @@ def evaluate(dataset, prefix, against, embedder, n_pairs, seed, max_images, min_
 @click.option("-o", "--output", "prefix", type=click.Path(path_type=Path), required=True,
               help="Report prefix: writes PREFIX.json and PREFIX.png (the ROC).")
 @click.option("--embedder", default="dlib", show_default=True,
-              help="Face network: 'dlib', a TorchScript file, or a facenet-pytorch InceptionResnetV1 state dict.")
+              help="Face network: 'dlib', a TorchScript file, a facenet-pytorch InceptionResnetV1 state dict, "
+                   "or RUN/recognizer.pt from 'refine train-recognizer'.")
 @click.option("--template", type=click.Choice(TEMPLATES), default=DEFAULT_TEMPLATE, show_default=True,
               help="With --lfw-pairs: the crop template the images were aligned by (.bin files are arcface112).")
 @click.option("--folds", type=click.IntRange(2, 100), default=10, show_default=True,
@@ -159,6 +161,129 @@ def verify(lfw_pairs, images, bin_path, labelled_set, prefix, embedder, template
     click.echo(f"{pairs.source}: accuracy {100 * a['mean']:.2f}% +- {100 * a['std']:.2f} over {a['folds']} folds of "
                f"{r['pairs']['total']} pairs; AUC {r['auc']:.4f}, EER {100 * r['eer']:.2f}%"
                f"{'; ' + tar if tar else ''}.\n{r['figure'][:-4]}.json, {r['figure']}")
+
+
+def _recipe_options(f):
+    """The recogniser recipe's options, shared by train-recognizer and table1."""
+    opts = [
+        click.option("--steps", type=click.IntRange(1), default=2000, show_default=True, help="Training steps."),
+        click.option("--batch-size", type=click.IntRange(2, 4096), default=128, show_default=True,
+                     help="Images per step (per process under torchrun)."),
+        click.option("--lr", type=FiniteRange(0, 10, min_open=True), default=0.1, show_default=True,
+                     help="SGD learning rate after the warm-up; decays to 0 (cosine)."),
+        click.option("--warmup-steps", type=click.IntRange(0), default=100, show_default=True),
+        click.option("--width", type=FiniteRange(0, 8, min_open=True), default=1.0, show_default=True,
+                     help="MobileFaceNet's width multiplier (1: the paper's table; 0.5 for a CPU budget)."),
+        click.option("--embedding-size", type=click.IntRange(8, 4096), default=128, show_default=True),
+        click.option("--crop", type=click.Choice(TEMPLATES), default=DEFAULT_TEMPLATE, show_default=True,
+                     help="The recogniser's input: our 108 px crop, or the 112 px ArcFace crop (warped from it)."),
+        click.option("--margin", type=click.Choice(["arcface", "cosface"]), default="arcface", show_default=True,
+                     help="ArcFace (m 0.5) or CosFace (m 0.35), scale 64."),
+        click.option("--augment", type=click.Choice(["standard", "strong", "none"]), default="standard",
+                     show_default=True, help="standard: flip + random erasing; strong: also shift, rotation, "
+                                             "scale, colour, greyscale and blur."),
+        click.option("--seed", type=click.IntRange(0, MAX_SEED), default=0, show_default=True,
+                     help="Initial weights, batches and augmentation."),
+        click.option("--amp", is_flag=True, help="bfloat16 autocast (CUDA, and CPUs with AMX/AVX512-BF16)."),
+        click.option("--device", default="cpu", show_default=True, help="cpu, cuda, cuda:1 ..."),
+        click.option("--threads", type=THREADS, default=None, help="CPU threads (default: all cores)."),
+    ]
+    for o in reversed(opts):
+        f = o(f)
+    return f
+
+
+def _recipe(steps, batch_size, lr, warmup_steps, width, embedding_size, crop, margin, augment, seed, amp, device,
+            **extra):
+    from refine.recognition.train import RecognizerConfig
+
+    return RecognizerConfig(steps=steps, batch_size=batch_size, lr=lr, warmup_steps=warmup_steps, width=width,
+                            embedding_size=embedding_size, crop=crop, margin=margin, augment=augment, seed=seed,
+                            amp=amp, device=device, **extra)
+
+
+@main.command("train-recognizer")
+@click.option("--data", "data", multiple=True, required=True, type=click.Path(path_type=Path),
+              help="A labelled set: an export (folder or ganfaces.h5), 'morph render' output, 'morph align' "
+                   "output of a folder per identity, an ImageFolder tree; repeatable (identities kept apart).")
+@click.option("--proportion", "proportions", multiple=True, type=FiniteRange(0), default=(),
+              help="Share of each --data in every batch, in the same order [by set sizes].")
+@click.option("--out", "run_dir", type=click.Path(file_okay=False, path_type=Path), required=True,
+              help="Run directory: checkpoints, losses.jsonl, TensorBoard logs, recognizer.pt.")
+@click.option("--checkpoint-every", type=click.IntRange(1), default=500, show_default=True)
+@click.option("--resume", is_flag=True, help="Continue from the newest checkpoint in --out.")
+@_recipe_options
+def train_recognizer(data, proportions, run_dir, checkpoint_every, resume, threads, **recipe):
+    """Train a face recogniser (MobileFaceNet with an ArcFace or CosFace head) on labelled sets,
+    to measure what a dataset is worth; verify it with 'refine verify --embedder RUN/recognizer.pt'.
+    Ctrl-C saves a checkpoint; --resume continues exactly. Under 'torchrun --nproc_per_node K'
+    each process trains on its own batches and only rank 0 writes.
+
+    \b
+    Example:
+      refine train-recognizer --data export/ --data casia_real.h5 --out runs/rec --width 0.5
+    """
+    from morph.errors import UserError
+    from refine.recognition.train import train_recognizer as run
+
+    if proportions and len(proportions) != len(data):
+        raise UserError(f"{len(proportions)} --proportion for {len(data)} --data; give one per set, or none.")
+    cfg = _recipe(**recipe, checkpoint_every=checkpoint_every, proportions=list(proportions) or None)
+    model = run(cfg, list(data), run_dir, resume=resume, threads=threads)
+    if model is not None:
+        click.echo(f"{run_dir}: trained to step {cfg.steps}; recogniser {model}")
+
+
+@main.command("table1")
+@click.option("-o", "--out", type=click.Path(file_okay=False, path_type=Path), required=True,
+              help="Folder: a run per row, OUT/table1.md and OUT/table1.json.")
+@click.option("--real", multiple=True, type=click.Path(path_type=Path),
+              help="Real labelled training set(s) ('morph align' of a folder per identity); repeatable.")
+@click.option("--rendered", type=click.Path(path_type=Path), default=None, help="Raw renders ('morph render' output).")
+@click.option("--refined", type=click.Path(path_type=Path), default=None,
+              help="Refined images ('refine export-dataset', ideally of the same draws as --rendered).")
+@click.option("--lfw-pairs", type=click.Path(path_type=Path), default=None, help="A benchmark: LFW's pairs.txt ...")
+@click.option("--images", type=click.Path(path_type=Path), default=None, help="... over this aligned image folder.")
+@click.option("--template", type=click.Choice(TEMPLATES), default=DEFAULT_TEMPLATE, show_default=True,
+              help="The crop template of --images.")
+@click.option("--bin", "bins", multiple=True, type=click.Path(path_type=Path),
+              help="A benchmark: an insightface .bin (lfw.bin, cfp_fp.bin ...); repeatable.")
+@click.option("--set", "sets", multiple=True, type=click.Path(path_type=Path),
+              help="A benchmark: pairs drawn from a labelled set of identities no row trains on; repeatable.")
+@click.option("--pairs", "n_pairs", type=click.IntRange(1), default=3000, show_default=True,
+              help="With --set: same- and different-identity pairs, each.")
+@_recipe_options
+def table1(out, real, rendered, refined, lfw_pairs, images, template, bins, sets, n_pairs, threads, **recipe):
+    """The paper's Table 1 at your scale: one recogniser recipe trained on real data, real + raw
+    renders, real + refined images (and synthetic data alone), beside the untrained network,
+    each verified on your benchmarks; OUT/table1.md and OUT/table1.json.
+
+    \b
+    Example:
+      refine table1 --real casia.h5 --rendered synthetic.h5 --refined export/ \\
+                    --lfw-pairs lfw/pairs.txt --images lfw108/ -o table1 --width 0.5
+    """
+    from morph.errors import UserError
+    from refine import verification as V
+    from refine.table1 import Benchmark, table1 as run
+
+    benchmarks = []
+    if lfw_pairs is not None:
+        if images is None:
+            raise UserError(f"{lfw_pairs}: --lfw-pairs needs --images, the folder its names refer to.")
+        benchmarks.append(Benchmark(Path(lfw_pairs).parent.name or "lfw", V.read_lfw_pairs(lfw_pairs, images, template)))
+    for b in bins:
+        benchmarks.append(Benchmark(Path(b).stem, V.read_insightface_bin(b)))
+    for s in sets:
+        benchmarks.append(Benchmark(Path(s).stem if Path(s).suffix else Path(s).name,
+                                    V.pairs_of_labelled_set(s, n_pairs, recipe["seed"])))
+    names = [b.name for b in benchmarks]
+    if len(set(names)) != len(names):
+        raise UserError(f"two benchmarks share a name ({', '.join(names)}); give files of different names.")
+    report = run(out, benchmarks, _recipe(**recipe), real=list(real), rendered=rendered, refined=refined,
+                 threads=threads)
+    click.echo((Path(out) / "table1.md").read_text().rstrip())
+    click.echo(f"{out / 'table1.json'} ({len(report['rows'])} rows)")
 
 
 @main.command("export-dataset")
