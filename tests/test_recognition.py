@@ -258,3 +258,31 @@ def test_cli_trains_and_table1_prints_a_row_per_set(sets, tmp_path):
     assert (tmp_path / "t" / "rendered" / "recognizer.pt").stat().st_mtime_ns == before
     res = run(*args[:-2], "--seed", 1, "--threads", 1)
     assert res.exit_code == 2 and "other settings" in res.output
+
+
+def test_torchrun_ranks_draw_their_own_batches(sets, tmp_path):
+    """Two torchrun ranks train (gloo), rank 0 writes the run, and the result is not the one
+    process's: each rank drew its own batch (ranks drawing the same batch would average equal
+    gradients and give the one process's weights exactly)."""
+    import socket
+    import subprocess
+    import sys
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    common = ["train-recognizer", "--data", str(sets / "synthetic.h5"), "--steps", "2", "--batch-size", "4",
+              "--width", "0.25", "--embedding-size", "32", "--warmup-steps", "1"]
+    res = run(*common, "--out", tmp_path / "one", "--threads", 1)
+    assert res.exit_code == 0, res.output
+    env = {k: v for k, v in __import__("os").environ.items() if k not in ("RANK", "WORLD_SIZE")}
+    env.update(OMP_NUM_THREADS="1", PYTHONPATH=str(Path(__file__).resolve().parents[1]))
+    p = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
+                        str(port), "-m", "cli.refine", *common, "--out", str(tmp_path / "ddp")],
+                       cwd=Path(__file__).resolve().parents[1], env=env, capture_output=True, text=True,
+                       timeout=600, check=False)
+    assert p.returncode == 0, p.stderr[-3000:]
+    a = torch.load(tmp_path / "one" / "recognizer.pt", weights_only=True)["state_dict"]
+    b = torch.load(tmp_path / "ddp" / "recognizer.pt", weights_only=True)["state_dict"]
+    assert a.keys() == b.keys()
+    assert any(not torch.equal(a[k], b[k]) for k in a if a[k].is_floating_point())
