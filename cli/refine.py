@@ -320,6 +320,8 @@ def table1(out, real, rendered, refined, lfw_pairs, images, template, bins, sets
                    "identities nearer to one than --leak-threshold.")
 @click.option("--leak-threshold", type=FiniteRange(0, 2), default=None,
               help="Distance (unit embeddings) below which the leakage audit lists a pair [the set's EER distance].")
+@click.option("--exclude-leaks", is_flag=True,
+              help="Leave out of the dataset the identities the leakage audit lists (the data card names them).")
 @click.option("--scores/--no-scores", default=True, show_default=True,
               help="Score every image with D_R, G' and C (most of the time on a CPU); --no-scores leaves the "
                    "score columns of scores.csv empty.")
@@ -333,7 +335,7 @@ def table1(out, real, rendered, refined, lfw_pairs, images, template, bins, sets
 @click.option("--threads", type=THREADS, default=None, help="CPU threads (default: all cores).")
 def export_dataset(checkpoint, model_spec, priors_path, n_identities, images_per_identity, seed, first_identity,
                    out, fmt, quality, png, max_dr_error, max_cycle_error, max_retries, references, leak_threshold,
-                   scores, dropout, batch_size, device, threads):
+                   exclude_leaks, scores, dropout, batch_size, device, threads):
     """Sample new identities, render them, refine them with the checkpoint's EMA generator and
     write a labelled dataset (paper section 5, GANFaces) with OUT/scores.csv, OUT/manifest.json and
     its data card, OUT/DATACARD.md and OUT/datacard.json (what made it, identity separability,
@@ -350,7 +352,8 @@ def export_dataset(checkpoint, model_spec, priors_path, n_identities, images_per
                          first_identity=first_identity, format=fmt, quality=quality, png=png,
                          max_dr_error=max_dr_error, max_cycle_error=max_cycle_error, max_retries=max_retries,
                          scores=scores, dropout=dropout, batch_size=batch_size, device=device,
-                         threads=threads, references=tuple(references), leak_threshold=leak_threshold)
+                         threads=threads, references=tuple(references), leak_threshold=leak_threshold,
+                         exclude_leaks=exclude_leaks)
     manifest = run(opts)
     if int(os.environ.get("RANK", "0")) == 0:
         c = manifest.get("counts", {})
