@@ -222,6 +222,7 @@ def test_the_model_file_is_an_embedder_and_refine_verify_takes_it(sets, tmp_path
     with h5py.File(sets / "synthetic.h5") as f:
         x = to_tensor(f["images"][:4])
     chips = net.transform(108).centre(x)
+    assert torch.allclose(chips, Augment("arcface112", "none").centre(x), atol=1e-5)  # the crop it trained on
     assert torch.allclose(net(chips), torch.nn.functional.normalize(net.net.eval()(chips), dim=1), atol=1e-6)
     res = run("verify", "--set", sets / "synthetic.h5", "--pairs", 20, "--folds", 2, "--embedder", model,
               "-o", tmp_path / "v")
