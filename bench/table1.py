@@ -71,6 +71,8 @@ def main():
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--width", type=float, default=0.5)
     ap.add_argument("--margin", default="cosface")
+    ap.add_argument("--margin-m", type=float, default=None)
+    ap.add_argument("--margin-s", type=float, default=None)
     ap.add_argument("--lr", type=float, default=0.1)
     ap.add_argument("--pairs", type=int, default=1000, help="same and different pairs per benchmark")
     ap.add_argument("--checkpoint", type=Path, default=None, help="a refine train checkpoint (default: train one)")
@@ -120,6 +122,8 @@ def main():
     sh("refine", "table1", "-o", d / "table1", "--rendered", d / "train.h5", "--refined", d / "refined",
        "--set", d / "heldout.h5", "--set", d / "rmfd.h5", "--pairs", a.pairs, "--steps", a.steps,
        "--batch-size", a.batch_size, "--width", a.width, "--margin", a.margin, "--lr", a.lr,
+       *(["--margin-m", a.margin_m] if a.margin_m is not None else []),
+       *(["--margin-s", a.margin_s] if a.margin_s is not None else []),
        "--device", a.device, log=log)
     table = json.loads((d / "table1" / "table1.json").read_text())
     print((d / "table1" / "table1.md").read_text(), flush=True)
@@ -128,8 +132,8 @@ def main():
             for r in table["rows"]}
     gain = {b: round(rows["rendered"]["benchmarks"][b]["accuracy"] - rows["untrained"]["benchmarks"][b]["accuracy"], 4)
             for b in rows["untrained"]["benchmarks"]}
-    out = {"recipe": {k: table["recipe"][k] for k in ("arch", "width", "crop", "margin", "steps", "batch_size", "lr",
-                                                       "augment")},
+    out = {"recipe": {k: table["recipe"][k] for k in ("arch", "width", "crop", "margin", "margin_m", "margin_s", "steps",
+                                                       "batch_size", "lr", "augment")},
            "checkpoint": str(checkpoint), "rows": rows, "rendered_minus_untrained_accuracy": gain,
            "seconds": round(time.perf_counter() - t0)}
     print(json.dumps(out))

@@ -179,6 +179,9 @@ def _recipe_options(f):
                      help="The recogniser's input: our 108 px crop, or the 112 px ArcFace crop (warped from it)."),
         click.option("--margin", type=click.Choice(["arcface", "cosface"]), default="arcface", show_default=True,
                      help="ArcFace (m 0.5) or CosFace (m 0.35), scale 64."),
+        click.option("--margin-m", type=FiniteRange(0, 1.5), default=None, help="The margin [the paper's]."),
+        click.option("--margin-s", type=FiniteRange(1, 256), default=None,
+                     help="The logits' scale [64]; a smaller one (30) starts faster on a few hundred identities."),
         click.option("--augment", type=click.Choice(["standard", "strong", "none"]), default="standard",
                      show_default=True, help="standard: flip + random erasing; strong: also shift, rotation, "
                                              "scale, colour, greyscale and blur."),
@@ -193,12 +196,13 @@ def _recipe_options(f):
     return f
 
 
-def _recipe(steps, batch_size, lr, warmup_steps, width, embedding_size, crop, margin, augment, seed, amp, device,
-            **extra):
+def _recipe(steps, batch_size, lr, warmup_steps, width, embedding_size, crop, margin, margin_m, margin_s, augment,
+            seed, amp, device, **extra):
     from refine.recognition.train import RecognizerConfig
 
     return RecognizerConfig(steps=steps, batch_size=batch_size, lr=lr, warmup_steps=warmup_steps, width=width,
-                            embedding_size=embedding_size, crop=crop, margin=margin, augment=augment, seed=seed,
+                            embedding_size=embedding_size, crop=crop, margin=margin, margin_m=margin_m,
+                            margin_s=margin_s, augment=augment, seed=seed,
                             amp=amp, device=device, **extra)
 
 

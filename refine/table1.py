@@ -130,6 +130,7 @@ def markdown(report: dict) -> str:
         lines.append(f"| {row['row']} | {row['identities']} | {images} | " + " | ".join(cells) + " |")
     r = report["recipe"]
     lines += ["", f"Recipe: {r['arch']} (width {r['width']}, {r['embedding_size']}-D, {r['crop']} crop), "
-              f"{r['margin']} margin, {r['steps']} steps of {r['batch_size']} images, SGD lr {r['lr']}, "
+              f"{r['margin']} margin" + (f" (m {r['margin_m']})" if r.get("margin_m") is not None else "")
+              + (f" (s {r['margin_s']})" if r.get("margin_s") is not None else "") + f", {r['steps']} steps of {r['batch_size']} images, SGD lr {r['lr']}, "
               f"augmentation {r['augment']}, seed {r['seed']}. Accuracy: 10-fold, mean ± std (%)."]
     return "\n".join(lines) + "\n"
