@@ -56,7 +56,7 @@ from refine.distributed import barrier, finish
 from refine.export_sinks import FORMATS, SINKS
 from refine.export_state import (BATCH_MULTIPLE, MANIFEST, STATE_DIR, ProgressLog, check_out, chunk_ranges,
                                  rank_chunks, read_manifest, read_progress)
-from refine.refiner import Refiner, _np, check_checkpoint, check_new_identities
+from refine.refiner import Refiner, _np, check_checkpoint, check_new_identities, score_dtype
 
 SCORES = "scores.csv"
 MANIFEST_VERSION = 1
@@ -154,6 +154,7 @@ def _settings(o: ExportOptions, sha: str, model, priors, cfg: dict, sink_setting
          "max_dr_error": o.max_dr_error, "max_cycle_error": o.max_cycle_error,
          "max_retries": o.max_retries if o.filtering else None, "embedder": cfg.get("embedder", "dlib"),
          "network_batch": o.net_batch, "dropout": o.dropout,
+         "score_precision": str(score_dtype(o.device)).removeprefix("torch.") if o.scores else None,
          "crop_template": cfg.get("crop_template") or DEFAULT_TEMPLATE}
     return json.loads(json.dumps(s))
 
