@@ -22,6 +22,11 @@ resumed chunk is recomputed whole and torchrun ranks take whole chunks. A resume
 multi-process export thus writes one run's bytes, given the same network batch (recorded; a
 resume with another is refused) and threads per process.
 
+Scores' precision (``refine.refiner.score_dtype``, recorded as ``score_precision``): on a CPU with
+bf16 units D_R and G' run in bfloat16, which moves dr_error and cycle_error from float32 scoring by
+at most 1e-4 (measured on the paper-size networks: 1.1e-6 and 1.7e-5; ``bench/export.py``,
+``score_tolerance``); G's images, C's embeddings and identity_loss are float32 and unchanged.
+
 Filtering (``max_dr_error`` / ``max_cycle_error``): an image above a threshold is replaced by a
 new draw of the same identity, taking the next image numbers of the identity's per-image seed
 stream (``M, M + 1, ...``, in slot order within each round) until it passes or ``max_retries``
