@@ -37,11 +37,15 @@ def main():
 @click.option("--seed", type=click.IntRange(0, 2 ** 32 - 1), default=None, help="Initial weights, batches, noise [0].")
 @click.option("--checkpoint-every", type=click.IntRange(1), default=None)
 @click.option("--resume", is_flag=True, help="Continue from the newest checkpoint in --out.")
+@click.option("--amp/--no-amp", default=None,
+              help="bfloat16 autocast of the networks (losses, weights and optimiser states stay float32), "
+                   "on CUDA and on the CPU; fast on CPUs with bf16 units (AMX / AVX512-BF16), slow on "
+                   "others (bench/train_step.py) [off].")
 @click.option("--threads", type=THREADS, default=None,
               help="CPU threads (default: OMP_NUM_THREADS, else all cores). A resumed run repeats the "
                    "uninterrupted one bit for bit with the same threads (README, Reproducibility).")
 def train(synthetic, real, pairs, run_dir, config_path, steps, batch_size, lr, variant, embedder, device, seed,
-          checkpoint_every, resume, threads):
+          checkpoint_every, resume, amp, threads):
     """Train G, G', D_R and D_S (paper Eq. 1-10). Ctrl-C saves a checkpoint; --resume continues
     exactly where it stopped. Under 'torchrun --nproc_per_node K' each process trains on its
     own batches and only rank 0 writes."""
@@ -49,7 +53,7 @@ def train(synthetic, real, pairs, run_dir, config_path, steps, batch_size, lr, v
     from refine.train import train as run
 
     cfg = load_config(config_path, steps=steps, batch_size=batch_size, lr=lr, variant=variant,
-                      embedder=embedder, device=device, seed=seed, checkpoint_every=checkpoint_every)
+                      embedder=embedder, device=device, seed=seed, checkpoint_every=checkpoint_every, amp=amp)
     last = run(cfg, synthetic, real, pairs, run_dir, resume=resume, threads=threads)
     if last is not None:
         click.echo(f"{run_dir}: trained to step {cfg.steps}; checkpoint {last}")

@@ -22,6 +22,11 @@ resumed chunk is recomputed whole and torchrun ranks take whole chunks. A resume
 multi-process export thus writes one run's bytes, given the same network batch (recorded; a
 resume with another is refused) and threads per process.
 
+Scores' precision (``refine.refiner.score_dtype``, recorded as ``score_precision``): on a CPU with
+bf16 units D_R and G' run in bfloat16, which moves dr_error and cycle_error from float32 scoring by
+at most 1e-4 (measured on the paper-size networks: 1.1e-6 and 1.7e-5; ``bench/export.py``,
+``score_tolerance``); G's images, C's embeddings and identity_loss are float32 and unchanged.
+
 Filtering (``max_dr_error`` / ``max_cycle_error``): an image above a threshold is replaced by a
 new draw of the same identity, taking the next image numbers of the identity's per-image seed
 stream (``M, M + 1, ...``, in slot order within each round) until it passes or ``max_retries``
@@ -56,7 +61,7 @@ from refine.distributed import barrier, finish
 from refine.export_sinks import FORMATS, SINKS
 from refine.export_state import (BATCH_MULTIPLE, MANIFEST, STATE_DIR, ProgressLog, check_out, chunk_ranges,
                                  rank_chunks, read_manifest, read_progress)
-from refine.refiner import Refiner, _np, check_checkpoint, check_new_identities
+from refine.refiner import Refiner, _np, check_checkpoint, check_new_identities, score_dtype
 
 SCORES = "scores.csv"
 MANIFEST_VERSION = 1
@@ -155,6 +160,7 @@ def _settings(o: ExportOptions, sha: str, model, priors, cfg: dict, sink_setting
          "max_dr_error": o.max_dr_error, "max_cycle_error": o.max_cycle_error,
          "max_retries": o.max_retries if o.filtering else None, "embedder": cfg.get("embedder", "dlib"),
          "network_batch": o.net_batch, "dropout": o.dropout,
+         "score_precision": str(score_dtype(o.device)).removeprefix("torch.") if o.scores else None,
          "crop_template": cfg.get("crop_template") or DEFAULT_TEMPLATE,
          # only when on, so that the job keys of exports without it stay what they were
          **({"exclude_leaks": {"references": [str(r) for r in o.references], "threshold": o.leak_threshold}}
