@@ -135,10 +135,16 @@ class RegressionTrees:
 @njit(cache=True)
 def _decode_ints(buf):
     """Every integer of a dlib serialisation stream (see ``_read_int``; a float is two of them)."""
-    out = np.empty(buf.size, np.int64)
+    pos = n = 0
+    while pos < buf.size:  # count first: the 100 MB file holds 33 M integers, not 100 M
+        n += 1
+        pos += 1 + (buf[pos] & 0x0F)
+    out = np.empty(n, np.int64)
     pos = n = 0
     while pos < buf.size:
         ctrl = buf[pos]
+        if pos + 1 + (ctrl & 0x0F) > buf.size:  # a truncated file: stop, read_model refuses it
+            break
         v = np.int64(0)
         for j in range(ctrl & 0x0F):
             v |= np.int64(buf[pos + 1 + j]) << (8 * j)
