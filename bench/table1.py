@@ -17,7 +17,7 @@ With the installed commands:
 Prints progress and the table, then one JSON object as the last line, with the recipe's CPU
 seconds per row. ``--out DIR`` keeps everything and resumes from what is there.
 
-    python bench/table1.py [--out DIR] [--steps 600] [--checkpoint RUN/checkpoints/step_N.pt]
+    python bench/table1.py [--out DIR] [--steps 800] [--checkpoint RUN/checkpoints/step_N.pt]
 """
 from __future__ import annotations
 
@@ -67,7 +67,7 @@ def main():
     ap.add_argument("--train-images", type=int, default=12)
     ap.add_argument("--heldout-identities", type=int, default=100)
     ap.add_argument("--heldout-images", type=int, default=6)
-    ap.add_argument("--steps", type=int, default=600, help="recogniser steps per row")
+    ap.add_argument("--steps", type=int, default=800, help="recogniser steps per row")
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--width", type=float, default=0.5)
     ap.add_argument("--margin", default="cosface")
