@@ -6,6 +6,7 @@ file's own numbers, independently of the loaders.
 """
 from __future__ import annotations
 
+import json
 import pickle
 from pathlib import Path
 
@@ -212,3 +213,86 @@ def write_tddfa_v2(folder: Path, seed: int = 4, with_params: bool = True, with_t
         with open(folder / "tri.pkl", "wb") as f:
             pickle.dump(tris[:, [0, 2, 1]].T.astype(np.int32), f)
     return {**d, "params": params, "kp_vertex": kp_vertex}
+
+
+# ------------------------------------------------------------------ ICT-FaceKit FaceXModel --
+
+#: the licence banner every ICT-FaceKit OBJ file starts with (shortened: the parser skips comments)
+_ICT_BANNER = "#" * 90 + "\n# ICT FaceKit" + " " * 76 + "#\n" + "#" * 90 + "\n\nmtllib ICTFaceModelMaterial.mtl\n"
+#: the material (ICTFaceModelMaterial.mtl) of each part's polygons in the real OBJ files
+_ICT_MATERIALS = {"face": "M_Face", "head and neck": "M_BackHead", "mouth socket": "M_BackHead",
+                  "eye socket": "M_BackHead", "gums and tongue": "M_GumsTongue", "teeth": "M_Teeth",
+                  "eyeball": "M_ScleraLeft", "lacrimal fluid": "M_LacrimalFluid", "eye blend": "M_EyeBlend",
+                  "eye occlusion": "M_EyeOcclusion", "eyelashes": "M_EyeLashes"}
+ICT_EXPRESSIONS = ("browDown_L", "eyeBlink_R", "jawOpen", "mouthSmile_L")  # real names, cut-down list
+
+
+def ict_polygons(rng) -> list[tuple[str, list[int]]]:
+    """(material, 0-based vertex ids) of the fixture's polygons: in every ICT part one quad and one
+    triangle on vertices of that part, plus a quad across the face / head-and-neck seam (the real
+    mesh has 360 polygons joining two parts). No vertex is used twice, so every triangle a loader
+    makes belongs to exactly one polygon."""
+    from morph.formats.ict import PARTS
+
+    seam = [9400, 9401, 9409, 9410]
+    polys, used = [], set(seam)
+    for part, (first, last) in PARTS.items():
+        for size in (4, 3):
+            ids = [int(i) for i in rng.choice(np.arange(first, last + 1), size, replace=False)]
+            while used.intersection(ids):
+                ids = [int(i) for i in rng.choice(np.arange(first, last + 1), size, replace=False)]
+            used.update(ids)
+            polys.append((_ICT_MATERIALS[part.split(" left")[0].split(" right")[0]], ids))
+    polys.insert(2, ("M_Face", seam))
+    return polys
+
+
+def _write_ict_obj(path: Path, verts_cm: np.ndarray, polys) -> np.ndarray:
+    """One OBJ as ICT-FaceKit writes them: banner, ``mtllib``, ``v`` (%g, 6 digits), ``vt``, then
+    ``usemtl`` groups of 1-based ``f v/vt`` polygons. Returns the positions as written."""
+    text = [f"{x:.6g}" for x in verts_cm.reshape(-1)]
+    lines = [_ICT_BANNER]
+    lines += [f"v {x} {y} {z}\n" for x, y, z in zip(text[0::3], text[1::3], text[2::3])]
+    n_corners = sum(len(p) for _, p in polys)
+    lines += [f"vt {u:.6f} {v:.6f}\n" for u, v in np.linspace(0.01, 0.99, 2 * n_corners).reshape(-1, 2)]
+    material, vt = None, 1
+    for mat, ids in polys:
+        if mat != material:
+            lines.append(f"usemtl {mat}\n")
+            material = mat
+        lines.append("f " + " ".join(f"{i + 1}/{vt + k}" for k, i in enumerate(ids)) + "\n")
+        vt += len(ids)
+    path.write_text("".join(lines), encoding="utf-8")
+    return np.array(text, np.float64).reshape(verts_cm.shape)
+
+
+def write_ict(folder: Path, n_identities: int = 3, seed: int = 0) -> dict:
+    """A FaceXModel folder in ICT-FaceKit's exact layout: OBJ files with the real 26,719 vertices
+    (in centimetres, 6 significant digits, as in the real files) but a cut-down polygon list, and
+    ``vertex_indices.json`` with the published keys (shortened lists; the landmarks lie in the face
+    part). Returns the vertex arrays as written (at the files' precision), the polygons and
+    the config."""
+    from morph.formats.ict import N_VERTICES
+
+    rng = np.random.default_rng(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    polys = ict_polygons(rng)
+
+    neutral = _write_ict_obj(folder / "generic_neutral_mesh.obj", rng.uniform(-12.0, 12.0, (N_VERTICES, 3)), polys)
+    identities = [_write_ict_obj(folder / f"identity{k:03d}.obj", neutral + rng.normal(0.0, 0.3, neutral.shape), polys)
+                  for k in range(n_identities)]
+    expressions = {name: _write_ict_obj(folder / f"{name}.obj", neutral + rng.normal(0.0, 0.2, neutral.shape), polys)
+                   for name in ICT_EXPRESSIONS}
+    config = {
+        "expressions": list(ICT_EXPRESSIONS),
+        "fitting_expressions": list(ICT_EXPRESSIONS),
+        "incompatibilities": [],
+        "idx_to_fitting_verts": [5513, 5514, 0, 1],
+        "idx_to_rigid_verts": [8786, 8792],
+        "idx_to_lap_rigid_verts": [4576, 4578],
+        "idx_to_landmark_verts": [int(i) for i in rng.choice(9409, 68, replace=False)],
+        "idx_to_rigid_landmark_idx": [0, 36, 39, 42, 45, 16, 28, 31, 35],
+    }
+    (folder / "vertex_indices.json").write_text(json.dumps(config), encoding="utf-8")
+    return {"neutral": neutral, "identities": identities, "expressions": expressions,
+            "polygons": polys, "config": config}

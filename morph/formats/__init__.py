@@ -8,6 +8,7 @@
 | LSFM ``*.mat``                     | lsfm        | .mat with mean, components, eigenvalues     |
 | BFM 2017/2019 and our default .h5  | bfm2017     | .h5 / .hdf5                                 |
 | eos/SFM model or blendshapes .bin  | eos         | .bin (model first, then blendshapes)        |
+| ICT-FaceKit ``FaceXModel/`` folder  | ict         | a folder (generic_neutral_mesh.obj + JSON)  |
 | 3DDFA_V2 ``bfm_noneck_v3.pkl``     | tddfa_v2    | .pkl (restricted unpickler)                 |
 | a YAML composing files             | spec        | .yaml / .yml                                |
 

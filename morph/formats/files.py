@@ -1,5 +1,6 @@
-"""Which loader reads a model file: by extension, and for .mat by the variables it holds. A new
-format is one loader module (``load(path, name) -> MorphableModel``) and one line here."""
+"""Which loader reads a model file: by extension, and for .mat by the variables it holds; a
+folder is read as the model format it is laid out in (today only ICT-FaceKit's ``FaceXModel``).
+A new format is one loader module (``load(path, name) -> MorphableModel``) and one line here."""
 from __future__ import annotations
 
 from importlib import import_module
@@ -18,11 +19,16 @@ MAT_FORMATS = (
 )
 #: other extensions: loader module
 BY_EXTENSION = {".h5": "bfm2017", ".hdf5": "bfm2017", ".bin": "eos", ".pkl": "tddfa_v2"}
+#: folder formats: loader module, what the folder is (its module's ``is_ict_folder``-style test decides)
+FOLDER_FORMATS = (("ict", "ICT-FaceKit FaceXModel folder"),)
 EXTENSIONS = ".mat, .h5/.hdf5, .bin, .pkl, .yaml/.yml"
 
 
 def load_file(path, name: str = "") -> MorphableModel:
-    """The model in one model file (not a YAML spec)."""
+    """The model in one model file (not a YAML spec), or in a model folder."""
+    if Path(path).expanduser().is_dir():
+        # one folder format today; a second one would be told apart here by the files it holds
+        return _module(FOLDER_FORMATS[0][0]).load(path, name)
     path = c.existing(path)
     ext = path.suffix.lower()
     if ext == ".mat":
