@@ -244,16 +244,19 @@ def test_cli_trains_and_table1_prints_a_row_per_set(sets, tmp_path):
               "--batch-size", 8, "--width", 0.25, "--embedding-size", 32, "--threads", 1)
     assert res.exit_code == 0, res.output
     assert (tmp_path / "rec" / "recognizer.pt").is_file()
-    args = ["table1", "-o", tmp_path / "t", "--rendered", sets / "synthetic.h5", "--refined", sets / "synthetic.h5",
-            "--set", sets / "synthetic.h5", "--pairs", 20, "--steps", 2, "--batch-size", 8, "--width", 0.25,
-            "--embedding-size", 32, "--threads", 1]
+    real = _labelled_h5(tmp_path / "real.h5", 3, 4, 0, value_base=10)
+    args = ["table1", "-o", tmp_path / "t", "--real", real, "--rendered", sets / "synthetic.h5",
+            "--refined", sets / "synthetic.h5", "--set", sets / "synthetic.h5", "--pairs", 20, "--steps", 2,
+            "--batch-size", 8, "--width", 0.25, "--embedding-size", 32, "--threads", 1]
     res = run(*args)
     assert res.exit_code == 0, res.output
     report = json.loads((tmp_path / "t" / "table1.json").read_text())
-    assert [r["row"] for r in report["rows"]] == ["untrained", "rendered", "refined"]
-    assert report["rows"][1]["sets"][0]["path"] == str(sets / "synthetic.h5")
-    assert report["rows"][1]["identities"] == 6
+    rows = {r["row"]: r for r in report["rows"]}
+    assert list(rows) == ["untrained", "real", "real+rendered", "real+refined", "rendered", "refined"]
+    assert [s["path"] for s in rows["real+rendered"]["sets"]] == [str(real), str(sets / "synthetic.h5")]
+    assert rows["real+rendered"]["identities"] == 3 + 6 and rows["rendered"]["identities"] == 6
     assert "| rendered | 6 | 24 |" in (tmp_path / "t" / "table1.md").read_text()
+    assert "| real+refined | 9 | 36 |" in (tmp_path / "t" / "table1.md").read_text()
     before = (tmp_path / "t" / "rendered" / "recognizer.pt").stat().st_mtime_ns
     assert run(*args).exit_code == 0
     assert (tmp_path / "t" / "rendered" / "recognizer.pt").stat().st_mtime_ns == before
