@@ -26,7 +26,6 @@ import json
 import os
 import re
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -34,7 +33,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as the CLI does (cli/common.py)
 
-from learn import REALFACES, sh  # noqa: E402 - bench/learn.py: run a command as a user would
+from learn import REALFACES, sh, work_dir  # noqa: E402 - bench/learn.py: run commands as a user would
 
 TRAIN_SEED = 3
 RMFD_NAME = re.compile(r"^0_0_(.+)_(\d+)\.(jpg|jpeg|png)$", re.IGNORECASE)
@@ -80,13 +79,7 @@ def main():
     ap.add_argument("--device", default="cpu")
     a = ap.parse_args()
     t0 = time.perf_counter()
-    tmp = None
-    if a.out is None:
-        tmp = tempfile.TemporaryDirectory()
-        d = Path(tmp.name)
-    else:
-        d = a.out
-        d.mkdir(parents=True, exist_ok=True)
+    tmp, d = work_dir(a.out)  # noqa: F841 - tmp holds the temporary folder until the end
     log = d / "commands.log"
     # 1-2. renders
     for name, seed, n, k in (("train", TRAIN_SEED, a.train_identities, a.train_images),

@@ -38,6 +38,7 @@ from refine.distributed import finish, init_distributed, main_rank_lock
 from refine.recognition.data import AUGMENTATIONS, Augment, Mixture, to_tensor
 from refine.recognition.margin import MARGINS, MarginHead
 from refine.recognition.model_file import ARCHITECTURES, build_backbone, save_model
+from refine.train import open_tensorboard, trim_log
 
 STATE_FORMAT = "ganfaces-recognizer-run"
 
@@ -222,14 +223,8 @@ def _train(cfg, data, run_dir, resume, progress, ddp):
     if ddp.main:
         (run_dir / "config.yaml").write_text(yaml.safe_dump(
             {**cfg.to_dict(), "data": [str(p) for p in data]}, sort_keys=False))
-        if log_path.exists():  # drop lines past the checkpoint (a run killed after its last one)
-            keep = [ln for ln in log_path.read_text().splitlines() if ln and json.loads(ln)["step"] <= trainer.step]
-            log_path.write_text("".join(ln + "\n" for ln in keep))
-        try:
-            from torch.utils.tensorboard import SummaryWriter
-            tb = SummaryWriter(str(run_dir / "tensorboard"), purge_step=trainer.step + 1)
-        except ImportError:
-            tb = None
+        trim_log(log_path, trainer.step)
+        tb = open_tensorboard(run_dir, trainer.step)
     bar = tqdm(total=cfg.steps, initial=trainer.step, unit="step", desc="train-recognizer",
                disable=not (progress and ddp.main))
     previous = signal.getsignal(signal.SIGTERM)
