@@ -89,12 +89,41 @@ def integral_image(images: torch.Tensor) -> torch.Tensor:
     """
     b, h, w, c = images.shape
     dtype = torch.int32 if 255 * h * w < 2**31 else torch.int64
+    if images.device.type == "cpu":
+        # one pass of running row sums in numba: 6 against 73 CPU-ms for a 1080p photo as two
+        # torch cumsums (the second runs along a strided axis), whose cost rivalled P-Net's
+        sat = np.empty((b, h + 1, w + 1, c), np.int32 if dtype == torch.int32 else np.int64)
+        _integral_image_cpu(images.contiguous().numpy(), sat)
+        return torch.from_numpy(sat)
+    return _integral_image_torch(images, dtype)
+
+
+def _integral_image_torch(images: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    b, h, w, c = images.shape
     sat = torch.zeros((b, h + 1, w + 1, c), dtype=dtype, device=images.device)
     inner = sat[:, 1:, 1:]
     # Written straight into the table: 5x faster on CPU than converting, then copying.
     torch.cumsum(images, 1, dtype=dtype, out=inner)
     inner.cumsum_(2)
     return sat
+
+
+@njit(cache=True, error_model="numpy")
+def _integral_image_cpu(images, sat):
+    """``integral_image`` on CPU: sat[k, y + 1, x + 1] = sat[k, y, x + 1] + (row y's sum up to x)."""
+    b, h, w, c = images.shape
+    for k in range(b):
+        for x in range(w + 1):
+            for ch in range(c):
+                sat[k, 0, x, ch] = 0
+        for y in range(h):
+            for ch in range(c):
+                sat[k, y + 1, 0, ch] = 0
+            for ch in range(c):
+                run = 0
+                for x in range(w):
+                    run += images[k, y, x, ch]
+                    sat[k, y + 1, x + 1, ch] = sat[k, y, x + 1, ch] + run
 
 
 def _area_bounds(start: torch.Tensor, length: torch.Tensor, out: int):
@@ -325,14 +354,15 @@ class MTCNN:
     ``nms_thresholds``: P-Net within one pyramid level (0.5), P-Net across levels (0.7), R-Net
     (0.7), O-Net with the "Min" overlap (0.7). ``max_batch_pixels`` caps how many image pixels
     go through P-Net together; ``crop_batch`` how many crops go through R-/O-Net at once (256
-    keeps R-Net's activations in the CPU cache: 2-3x faster than thousands at once).
+    keeps R-Net's activations in the CPU cache: 2-3x faster than thousands at once);
+    ``pnet_strip_pixels`` how many input pixels P-Net sees at once on CPU (``_pnet_in_strips``).
     """
 
     def __init__(self, min_face_size: float = 20.0, scale_factor: float = 0.709,
                  thresholds: Sequence[float] = (0.6, 0.7, 0.7),
                  nms_thresholds: Sequence[float] = (0.5, 0.7, 0.7, 0.7),
                  device: str | torch.device = "cpu", max_batch_pixels: int = 2**24,
-                 crop_batch: int = 256):
+                 crop_batch: int = 256, pnet_strip_pixels: int = 2**18):
         if not 0 < scale_factor < 1:
             raise ValueError(f"MTCNN: scale_factor must be in (0, 1), got {scale_factor}.")
         if not min_face_size > 0:
@@ -348,6 +378,7 @@ class MTCNN:
         self.device = torch.device(device)
         self.max_batch_pixels = int(max_batch_pixels)
         self.crop_batch = int(crop_batch)
+        self.pnet_strip_pixels = int(pnet_strip_pixels)
         self.pnet, self.rnet, self.onet = (
             net.eval().to(self.device, memory_format=torch.channels_last) for net in (PNet(), RNet(), ONet()))
 
@@ -418,7 +449,7 @@ class MTCNN:
         all_boxes, all_scores, all_reg, all_index = [], [], [], []
         for scale in self.scales(h, w):
             level = resize_levels(sat, int(h * scale + 1), int(w * scale + 1))
-            prob, reg = self.pnet(level)
+            prob, reg = self._pnet_in_strips(level)
             img_i, cy, cx = torch.nonzero(prob >= self.thresholds[0], as_tuple=True)
             if img_i.numel() == 0:
                 continue
@@ -440,6 +471,28 @@ class MTCNN:
         keep = _nms_union(boxes, scores, image_index, nms_image)
         boxes = _square(_regress(boxes[keep], reg[keep], plus_one=False))
         return boxes, scores[keep], image_index[keep]
+
+    def _pnet_in_strips(self, level: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """P-Net on a pyramid level, on CPU in horizontal strips of about ``pnet_strip_pixels``
+        input pixels. Output row i sees input rows [2i, 2i + 12), so a strip of output rows
+        [o0, o1) needs input rows [2 o0, 2 o1 + 10): it starts on an even row and its max-pool
+        windows are the whole image's. On a 700 x 1200 level (2 cores) 120 -> 64 CPU-ms: the
+        strip's activations stay in the cache instead of 33 MB per layer, and PReLU and max-pool,
+        half of P-Net's time, are memory-bound. The convolutions may pick other kernels for the
+        other shape, so outputs can differ from one whole-level call in the last bits (1e-11 seen);
+        a given image size always gets the same strips."""
+        b, _, h, w = level.shape
+        out_h = (h - 1) // 2 - 4
+        per = max(1, (self.pnet_strip_pixels // max(1, b * w) - 10) // 2)
+        if level.device.type != "cpu" or out_h <= per:
+            return self.pnet(level)
+        probs, regs = [], []
+        for o0 in range(0, out_h, per):
+            o1 = min(out_h, o0 + per)
+            prob, reg = self.pnet(level[:, :, 2 * o0:min(h, 2 * o1 + 10)])
+            probs.append(prob)
+            regs.append(reg)
+        return torch.cat(probs, 1), torch.cat(regs, 2)
 
     def _run_crops(self, net, sat, boxes, image_index, h, w, size):
         """Crop, resample and run ``net``: (boxes with a non-empty crop, their image index, net outputs)."""

@@ -209,6 +209,35 @@ def test_cpu_crops_and_pyramid_equal_the_torch_gather_bit_for_bit(real_images):
         assert torch.equal(mtcnn.resize_levels(sat, out_h, out_w), mtcnn._resize_levels_torch(sat, out_h, out_w))
 
 
+def test_cpu_integral_image_equals_the_torch_cumsums(real_images):
+    """The numba summed-area table (the CPU path) against torch's two cumsums (the CUDA path), in
+    int32 and, for a table past 2^31, int64 (catches an off-by-one row or column, or a lost row)."""
+    from morph import mtcnn
+
+    img = real_images["t1.jpg"]
+    imgs = torch.from_numpy(np.stack([img, img[::-1].copy()]))
+    for batch, dtype in ((imgs, torch.int32), (imgs[:1].repeat(1, 3, 3, 1), torch.int64)):
+        sat = mtcnn.integral_image(batch)
+        assert sat.dtype == dtype and torch.equal(sat, mtcnn._integral_image_torch(batch, dtype))
+
+
+@pytest.mark.parametrize("h", [12, 13, 25, 26, 201])
+def test_pnet_in_strips_equals_pnet_on_the_whole_level(h):
+    """Strips of output rows [o0, o1) read input rows [2 o0, 2 o1 + 10): the outputs of even and
+    odd heights (the last max-pool window partial or not) match one whole call (catches a strip
+    that starts on an odd row, reads too few rows or drops the last ones)."""
+    from morph import mtcnn
+
+    det = mtcnn.MTCNN(pnet_strip_pixels=3 * 37 * 16)  # strips of 3 output rows for 3 images of width 37
+    level = torch.rand(3, 3, h, 37, generator=torch.Generator().manual_seed(h)) * 2 - 1
+    level = level.contiguous(memory_format=torch.channels_last)
+    with torch.inference_mode():
+        whole, strips = det.pnet(level), det._pnet_in_strips(level)
+    for a, b in zip(whole, strips):
+        assert a.shape == b.shape
+        torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-6)
+
+
 def test_greedy_nms_equals_torchvision_and_facenet_min_mode():
     g = torch.Generator().manual_seed(1)
     xy = torch.rand(300, 2, generator=g) * 200
