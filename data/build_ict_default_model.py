@@ -33,7 +33,8 @@ What the file holds (Basel Face Model 2017 ``.h5`` layout, see ``morph/formats/b
   mean is painted by ``morph.albedo.paint`` on the face and head and neck (skin, lips, brows,
   lash lines, cheek redness, beard shadow and under-eye +1 std, as on the previous default),
   with the painted eye off (this mesh has eyeballs) and the painted nostrils off (the mesh models
-  them as cavities), short hair above a ``HAIRLINE`` (``hair_mask``), and fixed colours on the
+  them as cavities, which the baked occlusion below darkens), short hair above a ``HAIRLINE``
+  (``hair_mask``), and fixed colours on the
   other parts: eyeball sclera, iris with pupil and limbus (``iris_fields``), eye sockets, mouth
   socket, gums and teeth darkening with depth behind the lips. 13 named, smooth modes (RGB per
   std): the 10 of the previous default (skin tone, undertone, saturation, cheek and nose redness,
@@ -41,6 +42,9 @@ What the file holds (Basel Face Model 2017 ``.h5`` layout, see ``morph/formats/b
   colour (brown to blue-grey), hair lightness and hair redness. The sclera is greyer than the
   previous default's and the lash lines stronger, and the hair is there, because MTCNN found
   exactly one face in more renders so (``bench/identities.py``; numbers in ``data/README.md``).
+  Mean and modes are then multiplied by baked ambient occlusion (``ambient_occlusion``,
+  ``occlusion_shade``): our renderer casts no shadows, and unshaded the nostrils' insides
+  rendered white when seen from below and the teeth between parted lips as bright specks.
 
 Determinism: no randomness; HDF5 written with ``track_times=False`` and fixed chunking, so the
 same commit gives a byte-identical file (``tests/test_ict_default_model.py`` checks it when
@@ -94,6 +98,11 @@ HAIR = (0.13, 0.09, 0.07)
 #: hairline height (mm, relative to the brows) by angle round the head's vertical axis (degrees,
 #: 0 = the front): forehead, temples, above the ears, behind the ears, nape
 HAIRLINE = ((0.0, 45.0), (50.0, 25.0), (90.0, -10.0), (120.0, -25.0), (180.0, -80.0))
+#: ambient occlusion baked into the albedo (``occlusion_shade``): directions, depth-map size, the
+#: visibility at and above which a vertex keeps its colour, and the darkest factor (a closed cavity)
+AO_DIRECTIONS, AO_RESOLUTION, AO_OPEN, AO_FLOOR = 256, 768, 0.8, 0.15
+#: the mouth's interior is shaded with the jaw this far open (blendshape weight), as it is seen
+AO_JAW_OPEN = 0.5
 
 
 # --------------------------------------------------------------------------------------------
@@ -170,8 +179,63 @@ def hair_mask(v: np.ndarray, L: np.ndarray) -> np.ndarray:
     return smoothstep((v[:, 1] - line) / 4.0)
 
 
-def colour_model(v: np.ndarray, tris: np.ndarray, lm: np.ndarray, parts: list[str]):
-    """(N, 3) mean albedo and the named colour modes [(name, (N, 3) field per std)]."""
+def fibonacci_sphere(k: int) -> np.ndarray:
+    """(k, 3) unit directions spread evenly over the sphere (the golden-angle spiral)."""
+    i = np.arange(k) + 0.5
+    z = 1 - 2 * i / k
+    r, phi = np.sqrt(1 - z * z), np.pi * (1 + 5 ** 0.5) * i
+    return np.stack([r * np.cos(phi), r * np.sin(phi), z], 1)
+
+
+def ambient_occlusion(v: np.ndarray, tris: np.ndarray, normals: np.ndarray, bias_mm: float = 0.3) -> np.ndarray:
+    """(N,) share of each vertex's hemisphere, cosine-weighted, from which it can be seen: 1 on an
+    open surface, 0 deep in a cavity. Seen from each of ``AO_DIRECTIONS`` directions the mesh is
+    rasterised orthographically into a depth map of ``AO_RESOLUTION`` pixels a side (our CPU
+    rasteriser, ``morph.render.raster_cpu.rasterize_numpy``); a vertex is seen from there when it is
+    no deeper than ``bias_mm`` behind the farthest of the depths in its 3x3 pixels (so that a vertex
+    on a silhouette or a steep slope is not shadowed by its own triangles)."""
+    from morph.render.raster_cpu import rasterize_numpy
+
+    c = v.mean(0)
+    rad = np.linalg.norm(v - c, axis=1).max() * 1.01
+    dirs = fibonacci_sphere(AO_DIRECTIONS)
+    res, seen = AO_RESOLUTION, np.zeros((len(v), len(dirs)), bool)
+    for s in range(0, len(dirs), 16):
+        views = []
+        for d in dirs[s:s + 16]:  # a frame whose third axis points from the mesh to the camera
+            e1 = np.cross(d, [1.0, 0, 0] if abs(d[0]) < 0.9 else [0, 1.0, 0])
+            e1 /= np.linalg.norm(e1)
+            e2 = np.cross(d, e1)
+            p = v - c
+            # elementwise products and sums of three, not BLAS: the same bits on any CPU
+            views.append(np.stack([(p * e1).sum(1) / rad, (p * e2).sum(1) / rad, 2 * rad - (p * d).sum(1)], 1))
+        P = np.stack(views).astype(np.float32)
+        z = rasterize_numpy(P, tris.astype(np.int32), (res, res))[1][..., 0]
+        z = np.where(z < 0, np.inf, z)  # background: nothing in front
+        # the pixel of each vertex (NDC +x is left and +y up, ``pixel_centres_ndc``)
+        col = np.round((1 - P[..., 0]) / 2 * res - 0.5).astype(np.int64)
+        row = np.round((1 - P[..., 1]) / 2 * res - 0.5).astype(np.int64)
+        for b in range(len(P)):
+            far = np.full(len(v), -np.inf)
+            for dr in (-1, 0, 1):
+                for dc in (-1, 0, 1):
+                    far = np.maximum(far, z[b, np.clip(row[b] + dr, 0, res - 1), np.clip(col[b] + dc, 0, res - 1)])
+            seen[:, s + b] = P[b, :, 2] <= far + bias_mm
+    w = np.clip((normals[:, None, :] * dirs[None]).sum(2), 0, None)
+    return (w * seen).sum(1) / np.maximum(w.sum(1), 1e-12)
+
+
+def occlusion_shade(ao: np.ndarray) -> np.ndarray:
+    """The factor on albedo for ambient occlusion ``ao``: 1 from ``AO_OPEN`` up, ``AO_FLOOR`` at 0.
+    Our renderer casts no shadows, so without it a cavity lit from the front is as bright as a
+    cheek: nostrils looked white from below, and teeth between parted lips looked like specks."""
+    return AO_FLOOR + (1 - AO_FLOOR) * smoothstep(ao / AO_OPEN)
+
+
+def colour_model(v: np.ndarray, tris: np.ndarray, lm: np.ndarray, parts: list[str],
+                 shade: np.ndarray | None = None):
+    """(N, 3) mean albedo and the named colour modes [(name, (N, 3) field per std)]; ``shade``
+    (N,) multiplies both (``occlusion_shade``), so that any sampled colour is shaded alike."""
     L = v[lm]
     skin_part = part_mask(parts, ("face", "head and neck"))
     iod = np.linalg.norm(L[42:48].mean(0) - L[36:42].mean(0))
@@ -228,6 +292,8 @@ def colour_model(v: np.ndarray, tris: np.ndarray, lm: np.ndarray, parts: list[st
         ("hair lightness", vec(hair, (0.07, 0.06, 0.045))),
         ("hair redness", vec(hair, (0.03, 0.0, -0.015))),
     ]
+    if shade is not None:
+        col, modes = col * shade[:, None], [(name, f * shade[:, None]) for name, f in modes]
     return col, modes
 
 
@@ -244,6 +310,24 @@ def unit_columns(fields) -> tuple[np.ndarray, np.ndarray]:
     return unit, std
 
 
+def occlusion(model, v: np.ndarray, parts: list[str]) -> np.ndarray:
+    """``occlusion_shade`` per vertex: of the neutral head on skin and eyes, and of the head with
+    the jaw ``AO_JAW_OPEN`` open inside the mouth (closed, every tooth would be black). The
+    eye sockets need no more: they are hidden behind the eyeballs."""
+    shade = occlusion_shade(ambient_occlusion(v, model.triangles, paint_lib.vertex_normals(v, model.triangles)))
+    j = model.expression.names.index("jawOpen")
+    open_v = v + AO_JAW_OPEN * (model.expression.basis[:, j] * model.expression.std[j]).reshape(-1, 3)
+    inside = part_mask(parts, ("mouth socket", "gums and tongue", "teeth"))
+    ao_open = ambient_occlusion(open_v, model.triangles, paint_lib.vertex_normals(open_v, model.triangles))
+    shade[inside] = occlusion_shade(ao_open)[inside]
+    # each eyeball is two coincident balls (``iris_fields``): each would hide the other, so the
+    # eyeballs are shaded by the rest of the head alone (lids and sockets)
+    eyes = part_mask(parts, ("eyeball left", "eyeball right"))
+    rest = model.triangles[~eyes[model.triangles].any(1)]
+    shade[eyes] = occlusion_shade(ambient_occlusion(v, rest, paint_lib.vertex_normals(v, model.triangles)))[eyes]
+    return shade
+
+
 def build(folder: Path) -> dict:
     model = ict.load(folder, parts=ict.FACE_RENDER_PARTS)
     parts = list(ict.FACE_RENDER_PARTS)
@@ -252,7 +336,7 @@ def build(folder: Path) -> dict:
     exp_names = model.expression.names
     amp = np.array([AMPLITUDE.get(n, DEFAULT_AMPLITUDE) for n in exp_names])
     exp_basis, exp_full = unit_columns(model.expression.basis.T * model.expression.std[:, None])
-    col_mean, col_modes = colour_model(v, model.triangles, model.landmarks, parts)
+    col_mean, col_modes = colour_model(v, model.triangles, model.landmarks, parts, occlusion(model, v, parts))
     col_basis, col_std = unit_columns([f for _, f in col_modes])
     return {"v": v, "tris": model.triangles, "landmarks": model.landmarks,
             "shape": (v.reshape(-1), shape_basis, shape_std, model.shape.names, None),
