@@ -10,9 +10,12 @@ faces. Two exports run in-process through ``refine.export.export_dataset``:
 
 For each: images/s over the whole call (model, checkpoint and embedder loading included, Python
 imports not), the steady rate (images over the time spent in the pipeline's stages), the share of
-time per stage (sample, render, refine = G, score = D_R + G' + C, write = JPEG encoding and files,
-finish = scores.csv/manifest), this process's CPU-seconds per image, and how much of the machine
-other processes used meanwhile (a shared machine skews wall-clock rates). It also measures the
+time per stage (sample, render, refine = G, score_D_R, score_Gp, score_C, write = JPEG encoding and
+files, finish = scores.csv/manifest), this process's CPU-seconds per image and images per CPU-second
+(the target: 30 with scores), and how much of the machine other processes used meanwhile (a shared
+machine skews wall-clock rates, and CPU-seconds less). ``score_tolerance``: the export's scores
+(bfloat16 D_R and G' where the CPU has bf16 units, ``refine.refiner.score_dtype``) against float32
+scoring on the same batches, the largest difference per score column. It also measures the
 networks' numerical tolerance that the README's "Reproducibility" states: the full-size networks
 run twice on the same batches (bit-identical on one machine), then in batches of 8 against 16 and
 with 1 thread against ``--threads`` (the largest pixel, score and embedding differences).
@@ -109,6 +112,28 @@ def network_tolerance(ckpt: Path, renders: np.ndarray, threads: int) -> dict:
     return out
 
 
+def score_tolerance(ckpt: Path, renders: np.ndarray, m: int) -> dict:
+    """The scores as the export computes them (``Refiner.score_dtype``: bfloat16 D_R and G' on a CPU
+    with bf16 units) against float32 scoring, on the same renders and batches: the largest
+    difference of each score column (identity_loss over identities of ``m`` consecutive renders)."""
+    from refine.refiner import Refiner
+
+    state = torch.load(ckpt, weights_only=True)
+    runs = {}
+    for name, dtype in (("default", None), ("float32", torch.float32)):
+        r = Refiner(state, ckpt, state["config"], "cpu", 16, True, 108, precision=dtype)
+        runs[name] = {**r.run(renders), "dtype": str(r.score_dtype).removeprefix("torch.")}
+        e = runs[name]["embedding"].astype(np.float64).reshape(-1, m, runs[name]["embedding"].shape[1])
+        runs[name]["identity_loss"] = np.linalg.norm(e - e.mean(1, keepdims=True), axis=2).ravel()
+    a, b = runs["default"], runs["float32"]
+    return {"score_precision": a["dtype"], "images": len(renders),
+            "images_bit_identical": bool(np.array_equal(a["image"], b["image"])),
+            **{f"max_abs_diff_{k}": float(np.abs(a[k].astype(np.float64) - b[k]).max())
+               for k in ("dr_error", "cycle_error", "identity_loss")},
+            **{f"max_rel_diff_{k}": float((np.abs(a[k].astype(np.float64) - b[k]) / np.abs(b[k])).max())
+               for k in ("dr_error", "cycle_error", "identity_loss")}}
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--n-identities", type=int, default=16)
@@ -138,10 +163,17 @@ def main():
                   f"{r['img_per_cpu_s']} images per CPU-second; shares {r['stage_share']}; "
                   f"other processes used {r['cpu_used_by_other_processes']:.0%} of the machine", flush=True)
         from PIL import Image
-        renders = np.stack([np.asarray(Image.open(p)) for p in sorted((d / "unscored").rglob("*.jpg"))[:16]])
+        files = sorted((d / "unscored").rglob("*.jpg"))
+        renders = np.stack([np.asarray(Image.open(p)) for p in files[:16]])
         out["network_tolerance"] = network_tolerance(ckpt, renders, a.threads)
         print(f"full-size networks, numerical tolerance: {out['network_tolerance']}", flush=True)
-    out["target_img_per_s"] = 30
+        m = a.images_per_identity
+        renders = np.stack([np.asarray(Image.open(p)) for p in files[:m * max(1, min(4, a.n_identities))]])
+        out["score_tolerance"] = score_tolerance(ckpt, renders, m)
+        print(f"scores against float32 scoring: {out['score_tolerance']}", flush=True)
+    if "scored" in out:
+        out["scored_img_per_cpu_s"] = out["scored"]["img_per_cpu_s"]
+    out["target_scored_img_per_cpu_s"] = 30
     print(json.dumps(out))
 
 

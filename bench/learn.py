@@ -66,6 +66,15 @@ def sh(*args, log: Path | None = None) -> None:
     print(f"  ({time.perf_counter() - t:.0f} s)", flush=True)
 
 
+def work_dir(out: Path | None) -> tuple[tempfile.TemporaryDirectory | None, Path]:
+    """``out`` (created; kept, and resumed from), or a temporary folder (hold the first value)."""
+    if out is None:
+        tmp = tempfile.TemporaryDirectory()
+        return tmp, Path(tmp.name)
+    out.mkdir(parents=True, exist_ok=True)
+    return None, out
+
+
 def split_real(aligned: Path, train: Path, heldout: Path, share: float, seed: int = 0) -> tuple[int, int]:
     with h5py.File(aligned, "r") as f:
         images = f["images"][()]
@@ -184,13 +193,7 @@ def main():
     amp = a.amp == "on" or (a.amp == "auto" and (a.device.startswith("cuda") or
                                                  torch.ops.mkldnn._is_mkldnn_bf16_supported()))
     t0 = time.perf_counter()
-    tmp = None
-    if a.out is None:
-        tmp = tempfile.TemporaryDirectory()
-        d = Path(tmp.name)
-    else:
-        d = a.out
-        d.mkdir(parents=True, exist_ok=True)
+    tmp, d = work_dir(a.out)
     log = d / "commands.log"
     timing = {}
 

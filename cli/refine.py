@@ -37,11 +37,15 @@ def main():
 @click.option("--seed", type=click.IntRange(0, 2 ** 32 - 1), default=None, help="Initial weights, batches, noise [0].")
 @click.option("--checkpoint-every", type=click.IntRange(1), default=None)
 @click.option("--resume", is_flag=True, help="Continue from the newest checkpoint in --out.")
+@click.option("--amp/--no-amp", default=None,
+              help="bfloat16 autocast of the networks (losses, weights and optimiser states stay float32), "
+                   "on CUDA and on the CPU; fast on CPUs with bf16 units (AMX / AVX512-BF16), slow on "
+                   "others (bench/train_step.py) [off].")
 @click.option("--threads", type=THREADS, default=None,
               help="CPU threads (default: OMP_NUM_THREADS, else all cores). A resumed run repeats the "
                    "uninterrupted one bit for bit with the same threads (README, Reproducibility).")
 def train(synthetic, real, pairs, run_dir, config_path, steps, batch_size, lr, variant, embedder, device, seed,
-          checkpoint_every, resume, threads):
+          checkpoint_every, resume, amp, threads):
     """Train G, G', D_R and D_S (paper Eq. 1-10). Ctrl-C saves a checkpoint; --resume continues
     exactly where it stopped. Under 'torchrun --nproc_per_node K' each process trains on its
     own batches and only rank 0 writes."""
@@ -49,7 +53,7 @@ def train(synthetic, real, pairs, run_dir, config_path, steps, batch_size, lr, v
     from refine.train import train as run
 
     cfg = load_config(config_path, steps=steps, batch_size=batch_size, lr=lr, variant=variant,
-                      embedder=embedder, device=device, seed=seed, checkpoint_every=checkpoint_every)
+                      embedder=embedder, device=device, seed=seed, checkpoint_every=checkpoint_every, amp=amp)
     last = run(cfg, synthetic, real, pairs, run_dir, resume=resume, threads=threads)
     if last is not None:
         click.echo(f"{run_dir}: trained to step {cfg.steps}; checkpoint {last}")
@@ -63,7 +67,8 @@ def train(synthetic, real, pairs, run_dir, config_path, steps, batch_size, lr, v
               help="A real set (real.h5 from 'morph align', or any set this command reads) to measure the "
                    "Fréchet distance and KID to, in the embedder's feature space.")
 @click.option("--embedder", default="dlib", show_default=True,
-              help="Face network: 'dlib', a TorchScript file, or a facenet-pytorch InceptionResnetV1 state dict.")
+              help="Face network: 'dlib', a TorchScript file, a facenet-pytorch InceptionResnetV1 state dict, "
+                   "or RUN/recognizer.pt from 'refine train-recognizer'.")
 @click.option("--pairs", "n_pairs", type=click.IntRange(1), default=1000, show_default=True,
               help="Same-identity and different-identity pairs, each [paper: 1000]; fewer if the set has fewer.")
 @click.option("--seed", type=click.IntRange(0, MAX_SEED), default=0, show_default=True,
@@ -116,7 +121,8 @@ def evaluate(dataset, prefix, against, embedder, n_pairs, seed, max_images, min_
 @click.option("-o", "--output", "prefix", type=click.Path(path_type=Path), required=True,
               help="Report prefix: writes PREFIX.json and PREFIX.png (the ROC).")
 @click.option("--embedder", default="dlib", show_default=True,
-              help="Face network: 'dlib', a TorchScript file, or a facenet-pytorch InceptionResnetV1 state dict.")
+              help="Face network: 'dlib', a TorchScript file, a facenet-pytorch InceptionResnetV1 state dict, "
+                   "or RUN/recognizer.pt from 'refine train-recognizer'.")
 @click.option("--template", type=click.Choice(TEMPLATES), default=DEFAULT_TEMPLATE, show_default=True,
               help="With --lfw-pairs: the crop template the images were aligned by (.bin files are arcface112).")
 @click.option("--folds", type=click.IntRange(2, 100), default=10, show_default=True,
@@ -161,6 +167,133 @@ def verify(lfw_pairs, images, bin_path, labelled_set, prefix, embedder, template
                f"{'; ' + tar if tar else ''}.\n{r['figure'][:-4]}.json, {r['figure']}")
 
 
+def _recipe_options(f):
+    """The recogniser recipe's options, shared by train-recognizer and table1."""
+    opts = [
+        click.option("--steps", type=click.IntRange(1), default=2000, show_default=True, help="Training steps."),
+        click.option("--batch-size", type=click.IntRange(2, 4096), default=128, show_default=True,
+                     help="Images per step (per process under torchrun)."),
+        click.option("--lr", type=FiniteRange(0, 10, min_open=True), default=0.1, show_default=True,
+                     help="SGD learning rate after the warm-up; decays to 0 (cosine)."),
+        click.option("--warmup-steps", type=click.IntRange(0), default=100, show_default=True),
+        click.option("--width", type=FiniteRange(0, 8, min_open=True), default=1.0, show_default=True,
+                     help="MobileFaceNet's width multiplier (1: the paper's table; 0.5 for a CPU budget)."),
+        click.option("--embedding-size", type=click.IntRange(8, 4096), default=128, show_default=True),
+        click.option("--crop", type=click.Choice(TEMPLATES), default=DEFAULT_TEMPLATE, show_default=True,
+                     help="The recogniser's input: our 108 px crop, or the 112 px ArcFace crop (warped from it)."),
+        click.option("--margin", type=click.Choice(["arcface", "cosface"]), default="arcface", show_default=True,
+                     help="ArcFace (m 0.5) or CosFace (m 0.35), scale 64."),
+        click.option("--margin-m", type=FiniteRange(0, 1.5), default=None, help="The margin [the paper's]."),
+        click.option("--margin-s", type=FiniteRange(1, 256), default=None,
+                     help="The logits' scale [64]; a smaller one (30) starts faster on a few hundred identities."),
+        click.option("--augment", type=click.Choice(["standard", "strong", "none"]), default="standard",
+                     show_default=True, help="standard: flip + random erasing; strong: also shift, rotation, "
+                                             "scale, colour, greyscale and blur."),
+        click.option("--seed", type=click.IntRange(0, MAX_SEED), default=0, show_default=True,
+                     help="Initial weights, batches and augmentation."),
+        click.option("--amp", is_flag=True, help="bfloat16 autocast (CUDA, and CPUs with AMX/AVX512-BF16)."),
+        click.option("--device", default="cpu", show_default=True, help="cpu, cuda, cuda:1 ..."),
+        click.option("--threads", type=THREADS, default=None, help="CPU threads (default: all cores)."),
+    ]
+    for o in reversed(opts):
+        f = o(f)
+    return f
+
+
+def _recipe(steps, batch_size, lr, warmup_steps, width, embedding_size, crop, margin, margin_m, margin_s, augment,
+            seed, amp, device, **extra):
+    from refine.recognition.train import RecognizerConfig
+
+    return RecognizerConfig(steps=steps, batch_size=batch_size, lr=lr, warmup_steps=warmup_steps, width=width,
+                            embedding_size=embedding_size, crop=crop, margin=margin, margin_m=margin_m,
+                            margin_s=margin_s, augment=augment, seed=seed,
+                            amp=amp, device=device, **extra)
+
+
+@main.command("train-recognizer")
+@click.option("--data", "data", multiple=True, required=True, type=click.Path(path_type=Path),
+              help="A labelled set: an export (folder or ganfaces.h5), 'morph render' output, 'morph align' "
+                   "output of a folder per identity, an ImageFolder tree; repeatable (identities kept apart).")
+@click.option("--proportion", "proportions", multiple=True, type=FiniteRange(0), default=(),
+              help="Share of each --data in every batch, in the same order [by set sizes].")
+@click.option("--out", "run_dir", type=click.Path(file_okay=False, path_type=Path), required=True,
+              help="Run directory: checkpoints, losses.jsonl, TensorBoard logs, recognizer.pt.")
+@click.option("--checkpoint-every", type=click.IntRange(1), default=500, show_default=True)
+@click.option("--resume", is_flag=True, help="Continue from the newest checkpoint in --out.")
+@_recipe_options
+def train_recognizer(data, proportions, run_dir, checkpoint_every, resume, threads, **recipe):
+    """Train a face recogniser (MobileFaceNet with an ArcFace or CosFace head) on labelled sets,
+    to measure what a dataset is worth; verify it with 'refine verify --embedder RUN/recognizer.pt'.
+    Ctrl-C saves a checkpoint; --resume continues exactly. Under 'torchrun --nproc_per_node K'
+    each process trains on its own batches and only rank 0 writes.
+
+    \b
+    Example:
+      refine train-recognizer --data export/ --data casia_real.h5 --out runs/rec --width 0.5
+    """
+    from morph.errors import UserError
+    from refine.recognition.train import train_recognizer as run
+
+    if proportions and len(proportions) != len(data):
+        raise UserError(f"{len(proportions)} --proportion for {len(data)} --data; give one per set, or none.")
+    cfg = _recipe(**recipe, checkpoint_every=checkpoint_every, proportions=list(proportions) or None)
+    model = run(cfg, list(data), run_dir, resume=resume, threads=threads)
+    if model is not None:
+        click.echo(f"{run_dir}: trained to step {cfg.steps}; recogniser {model}")
+
+
+@main.command("table1")
+@click.option("-o", "--out", type=click.Path(file_okay=False, path_type=Path), required=True,
+              help="Folder: a run per row, OUT/table1.md and OUT/table1.json.")
+@click.option("--real", multiple=True, type=click.Path(path_type=Path),
+              help="Real labelled training set(s) ('morph align' of a folder per identity); repeatable.")
+@click.option("--rendered", type=click.Path(path_type=Path), default=None, help="Raw renders ('morph render' output).")
+@click.option("--refined", type=click.Path(path_type=Path), default=None,
+              help="Refined images ('refine export-dataset', ideally of the same draws as --rendered).")
+@click.option("--lfw-pairs", type=click.Path(path_type=Path), default=None, help="A benchmark: LFW's pairs.txt ...")
+@click.option("--images", type=click.Path(path_type=Path), default=None, help="... over this aligned image folder.")
+@click.option("--template", type=click.Choice(TEMPLATES), default=DEFAULT_TEMPLATE, show_default=True,
+              help="The crop template of --images.")
+@click.option("--bin", "bins", multiple=True, type=click.Path(path_type=Path),
+              help="A benchmark: an insightface .bin (lfw.bin, cfp_fp.bin ...); repeatable.")
+@click.option("--set", "sets", multiple=True, type=click.Path(path_type=Path),
+              help="A benchmark: pairs drawn from a labelled set of identities no row trains on; repeatable.")
+@click.option("--pairs", "n_pairs", type=click.IntRange(1), default=3000, show_default=True,
+              help="With --set: same- and different-identity pairs, each.")
+@_recipe_options
+def table1(out, real, rendered, refined, lfw_pairs, images, template, bins, sets, n_pairs, threads, **recipe):
+    """The paper's Table 1 at your scale: one recogniser recipe trained on real data, real + raw
+    renders, real + refined images (and synthetic data alone), beside the untrained network,
+    each verified on your benchmarks; OUT/table1.md and OUT/table1.json.
+
+    \b
+    Example:
+      refine table1 --real casia.h5 --rendered synthetic.h5 --refined export/ \\
+                    --lfw-pairs lfw/pairs.txt --images lfw108/ -o table1 --width 0.5
+    """
+    from morph.errors import UserError
+    from refine import verification as V
+    from refine.table1 import Benchmark, table1 as run
+
+    benchmarks = []
+    if lfw_pairs is not None:
+        if images is None:
+            raise UserError(f"{lfw_pairs}: --lfw-pairs needs --images, the folder its names refer to.")
+        benchmarks.append(Benchmark(Path(lfw_pairs).parent.name or "lfw", V.read_lfw_pairs(lfw_pairs, images, template)))
+    for b in bins:
+        benchmarks.append(Benchmark(Path(b).stem, V.read_insightface_bin(b)))
+    for s in sets:
+        benchmarks.append(Benchmark(Path(s).stem if Path(s).suffix else Path(s).name,
+                                    V.pairs_of_labelled_set(s, n_pairs, recipe["seed"])))
+    names = [b.name for b in benchmarks]
+    if len(set(names)) != len(names):
+        raise UserError(f"two benchmarks share a name ({', '.join(names)}); give files of different names.")
+    report = run(out, benchmarks, _recipe(**recipe), real=list(real), rendered=rendered, refined=refined,
+                 threads=threads)
+    click.echo((Path(out) / "table1.md").read_text().rstrip())
+    click.echo(f"{out / 'table1.json'} ({len(report['rows'])} rows)")
+
+
 @main.command("export-dataset")
 @click.option("--checkpoint", type=click.Path(path_type=Path), required=True,
               help="A checkpoint of 'refine train' (RUN/checkpoints/step_*.pt); its EMA generator refines.")
@@ -195,6 +328,8 @@ def verify(lfw_pairs, images, bin_path, labelled_set, prefix, embedder, template
                    "identities nearer to one than --leak-threshold.")
 @click.option("--leak-threshold", type=FiniteRange(0, 2), default=None,
               help="Distance (unit embeddings) below which the leakage audit lists a pair [the set's EER distance].")
+@click.option("--exclude-leaks", is_flag=True,
+              help="Leave out of the dataset the identities the leakage audit lists (the data card names them).")
 @click.option("--scores/--no-scores", default=True, show_default=True,
               help="Score every image with D_R, G' and C (most of the time on a CPU); --no-scores leaves the "
                    "score columns of scores.csv empty.")
@@ -208,7 +343,7 @@ def verify(lfw_pairs, images, bin_path, labelled_set, prefix, embedder, template
 @click.option("--threads", type=THREADS, default=None, help="CPU threads (default: all cores).")
 def export_dataset(checkpoint, model_spec, priors_path, n_identities, images_per_identity, seed, first_identity,
                    out, fmt, quality, png, max_dr_error, max_cycle_error, max_retries, references, leak_threshold,
-                   scores, dropout, batch_size, device, threads):
+                   exclude_leaks, scores, dropout, batch_size, device, threads):
     """Sample new identities, render them, refine them with the checkpoint's EMA generator and
     write a labelled dataset (paper section 5, GANFaces) with OUT/scores.csv, OUT/manifest.json and
     its data card, OUT/DATACARD.md and OUT/datacard.json (what made it, identity separability,
@@ -225,7 +360,8 @@ def export_dataset(checkpoint, model_spec, priors_path, n_identities, images_per
                          first_identity=first_identity, format=fmt, quality=quality, png=png,
                          max_dr_error=max_dr_error, max_cycle_error=max_cycle_error, max_retries=max_retries,
                          scores=scores, dropout=dropout, batch_size=batch_size, device=device,
-                         threads=threads, references=tuple(references), leak_threshold=leak_threshold)
+                         threads=threads, references=tuple(references), leak_threshold=leak_threshold,
+                         exclude_leaks=exclude_leaks)
     manifest = run(opts)
     if int(os.environ.get("RANK", "0")) == 0:
         c = manifest.get("counts", {})

@@ -15,7 +15,8 @@ what the identity network C (the checkpoint's embedder, through its own face chi
 - **leakage audit** against reference sets the user names (their training or benchmark
   identities): synthetic identities whose mean is nearer to a reference identity's mean than the
   threshold (default: the EER distance above), nearest first. A reference set without labels counts
-  every image as its own identity.
+  every image as its own identity. With ``--exclude-leaks`` the export leaves those identities out
+  and the card names them (``leakage.excluded``); its other figures describe every identity made.
 
 Nothing here holds the time or the command (the manifest does), so an export's data card is the
 same bytes whenever its images are.
@@ -170,4 +171,7 @@ def markdown(card: dict) -> str:
                       for r in lk["near"]]
         else:
             lines.append("No synthetic identity is nearer than the threshold to a reference identity.")
+        if lk.get("excluded"):
+            lines += ["", f"Left out of the dataset (--exclude-leaks): {len(lk['excluded'])} identities, "
+                      + ", ".join(map(str, lk["excluded"])) + ". The counts above include them."]
     return "\n".join(lines) + "\n"

@@ -22,6 +22,11 @@ resumed chunk is recomputed whole and torchrun ranks take whole chunks. A resume
 multi-process export thus writes one run's bytes, given the same network batch (recorded; a
 resume with another is refused) and threads per process.
 
+Scores' precision (``refine.refiner.score_dtype``, recorded as ``score_precision``): on a CPU with
+bf16 units D_R and G' run in bfloat16, which moves dr_error and cycle_error from float32 scoring by
+at most 1e-4 (measured on the paper-size networks: 1.1e-6 and 1.7e-5; ``bench/export.py``,
+``score_tolerance``); G's images, C's embeddings and identity_loss are float32 and unchanged.
+
 Filtering (``max_dr_error`` / ``max_cycle_error``): an image above a threshold is replaced by a
 new draw of the same identity, taking the next image numbers of the identity's per-image seed
 stream (``M, M + 1, ...``, in slot order within each round) until it passes or ``max_retries``
@@ -56,7 +61,7 @@ from refine.distributed import barrier, finish
 from refine.export_sinks import FORMATS, SINKS
 from refine.export_state import (BATCH_MULTIPLE, MANIFEST, STATE_DIR, ProgressLog, check_out, chunk_ranges,
                                  rank_chunks, read_manifest, read_progress)
-from refine.refiner import Refiner, _np, check_checkpoint, check_new_identities
+from refine.refiner import Refiner, _np, check_checkpoint, check_new_identities, score_dtype
 
 SCORES = "scores.csv"
 MANIFEST_VERSION = 1
@@ -108,6 +113,7 @@ class ExportOptions:
     threads: int | None = None
     references: tuple = ()  # sets whose identities the data card's leakage audit compares with
     leak_threshold: float | None = None
+    exclude_leaks: bool = False  # leave the identities the leakage audit lists out of the dataset
 
     @property
     def net_batch(self) -> int:
@@ -154,7 +160,11 @@ def _settings(o: ExportOptions, sha: str, model, priors, cfg: dict, sink_setting
          "max_dr_error": o.max_dr_error, "max_cycle_error": o.max_cycle_error,
          "max_retries": o.max_retries if o.filtering else None, "embedder": cfg.get("embedder", "dlib"),
          "network_batch": o.net_batch, "dropout": o.dropout,
-         "crop_template": cfg.get("crop_template") or DEFAULT_TEMPLATE}
+         "score_precision": str(score_dtype(o.device)).removeprefix("torch.") if o.scores else None,
+         "crop_template": cfg.get("crop_template") or DEFAULT_TEMPLATE,
+         # only when on, so that the job keys of exports without it stay what they were
+         **({"exclude_leaks": {"references": [str(r) for r in o.references], "threshold": o.leak_threshold}}
+            if o.exclude_leaks else {})}
     return json.loads(json.dumps(s))
 
 
@@ -316,6 +326,8 @@ class Exporter:
         if o.references and not o.scores:
             raise UserError("--reference: the leakage audit compares C's embeddings, which --no-scores skips; "
                             "drop --no-scores.")
+        if o.exclude_leaks and not o.references:
+            raise UserError("--exclude-leaks leaves out identities near those of a --reference set; give one.")
         from refine.image_sets import open_image_set
         for ref in o.references:  # checked before the long part
             open_image_set(ref, "reference set for the leakage audit", need_labels=False)
@@ -403,25 +415,37 @@ class Exporter:
         o, m = self.o, self.o.images_per_identity
         done = read_progress(self.state_dir)
         ids = range(o.first_identity, o.first_identity + o.n_identities)
-        missing = [i for i in ids if i not in done or not self.sink.artefact(i).exists()]
+        aside = self.state_dir / "excluded"  # identities left out, until the export is complete
+        missing = [i for i in ids if i not in done or not (self.sink.artefact(i).exists()
+                                                           or (aside / self.id_name(i)).exists())]
         if missing:
             raise UserError(f"{self.out}: identities {missing[0]}.. are not exported (a process stopped early); "
                             "re-run the same command to resume.")
         t = time.perf_counter()
         s = manifest["settings"]
+        card = self.data_card(manifest, ids, done)
+        excluded = sorted({r["identity"] for r in card.get("leakage", {}).get("near", [])}) if o.exclude_leaks else []
+        kept = [i for i in ids if i not in set(excluded)]
+        if not kept:
+            raise UserError(f"{self.out}: the leakage audit lists every identity; give a lower --leak-threshold "
+                            "or drop --exclude-leaks.")
+        if excluded:
+            card["leakage"]["excluded"] = excluded
+            self.sink.set_aside(excluded, aside)
         from morph.h5io import provenance
-        self.sink.finish(ids, provenance(seed=o.seed, model=str(o.model), model_name=self.model.name,
-                                         model_sources=self.model.sources, priors=self.priors.text,
-                                         first_identity=o.first_identity, n_identities=o.n_identities,
-                                         images_per_identity=m, checkpoint_sha256=s["checkpoint_sha256"],
-                                         crop_template=s["crop_template"],
-                                         n_images=o.n_identities * m), job_key(json.dumps(s, sort_keys=True)))
+        self.sink.finish(kept, provenance(seed=o.seed, model=str(o.model), model_name=self.model.name,
+                                          model_sources=self.model.sources, priors=self.priors.text,
+                                          first_identity=o.first_identity, n_identities=o.n_identities,
+                                          images_per_identity=m, checkpoint_sha256=s["checkpoint_sha256"],
+                                          crop_template=s["crop_template"], n_images=len(kept) * m,
+                                          **({"excluded_identities": excluded} if excluded else {})),
+                         job_key(json.dumps(s, sort_keys=True)))
         rows, n_flagged, n_redraws = [], 0, 0
 
         def fmt(v):
             return "" if v is None or not np.isfinite(v) else f"{v:.6f}"
 
-        for i in ids:
+        for i in kept:
             for r in sorted(done[i]["images"], key=lambda r: r["image"]):
                 n_flagged += bool(r["flagged"])
                 n_redraws += int(r["retries"])
@@ -429,17 +453,19 @@ class Exporter:
                                       fmt(r["dr_error"]), fmt(r["cycle_error"]), fmt(r["identity_loss"]),
                                       str(r["retries"]), str(int(bool(r["flagged"])))]))
         write_atomic(self.out / SCORES, (",".join(SCORE_COLUMNS) + "\n" + "".join(r + "\n" for r in rows)).encode())
-        self.write_datacard(manifest, ids, done)
+        from refine import datacard
+        datacard.write(self.out, card)  # before the manifest says complete
         manifest = {**manifest, "complete": True,
-                    "counts": {"identities": o.n_identities, "images_per_identity": m,
-                               "images": o.n_identities * m, "flagged": n_flagged, "redraws": n_redraws}}
+                    "counts": {"identities": len(kept), "images_per_identity": m,
+                               "images": len(kept) * m, "flagged": n_flagged, "redraws": n_redraws,
+                               "excluded_identities": excluded}}
         write_atomic(self.out / MANIFEST, json.dumps(manifest, indent=2).encode())
         self._clean()
         self._tick("finish", t)
         return manifest
 
-    def write_datacard(self, manifest: dict, ids: range, done: dict) -> None:
-        """DATACARD.md and datacard.json (``refine.datacard``), before the manifest says complete."""
+    def data_card(self, manifest: dict, ids: range, done: dict) -> dict:
+        """The data card's content (``refine.datacard``) of every exported identity."""
         from refine import datacard
 
         o, m = self.o, self.o.images_per_identity
@@ -454,9 +480,7 @@ class Exporter:
             labels = np.repeat(np.asarray(ids, np.int64), m)
             for ref in o.references:
                 references[str(ref)] = self.reference_means(ref)
-        card = datacard.build(manifest, self.embedder_spec, emb, labels, loss, references,
-                              o.leak_threshold)
-        datacard.write(self.out, card)
+        return datacard.build(manifest, self.embedder_spec, emb, labels, loss, references, o.leak_threshold)
 
     def reference_means(self, path) -> tuple[np.ndarray, list[str]]:
         """Unit mean embedding of each identity of a reference set (each image its own without labels)."""

@@ -65,8 +65,13 @@ class Sink:
         ``tmp``, and move them into place."""
         raise NotImplementedError
 
-    def finish(self, ids: range, attrs: dict, key: str) -> None:
-        """After every identity is written (rank 0): assemble what the format needs."""
+    def finish(self, ids, attrs: dict, key: str) -> None:
+        """After every identity is written (rank 0): assemble what the format needs of ``ids``
+        (every identity, or those the leakage audit left in)."""
+
+    def set_aside(self, ids: list[int], aside: Path) -> None:
+        """Move identities ``ids`` out of the dataset into the work folder ``aside`` (removed with it
+        when the export is complete); a no-op for a format that assembles only what ``finish`` gets."""
 
 
 class ImageFolderSink(Sink):
@@ -101,6 +106,12 @@ class ImageFolderSink(Sink):
             shutil.rmtree(target)
         os.replace(tmp, target)
 
+    def set_aside(self, ids: list[int], aside: Path) -> None:
+        aside.mkdir(parents=True, exist_ok=True)
+        for i in ids:
+            if self.artefact(i).exists():
+                os.replace(self.artefact(i), aside / self.id_name(i))
+
 
 class HDF5Sink(Sink):
     """``DIR/ganfaces.h5``: images and every parameter and score of each image, one row per image
@@ -120,7 +131,8 @@ class HDF5Sink(Sink):
         return self.state_dir / "items" / f"{self.id_name(i)}.npz"
 
     def rel_path(self, i: int, slot: int) -> str:
-        return f"{H5_NAME}#images/{(i - self.o.first_identity) * self.o.images_per_identity + slot}"
+        row = getattr(self, "row_of", {}).get(i, i - self.o.first_identity)  # rows of the identities kept
+        return f"{H5_NAME}#images/{row * self.o.images_per_identity + slot}"
 
     def write(self, i: int, final: list[dict], tmp: Path) -> None:
         arrays = {"images": np.stack([c["image"] for c in final]),
@@ -140,11 +152,12 @@ class HDF5Sink(Sink):
         os.replace(f, target)
         tmp.rmdir()
 
-    def finish(self, ids: range, attrs: dict, key: str) -> None:
+    def finish(self, ids, attrs: dict, key: str) -> None:
         from morph.files import partial_path
         from morph.h5io import ImageWriter, completed_output
 
         m = self.o.images_per_identity
+        self.row_of = {i: k for k, i in enumerate(ids)}
         path = self.out / H5_NAME
         if completed_output(path, key, "GANFaces export"):  # assembled by a run stopped just after
             return

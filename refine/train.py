@@ -35,7 +35,7 @@ def _check_run_dir(run_dir: Path) -> None:
         raise UserError(f"{run_dir}: cannot write the run directory ({e.strerror}); choose another --out.") from None
 
 
-def _trim_log(path: Path, step: int) -> None:
+def trim_log(path: Path, step: int) -> None:
     """Drop log lines past ``step`` (written by a run killed after its last checkpoint)."""
     if not path.exists():
         return
@@ -55,6 +55,16 @@ def train(cfg: TrainConfig, synthetic: Path, real: Path, pairs: Path | None, run
         _check_run_dir(run_dir)
     with main_rank_lock(ddp, run_dir, "training run"):
         return _train(cfg, synthetic, real, pairs, run_dir, resume, progress, ddp)
+
+
+def open_tensorboard(run_dir: Path, step: int):
+    """A TensorBoard writer of ``RUN/tensorboard`` that drops events past ``step`` (None without
+    tensorboard: a dependency, but tolerated missing in a stripped environment)."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        return None
+    return SummaryWriter(str(run_dir / "tensorboard"), purge_step=step + 1)
 
 
 def _train(cfg: TrainConfig, synthetic: Path, real: Path, pairs: Path | None, run_dir: Path,
@@ -79,12 +89,8 @@ def _train(cfg: TrainConfig, synthetic: Path, real: Path, pairs: Path | None, ru
         (run_dir / "config.yaml").write_text(yaml.safe_dump(
             {**cfg.to_dict(), "synthetic": str(synthetic), "real": str(real),
              "pairs": None if pairs is None else str(pairs)}, sort_keys=False))
-        _trim_log(log_path, trainer.step)
-        try:
-            from torch.utils.tensorboard import SummaryWriter
-            tb = SummaryWriter(str(run_dir / "tensorboard"), purge_step=trainer.step + 1)
-        except ImportError:  # tensorboard is a dependency; tolerate a stripped environment
-            tb = None
+        trim_log(log_path, trainer.step)
+        tb = open_tensorboard(run_dir, trainer.step)
     last_path = None
     bar = tqdm(total=cfg.steps, initial=trainer.step, unit="step", desc="train",
                disable=not (progress and ddp.main))

@@ -60,16 +60,22 @@ def test_measures_by_hand():
                      "distance": pytest.approx(2 * np.sin(0.005))}]
 
 
-def test_leakage_audit_names_a_planted_identity(ckpt, exported, tmp_path):  # noqa: F811
-    """A 'real' reference set holding the exported images of identity 3 (among other faces): the
-    audit lists identity 3, nearest first, and the card says which reference it came from."""
+def _planted(exported, path):
+    """A 'real' reference set holding the exported images of identity 3 and one other face."""
     planted = sorted((exported / "00003").glob("*.jpg"))
     other = sorted((exported / "00001").glob("*.jpg"))[:1]
     images = np.stack([np.asarray(Image.open(p).convert("RGB")) for p in planted + other])
-    with h5py.File(tmp_path / "real.h5", "w") as f:
+    with h5py.File(path, "w") as f:
         f["images"] = images
         f["labels"] = np.r_[np.zeros(len(planted), np.int64), [1]]
         f.attrs["complete"] = True
+    return path
+
+
+def test_leakage_audit_names_a_planted_identity(ckpt, exported, tmp_path):  # noqa: F811
+    """A 'real' reference set holding the exported images of identity 3 (among other faces): the
+    audit lists identity 3, nearest first, and the card says which reference it came from."""
+    _planted(exported, tmp_path / "real.h5")
     out = tmp_path / "audited"
     res = run(refine, *export_args(ckpt, out, "--batch-size", 8, "--reference", tmp_path / "real.h5",
                                    "--leak-threshold", 0.05))
@@ -79,6 +85,34 @@ def test_leakage_audit_names_a_planted_identity(ckpt, exported, tmp_path):  # no
     assert near and near[0]["identity"] == 3 and near[0]["reference_identity"] == "0"
     assert near[0]["distance"] < 0.05 and near[0]["reference"] == str(tmp_path / "real.h5")
     assert "| 3 |" in (out / datacard.DATACARD_MD).read_text()
+
+
+@pytest.mark.parametrize("fmt", ["imagefolder", "hdf5"])
+def test_exclude_leaks_leaves_the_planted_identity_out(ckpt, exported, tmp_path, fmt):  # noqa: F811
+    """--exclude-leaks: identity 3 is not in the dataset (no folder / no rows), not in scores.csv,
+    and the manifest and card name it; scores.csv's paths point at the rows that hold each image.
+    Catches an exclusion that only lists, or HDF5 paths still counted from the first identity."""
+    real = _planted(exported, tmp_path / "real.h5")
+    out = tmp_path / fmt
+    res = run(refine, *export_args(ckpt, out, "--batch-size", 8, "--reference", real, "--leak-threshold", 0.05,
+                                   "--exclude-leaks", "--format", fmt))
+    assert res.exit_code == 0, res.output
+    manifest = json.loads((out / "manifest.json").read_text())
+    card = json.loads((out / datacard.DATACARD_JSON).read_text())
+    assert manifest["counts"]["excluded_identities"] == card["leakage"]["excluded"] == [3]
+    assert manifest["counts"]["identities"] == 4 and not (out / ".export").exists()
+    rows = [r.split(",") for r in (out / "scores.csv").read_text().splitlines()[1:]]
+    assert {int(r[0]) for r in rows} == {0, 1, 2, 4}
+    if fmt == "imagefolder":
+        assert sorted(p.name for p in out.iterdir() if p.is_dir()) == ["00000", "00001", "00002", "00004"]
+    else:
+        with h5py.File(out / "ganfaces.h5") as f:
+            labels = f["labels"][()]
+            assert 3 not in labels and len(labels) == 16
+            for r in rows:
+                assert labels[int(r[3].split("/")[-1])] == int(r[0])
+    res = run(refine, *export_args(ckpt, tmp_path / "none", "--exclude-leaks"))
+    assert res.exit_code == 2 and "--reference" in res.output
 
 
 def test_a_reference_without_scores_is_refused(ckpt, tmp_path):  # noqa: F811

@@ -143,3 +143,80 @@ def test_morph_align_crops_by_the_refined_points(tmp_path):
     again = align_face(img, a["landmarks5"][0]).astype(int)
     assert np.abs(again - a["images"][0]).max() <= 1
     assert np.abs(align_face(img, b["landmarks5"][0]).astype(int) - a["images"][0]).mean() > 5
+
+
+def canvas_of(img, frame):
+    """The canvas that ``frame`` (canvas -> photo, pixel centres at integers) defines, made with the
+    project's warp as the refinement made it before it sampled the photo directly."""
+    from morph.landmarks68 import CANVAS
+    from morph.template import warp_similarity
+
+    a = np.linalg.inv(frame[:, :2])
+    to_canvas = np.concatenate([a, -(a @ frame[:, 2])[:, None]], 1)
+    to_canvas[:, 2] += 0.5 - to_canvas[:, :2] @ np.full(2, 0.5)  # warp_similarity: centres at + 0.5
+    return warp_similarity(img, to_canvas, CANVAS, padding_mode="border")[0]
+
+
+@pytest.fixture(scope="module")
+def canvases(annotated, refiner):
+    """Canvases around the annotated faces: as the first pass frames them, shifted so that part of
+    the face falls off the canvas, shrunk and turned by 30 degrees, and magnified twice."""
+    from morph.template import similarity_from_points
+
+    out = []
+    for name, a in annotated.items():
+        img = read_rgb(TESTDATA / "real" / name)
+        frame = similarity_from_points(five_from_68(refiner.mean_canvas), a["mtcnn"] - 1.0)
+        c, s = np.cos(np.pi / 6), np.sin(np.pi / 6)
+        for m in (np.eye(2, 3), [[1, 0, 150], [0, 1, -120]], [[1.6 * c, -1.6 * s, 0], [1.6 * s, 1.6 * c, 0]],
+                  [[0.5, 0, 80], [0, 0.5, 80]]):
+            f = np.concatenate([frame[:, :2] @ np.asarray(m)[:, :2], (frame[:, :2] @ np.asarray(m)[:, 2] + frame[:, 2])[:, None]], 1)
+            out.append((img, f, canvas_of(img, f)))
+    return out
+
+
+def test_the_trees_give_dlibs_points_on_the_same_canvas(refiner, canvases):
+    """Our evaluation of the model file against dlib's ``shape_predictor`` on canvases made the
+    old way: the same 68 points once rounded as dlib rounds them (every pixel read, split, leaf
+    and the start-to-current similarity must match)."""
+    dlib = pytest.importorskip("dlib")
+    from morph.landmarks68 import BOX, _cascade
+
+    predictor = dlib.shape_predictor(str(model_path()))
+    box = dlib.rectangle(BOX // 2, BOX // 2, BOX // 2 + BOX - 1, BOX // 2 + BOX - 1)
+    t = refiner.trees
+    for _, _, canvas in canvases:
+        theirs = np.array([(p.x, p.y) for p in predictor(canvas, box).parts()], np.float64)
+        ours = _cascade(canvas, np.eye(2, 3), t.initial, t.split_pixels, t.split_thresh, t.leaves, t.anchors,
+                        t.deltas)
+        np.testing.assert_array_equal(np.floor(ours + 0.5), theirs)
+
+
+def test_pixels_read_through_the_frame_are_the_canvas_pixels(canvases):
+    """What the trees read from the photo equals the canvas pixel's dlib intensity ((r + g + b) / 3
+    in integers), but for rare ties of the uint8 rounding (float64 here, float32 in grid_sample);
+    off the photo the edge pixel is repeated as the canvas did."""
+    from morph.landmarks68 import _canvas_intensity
+
+    rng = np.random.default_rng(0)
+    diffs = []
+    for img, frame, canvas in canvases:
+        for cx, cy in rng.integers(0, canvas.shape[0], (1500, 2)):
+            expected = int(canvas[cy, cx].astype(int).sum()) // 3
+            diffs.append(_canvas_intensity(img, frame, float(cx), float(cy)) - expected)
+    diffs = np.abs(diffs)
+    assert diffs.max() <= 1 and (diffs > 0).mean() < 0.002, (diffs > 0).mean()
+
+
+def test_a_grey_photo_is_read_as_its_rgb_copy(refiner, annotated):
+    img = read_rgb(TESTDATA / "real" / "takeo.ppm")
+    grey = (img.astype(int).sum(-1) // 3).astype(np.uint8)
+    five = annotated["takeo.ppm"]["mtcnn"]
+    np.testing.assert_array_equal(refiner.refine(grey, five), refiner.refine(np.repeat(grey[..., None], 3, -1), five))
+
+
+def test_a_truncated_model_file_is_one_clear_error(tmp_path):
+    bad = tmp_path / "x.dat"
+    bad.write_bytes(model_path().read_bytes()[:200_000])
+    with pytest.raises(UserError, match="not a dlib 68-point shape_predictor"):
+        LandmarkRefiner(bad)

@@ -186,6 +186,29 @@ def test_tongue_partial_annotation_lies_between_the_mouth_corners(real_detection
     assert marks[2][1] < tongue[:, 1].min()  # below the nose
 
 
+def test_cpu_crops_and_pyramid_equal_the_torch_gather_bit_for_bit(real_images):
+    """The numba area resampling (the CPU path) against the vectorised torch gather (the CUDA path)
+    on the same integral images: crops inside, across the edges and of one pixel, smaller and
+    larger than the output, from two images of a batch; and pyramid levels."""
+    from morph import mtcnn
+
+    imgs = torch.from_numpy(np.stack([real_images["t1.jpg"], real_images["t1.jpg"][::-1].copy()]))
+    sat = mtcnn.integral_image(imgs)
+    h, w = imgs.shape[1:3]
+    rng = np.random.default_rng(0)
+    x0, y0 = rng.integers(0, w - 1, 400), rng.integers(0, h - 1, 400)
+    x1 = np.minimum(x0 + rng.integers(1, 200, 400), w)
+    y1 = np.minimum(y0 + rng.integers(1, 200, 400), h)
+    x0[:3], y0[:3], x1[:3], y1[:3] = [0, w - 1, 5], [0, h - 1, 7], [w, w, 6], [h, h, 8]
+    args = [torch.as_tensor(a, dtype=torch.int64) for a in (rng.integers(0, 2, 400), x0, y0, x1, y1)]
+    for size in (24, 48):
+        cpu = mtcnn.resize_crops(sat, *args, size)
+        assert cpu.is_contiguous(memory_format=torch.channels_last)
+        assert torch.equal(cpu, mtcnn._resize_crops_torch(sat, *args, size))
+    for out_h, out_w in ((int(h * 0.6 + 1), int(w * 0.6 + 1)), (13, 17), (h, w)):
+        assert torch.equal(mtcnn.resize_levels(sat, out_h, out_w), mtcnn._resize_levels_torch(sat, out_h, out_w))
+
+
 def test_greedy_nms_equals_torchvision_and_facenet_min_mode():
     g = torch.Generator().manual_seed(1)
     xy = torch.rand(300, 2, generator=g) * 200

@@ -10,6 +10,7 @@ import h5py
 import numpy as np
 import pytest
 import torch
+import yaml
 from click.testing import CliRunner
 
 from cli.refine import main as refine
@@ -50,6 +51,24 @@ def test_40_steps_all_losses_finite_and_k_in_range(sets, tmp_path):
     assert (out / "config.yaml").exists() and list((out / "tensorboard").iterdir())
     state = torch.load(ckpts[-1], weights_only=True)
     assert state["step"] == STEPS and state["centroids"].abs().sum() > 0
+
+
+def test_amp_flag_trains_under_bf16_autocast_on_the_cpu_and_is_off_by_default(sets, tmp_path):
+    """``--amp``: the networks run under bfloat16 autocast on the CPU too (the losses move from
+    float32's, a little); without it, float32. Catches the flag not reaching the config and autocast
+    skipped on the CPU (both: losses equal to float32's)."""
+    logs, configs = {}, {}
+    for name, extra in (("plain", ()), ("amp", ("--amp",))):
+        out = tmp_path / name
+        res = run(refine, *train_args(sets, out, 2, "--threads", 2, *extra))
+        assert res.exit_code == 0, res.output
+        logs[name] = losses(out)
+        configs[name] = yaml.safe_load((out / "config.yaml").read_text())
+    assert configs["plain"]["amp"] is False and configs["amp"]["amp"] is True
+    plain, amp = logs["plain"][-1], logs["amp"][-1]
+    assert plain["L_G"] != amp["L_G"]
+    for k in ("L_G", "L_cyc", "L_id", "L_C"):
+        assert amp[k] == pytest.approx(plain[k], rel=0.05), k
 
 
 def test_resume_after_sigkill_logs_the_same_losses(sets, tmp_path):

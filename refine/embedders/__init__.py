@@ -10,8 +10,10 @@
 - ``"dlib"`` (or ``"default"``): dlib's face-recognition ResNet (150x150 -> 128-D), weights in
   ``data/dlib_face_recognition.npz`` (see ``refine.embedders.dlib_resnet``);
 - the path of a TorchScript file, or of a facenet-pytorch ``InceptionResnetV1`` state dict
-  (see ``refine.embedders.external`` for each one's contract); the kind is told from the file,
-  or forced with a ``torchscript:`` / ``facenet:`` prefix.
+  (see ``refine.embedders.external`` for each one's contract), or a recogniser trained by
+  ``refine train-recognizer`` (``RUN/recognizer.pt``, ``refine.recognition.model_file``); the
+  kind is told from the file, or forced with a ``torchscript:`` / ``facenet:`` / ``recognizer:``
+  prefix.
 """
 from __future__ import annotations
 
@@ -63,15 +65,27 @@ def _facenet(path: Path, input_size: int | None) -> Embedder:
     return load_facenet(path)
 
 
+def _recognizer(path: Path, input_size: int | None) -> Embedder:
+    from refine.recognition.model_file import load_recognizer
+    net = load_recognizer(path)
+    if input_size is not None and input_size != net.input_size:
+        raise UserError(f"{path}: this recogniser takes {net.input_size}x{net.input_size} images; "
+                        f"drop --embedder-size {input_size}.")
+    return net
+
+
 #: kind -> loader(path, input_size). Built-in networks take no file ("dlib"); the others take
 #: "KIND:FILE", or a FILE whose kind ``_kind_of_file`` tells. Each embedder declares its own face
 #: template (``Embedder.chip_points``). A new embedder is one loader and one line here.
-EMBEDDERS = {"dlib": _dlib, "torchscript": _torchscript, "facenet": _facenet}
+EMBEDDERS = {"dlib": _dlib, "torchscript": _torchscript, "facenet": _facenet, "recognizer": _recognizer}
 BUILT_IN = ("dlib",)
 
 
 def _kind_of_file(path: Path) -> str:
-    return "torchscript" if is_torchscript_archive(path) else "facenet"
+    if is_torchscript_archive(path):
+        return "torchscript"
+    from refine.recognition.model_file import read_model_file
+    return "recognizer" if read_model_file(path) is not None else "facenet"
 
 
 def load_embedder(spec: str | Path = DEFAULT_EMBEDDER, *, input_size: int | None = None,

@@ -1,0 +1,136 @@
+"""What is a dataset worth? The paper's Table 1 at this machine's scale, end to end.
+
+With the installed commands:
+1. ``morph sample-identities`` + ``morph render``: the training identities of the default model
+   (seed 3, ``--train-identities`` x ``--train-images``; a ``refine train`` checkpoint refuses to
+   export the identities it trained on, and ``bench/learn.py``'s trained on seed 0);
+2. the same for held-out identities (seed 2): a benchmark of identities no row trains on;
+3. ``morph align`` of the photos of ``../shared/testdata/realfaces/`` whose file names carry an
+   identity (``0_0_NAME_NNNN.jpg``, the RMFD part of the folder: 92 people with 2 or more photos),
+   a folder per person: a benchmark of real faces;
+4. a ``refine train`` checkpoint (``--checkpoint``, or a short run of ``--refine-steps`` on renders
+   of other identities (seed 5) and the aligned real photos, as ``bench/learn.py`` trains), then
+   ``refine export-dataset`` of the training identities' very draws (seed 3, no scores);
+5. ``refine table1``: the untrained recogniser, the recipe on the raw renders and on the refined
+   images, each verified on both benchmarks (10-fold accuracy, AUC, TAR@FAR).
+
+Prints progress and the table, then one JSON object as the last line, with the recipe's CPU
+seconds per row. ``--out DIR`` keeps everything and resumes from what is there.
+
+    python bench/table1.py [--out DIR] [--steps 800] [--checkpoint RUN/checkpoints/step_N.pt]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as the CLI does (cli/common.py)
+
+from learn import REALFACES, sh, work_dir  # noqa: E402 - bench/learn.py: run commands as a user would
+
+TRAIN_SEED = 3
+RMFD_NAME = re.compile(r"^0_0_(.+)_(\d+)\.(jpg|jpeg|png)$", re.IGNORECASE)
+
+
+def rmfd_folders(out: Path) -> int:
+    """Links to the named photos of realfaces/, a folder per person with 2+ photos; returns people."""
+    people: dict[str, list[Path]] = {}
+    for p in sorted(REALFACES.iterdir()):
+        m = RMFD_NAME.match(p.name)
+        if m:
+            people.setdefault(m.group(1), []).append(p)
+    n = 0
+    for name, photos in people.items():
+        if len(photos) < 2:
+            continue
+        (out / name).mkdir(parents=True, exist_ok=True)
+        for p in photos:
+            link = out / name / p.name
+            if not link.exists():
+                link.symlink_to(p)
+        n += 1
+    return n
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", type=Path, default=None, help="keep everything here (and resume from it)")
+    ap.add_argument("--train-identities", type=int, default=200)
+    ap.add_argument("--train-images", type=int, default=12)
+    ap.add_argument("--heldout-identities", type=int, default=100)
+    ap.add_argument("--heldout-images", type=int, default=6)
+    ap.add_argument("--steps", type=int, default=800, help="recogniser steps per row")
+    ap.add_argument("--batch-size", type=int, default=64)
+    ap.add_argument("--width", type=float, default=0.5)
+    ap.add_argument("--margin", default="cosface")
+    ap.add_argument("--margin-m", type=float, default=None)
+    ap.add_argument("--margin-s", type=float, default=None)
+    ap.add_argument("--lr", type=float, default=0.1)
+    ap.add_argument("--pairs", type=int, default=1000, help="same and different pairs per benchmark")
+    ap.add_argument("--checkpoint", type=Path, default=None, help="a refine train checkpoint (default: train one)")
+    ap.add_argument("--refine-steps", type=int, default=300)
+    ap.add_argument("--device", default="cpu")
+    a = ap.parse_args()
+    t0 = time.perf_counter()
+    tmp, d = work_dir(a.out)  # noqa: F841 - tmp holds the temporary folder until the end
+    log = d / "commands.log"
+    # 1-2. renders
+    for name, seed, n, k in (("train", TRAIN_SEED, a.train_identities, a.train_images),
+                             ("heldout", 2, a.heldout_identities, a.heldout_images)):
+        sh("morph", "sample-identities", "--model", "default", "--n-identities", n, "--images-per-identity", k,
+           "--seed", seed, "-o", d / f"{name}_ids.h5", log=log)
+        sh("morph", "render", d / f"{name}_ids.h5", "-o", d / f"{name}.h5", log=log)
+    # 3. real faces of named people
+    people = rmfd_folders(d / "rmfd_photos")
+    sh("morph", "align", d / "rmfd_photos", "-o", d / "rmfd.h5", log=log)
+    print(f"real benchmark: {people} people", flush=True)
+    # 4. refined images of the training identities' draws
+    checkpoint = a.checkpoint
+    if checkpoint is None:
+        sh("morph", "align", REALFACES, "-o", d / "real_all.h5", log=log)
+        sh("morph", "sample-identities", "--model", "default", "--n-identities", 50, "--images-per-identity", 32,
+           "--seed", 5, "-o", d / "gan_ids.h5", log=log)
+        sh("morph", "render", d / "gan_ids.h5", "-o", d / "gan_synthetic.h5", log=log)
+        cfg = d / "gan.yaml"
+        cfg.write_text("g_width: 16\nd_hidden: 32\nwarmup_steps: 100\nlambda_k: 0.01\nlambda_c: 0.01\n"
+                       "checkpoint_every: 100\nlog_every: 20\ngrid_every: 100\n")
+        run = d / "gan"
+        checkpoint = run / "checkpoints" / f"step_{a.refine_steps:08d}.pt"
+        if not checkpoint.exists():
+            resume = ["--resume"] if (run / "checkpoints").is_dir() and any((run / "checkpoints").glob("*.pt")) else []
+            sh("refine", "train", "--synthetic", d / "gan_synthetic.h5", "--real", d / "real_all.h5", "--out", run,
+               "--variant", "no_pairs", "--steps", a.refine_steps, "--batch-size", 16, "--lr", 2e-4,
+               "--config", cfg, "--device", a.device, *resume, log=log)
+    sh("refine", "export-dataset", "--checkpoint", checkpoint, "--model", "default",
+       "--n-identities", a.train_identities, "--images-per-identity", a.train_images, "--seed", TRAIN_SEED,
+       "--format", "hdf5", "--no-scores", "--device", a.device, "--out", d / "refined", log=log)
+    # 5. the table
+    sh("refine", "table1", "-o", d / "table1", "--rendered", d / "train.h5", "--refined", d / "refined",
+       "--set", d / "heldout.h5", "--set", d / "rmfd.h5", "--pairs", a.pairs, "--steps", a.steps,
+       "--batch-size", a.batch_size, "--width", a.width, "--margin", a.margin, "--lr", a.lr,
+       *(["--margin-m", a.margin_m] if a.margin_m is not None else []),
+       *(["--margin-s", a.margin_s] if a.margin_s is not None else []),
+       "--device", a.device, log=log)
+    table = json.loads((d / "table1" / "table1.json").read_text())
+    print((d / "table1" / "table1.md").read_text(), flush=True)
+    rows = {r["row"]: {"benchmarks": r["benchmarks"], "cpu_seconds": r.get("time", {}).get("cpu_seconds"),
+                       "images": sum(s["images"] for s in r["sets"]), "identities": r["identities"]}
+            for r in table["rows"]}
+    gain = {b: round(rows["rendered"]["benchmarks"][b]["accuracy"] - rows["untrained"]["benchmarks"][b]["accuracy"], 4)
+            for b in rows["untrained"]["benchmarks"]}
+    out = {"recipe": {k: table["recipe"][k] for k in ("arch", "width", "crop", "margin", "margin_m", "margin_s", "steps",
+                                                       "batch_size", "lr", "augment")},
+           "checkpoint": str(checkpoint), "rows": rows, "rendered_minus_untrained_accuracy": gain,
+           "seconds": round(time.perf_counter() - t0)}
+    print(json.dumps(out))
+
+
+if __name__ == "__main__":
+    main()
