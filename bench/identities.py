@@ -14,7 +14,7 @@ For each model: N identities x M images drawn under the priors (``morph.sample.s
 Every model gets the same seed, so the draws of the priors' pose and light are alike where the
 models' dimensions agree.
 
-    python bench/identities.py [--model default --model old-default ...] [--identities 100]
+    python bench/identities.py [--model default --model menpo3d ...] [--identities 100]
                                [--images 10] [--priors PRIORS.yaml] [--seed 0] [--pairs 5000]
 
 The last line printed is one JSON object: per model its auc, eer, one_face_share, the numbers of
@@ -87,7 +87,7 @@ def one_face_share(images: np.ndarray, batch: int = 64) -> float:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--model", action="append", help="model SPEC (as --model of morph; repeat to compare) "
-                    "[default]")
+                    "[default, then menpo3d: the embedded default and the one before it]")
     ap.add_argument("--priors", default=None, help="priors YAML [the default priors]")
     ap.add_argument("--identities", type=int, default=100)
     ap.add_argument("--images", type=int, default=10, help="images per identity")
@@ -98,7 +98,7 @@ def main() -> None:
     from morph.models import load_model
     from morph.priors import load_priors
 
-    specs = args.model or ["default"]
+    specs = args.model or ["default", "menpo3d"]
     priors = load_priors(args.priors)
     out = {"identities": args.identities, "images_per_identity": args.images, "seed": args.seed,
            "priors": str(priors.source), "models": {}}

@@ -24,9 +24,10 @@ def main():
     """
 
 
-MODEL_HELP = ("3DMM: 'default' (embedded), a model file (BFM 2009 .mat, BFM 2017 .h5, LSFM .mat, "
-              "face3d .mat, eos .bin, 3DDFA_V2 .pkl) or a YAML composing files "
-              "(shape:, texture:, expression:, landmarks:).")
+MODEL_HELP = ("3DMM: 'default' (embedded: the ICT Face Model Light with a synthetic colour model), "
+              "'menpo3d' (embedded: the previous default), a model file (BFM 2009 .mat, BFM 2017 .h5, "
+              "LSFM .mat, face3d .mat, eos .bin, 3DDFA_V2 .pkl), an ICT-FaceKit FaceXModel folder, or a "
+              "YAML composing files (shape:, texture:, expression:, landmarks:).")
 
 
 @main.command("sample-identities")

@@ -2,9 +2,10 @@
 
 Two users share this one painting:
 
-* ``data/build_default_model.py`` paints the mean albedo of the embedded default model with it
+* ``data/build_default_model.py`` paints the mean albedo of the embedded menpo3d model with it
   (``paint(regions, rim=..., beard=True)`` on the menpo3d head, ``scale=1``, ``soft=0``), and
-  builds the colour modes on the masks it returns;
+  builds the colour modes on the masks it returns; ``data/build_ict_default_model.py`` does the
+  same on the face of the default (ICT) model, with the painted eye and nostrils off;
 * models without a colour model (the Surrey Face Model, an LSFM or 3DDFA_V2 shape model) get a
   FIXED painted albedo from ``painted_albedo(model)`` instead of a uniform grey, so that their
   renders show eyes, brows and lips (``MorphableModel.colors`` and the renderer use it; the model's

@@ -184,8 +184,8 @@ def test_mesh_export_and_extra_outputs(tmp_path):
     res = run("mesh", ids, "--image", 3, "-o", tmp_path / "face.ply")
     assert res.exit_code == 0, res.output
     mesh = trimesh.load(tmp_path / "face.ply", process=False)
-    assert mesh.vertices.shape == (53349, 3) and mesh.faces.shape == (106111, 3)
-    assert mesh.visual.vertex_colors.shape[0] == 53349
+    assert mesh.vertices.shape == (24591, 3) and mesh.faces.shape == (48836, 3)  # the default model's mesh
+    assert mesh.visual.vertex_colors.shape[0] == 24591
     res = run("render", ids, "-o", tmp_path / "r.h5", "--with", "depth", "--with", "normals")
     assert res.exit_code == 0, res.output
     with h5py.File(tmp_path / "r.h5", "r") as f:

@@ -129,9 +129,13 @@ def test_fitted_prior_of_wrong_dimension_is_refused(tiny_model):
 def test_model_bounds_clip_draws():
     from morph.models import load_model
 
-    model = load_model("default")
+    model = load_model("menpo3d")  # synthetic modes with one-sided and two-sided bounds
     s = sample_block(model, load_priors(), 0, range(200), 2)
     jaw = model.expression.names.index("jaw open")
     assert s.beta[:, jaw].min() == 0.0 and (s.beta[:, jaw] > 0).mean() > 0.3
     eye = model.expression.names.index("eye closure")
     assert s.beta[:, eye].min() >= -1.0 and s.beta[:, eye].max() <= 2.7 + 1e-6
+    ict = load_model("default")  # blendshapes: weights in [0, 1], i.e. coefficients in [0, high]
+    s = sample_block(ict, load_priors(), 0, range(100), 2)
+    assert s.beta.min() == 0.0 and np.all(s.beta <= ict.expression.high.astype(np.float32))
+    assert 0.3 < (s.beta > 0).mean() < 0.7

@@ -1,5 +1,5 @@
 """Basel Face Model 2017/2019 ``.h5`` (statismo layout; Gerig et al. 2017), and our embedded
-default model, which uses the same layout.
+models, which use the same layout (the default stores its bases as float16, read as float32).
 
 Datasets read (N vertices, F triangles, K modes per part):
 
