@@ -9,6 +9,7 @@ same network batch and the same threads per process (``SAME``); across batch siz
 positions and thread counts the networks' results are compared within a stated tolerance.
 """
 import errno
+import io
 import json
 import os
 import signal
@@ -23,6 +24,7 @@ import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
+from PIL import Image
 
 from cli.morph import main as morph
 from cli.refine import main as refine
@@ -282,6 +284,21 @@ def test_bf16_scores_are_within_the_stated_tolerance_of_float32(ckpt):
 
 # --------------------------------------------------------------------------- (2) kill/resume --
 
+def _difference(got: dict[str, bytes], want: dict[str, bytes]) -> str:
+    """Which files differ and how: JPEGs by their largest pixel difference, text by its lines."""
+    notes = [f"missing {sorted(set(want) - set(got))}, extra {sorted(set(got) - set(want))}"]
+    for k in sorted(set(got) & set(want)):
+        if got[k] == want[k]:
+            continue
+        if k.endswith(".jpg"):
+            a, b = (np.asarray(Image.open(io.BytesIO(x)), np.int16) for x in (got[k], want[k]))
+            notes.append(f"{k}: max {int(np.abs(a - b).max())} levels")
+        else:
+            lines = [(x, y) for x, y in zip(got[k].decode().splitlines(), want[k].decode().splitlines()) if x != y]
+            notes.append(f"{k}: {lines[:6]}")
+    return "; ".join(notes)
+
+
 def _env():
     return dict(os.environ, PYTHONPATH=str(ROOT), OMP_WAIT_POLICY="PASSIVE")
 
@@ -300,9 +317,12 @@ def test_sigkill_then_resume_gives_the_uninterrupted_bytes(ckpt, reference, tmp_
     assert done and not (out / "scores.csv").exists(), "the export finished before the kill"
     for name in done:  # whatever the kill hit, a visible identity folder is whole
         assert len(list((out / name).iterdir())) == M
+    killed = {p.name: p.read_text() for p in (out / ".export").glob("progress-*.jsonl")}
     res = run(refine, *args)
     assert res.exit_code == 0, res.output
-    assert tree(out) == tree(reference / "imagefolder")
+    got, want = tree(out), tree(reference / "imagefolder")
+    assert got == want, (f"after a kill that left {done} and progress {killed}: "
+                         + _difference(got, want))
     assert not (out / ".export").exists()
     # complete: nothing to do, nothing changes - but what a kill right after completing can leave
     # (work state that ImageFolder would take for a class, a temporary file) is cleaned up
