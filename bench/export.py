@@ -6,7 +6,9 @@ initialised weights, which cost exactly what trained ones do. The default model 
 faces. Two exports run in-process through ``refine.export.export_dataset``:
 
 - ``scored``: the default, every image also scored with D_R, G' and C (scores.csv);
-- ``unscored``: ``--no-scores``, only G refines (score columns left empty).
+- ``unscored``: ``--no-scores``, only G refines (score columns left empty);
+- ``scored_bf16``, ``unscored_bf16``: the same with ``--precision bf16`` (G in bfloat16), on a CPU
+  with bf16 units; ``refine_tolerance``: its images against float32 G's, per 8-bit pixel.
 
 For each: images/s over the whole call (model, checkpoint and embedder loading included, Python
 imports not), the steady rate (images over the time spent in the pipeline's stages), the share of
@@ -60,13 +62,13 @@ def write_checkpoint(path: Path) -> Path:
     return path
 
 
-def timed_export(ckpt: Path, out: Path, a, scores: bool) -> dict:
+def timed_export(ckpt: Path, out: Path, a, scores: bool, precision: str = "float32") -> dict:
     from refine.export import ExportOptions, export_dataset
 
     n = a.n_identities * a.images_per_identity
     opts = ExportOptions(checkpoint=ckpt, out=out, n_identities=a.n_identities,
                          images_per_identity=a.images_per_identity, seed=0, scores=scores,
-                         batch_size=a.batch_size, threads=a.threads)
+                         batch_size=a.batch_size, threads=a.threads, precision=precision)
     stats: dict[str, float] = {}
     before = cpu_jiffies()
     t = time.perf_counter()
@@ -134,6 +136,20 @@ def score_tolerance(ckpt: Path, renders: np.ndarray, m: int) -> dict:
                for k in ("dr_error", "cycle_error", "identity_loss")}}
 
 
+def refine_tolerance(ckpt: Path, renders: np.ndarray) -> dict:
+    """``--precision bf16`` (G in bfloat16) against float32 G on the same renders and batches, per
+    8-bit pixel."""
+    from refine.refiner import Refiner
+
+    state = torch.load(ckpt, weights_only=True)
+    seeds = np.arange(len(renders))
+    a, b = (Refiner(state, ckpt, state["config"], "cpu", 16, False, 108, refine_dtype=dt).run(renders, seeds)["image"]
+            for dt in (torch.float32, torch.bfloat16))
+    d = np.abs(a.astype(np.int16) - b)
+    return {"images": len(renders), "max_levels": int(d.max()), "mean_levels": round(float(d.mean()), 4),
+            "share_over_1_level": float((d > 1).mean())}
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--n-identities", type=int, default=16)
@@ -153,11 +169,15 @@ def main():
         print("warm-up export (numba kernels, oneDNN primitives) ...", flush=True)
         timed_export(ckpt, d / "warm", argparse.Namespace(**{**vars(a), "n_identities": 1,
                                                              "images_per_identity": 8}), True)
-        for name, scores in (("unscored", False), ("scored", True)):
-            if name == "scored" and a.skip_scored:
+        from refine.refiner import cpu_bf16_units
+        runs = [("unscored", False, "float32"), ("scored", True, "float32")]
+        if cpu_bf16_units():
+            runs += [("unscored_bf16", False, "bf16"), ("scored_bf16", True, "bf16")]
+        for name, scores, precision in runs:
+            if scores and a.skip_scored:
                 continue
             print(f"{name}: {a.n_identities} identities x {a.images_per_identity} images ...", flush=True)
-            out[name] = timed_export(ckpt, d / name, a, scores)
+            out[name] = timed_export(ckpt, d / name, a, scores, precision)
             r = out[name]
             print(f"  {r['img_per_s']} images/s end to end ({r['steady_img_per_s']} steady), "
                   f"{r['img_per_cpu_s']} images per CPU-second; shares {r['stage_share']}; "
@@ -171,8 +191,12 @@ def main():
         renders = np.stack([np.asarray(Image.open(p)) for p in files[:m * max(1, min(4, a.n_identities))]])
         out["score_tolerance"] = score_tolerance(ckpt, renders, m)
         print(f"scores against float32 scoring: {out['score_tolerance']}", flush=True)
-    if "scored" in out:
-        out["scored_img_per_cpu_s"] = out["scored"]["img_per_cpu_s"]
+        if cpu_bf16_units():
+            out["refine_tolerance"] = refine_tolerance(ckpt, renders)
+            print(f"--precision bf16 against float32 G: {out['refine_tolerance']}", flush=True)
+    for name in ("scored", "scored_bf16"):
+        if name in out:
+            out[f"{name}_img_per_cpu_s"] = out[name]["img_per_cpu_s"]
     out["target_scored_img_per_cpu_s"] = 30
     print(json.dumps(out))
 

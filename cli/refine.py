@@ -339,11 +339,14 @@ def table1(out, real, rendered, refined, lfw_pairs, images, template, bins, sets
 @click.option("--batch-size", type=BATCH, default=16, show_default=True,
               help="Images per network batch, rounded up to a multiple of 8. Changes results only in their "
                    "last bits (README, Reproducibility); an unfinished export resumes with its own.")
+@click.option("--precision", type=click.Choice(["float32", "bf16"]), default="float32", show_default=True,
+              help="G's precision. bf16, on a CPU with AMX or AVX512-BF16 or a GPU that has bf16: G about 3.7x "
+                   "faster, images within 2 levels of float32's (README, Reproducibility).")
 @click.option("--device", default="cpu", show_default=True, help="Where the networks run: cpu, cuda, cuda:1 ...")
 @click.option("--threads", type=THREADS, default=None, help="CPU threads (default: all cores).")
 def export_dataset(checkpoint, model_spec, priors_path, n_identities, images_per_identity, seed, first_identity,
                    out, fmt, quality, png, max_dr_error, max_cycle_error, max_retries, references, leak_threshold,
-                   exclude_leaks, scores, dropout, batch_size, device, threads):
+                   exclude_leaks, scores, dropout, batch_size, precision, device, threads):
     """Sample new identities, render them, refine them with the checkpoint's EMA generator and
     write a labelled dataset (paper section 5, GANFaces) with OUT/scores.csv, OUT/manifest.json and
     its data card, OUT/DATACARD.md and OUT/datacard.json (what made it, identity separability,
@@ -361,7 +364,7 @@ def export_dataset(checkpoint, model_spec, priors_path, n_identities, images_per
                          max_dr_error=max_dr_error, max_cycle_error=max_cycle_error, max_retries=max_retries,
                          scores=scores, dropout=dropout, batch_size=batch_size, device=device,
                          threads=threads, references=tuple(references), leak_threshold=leak_threshold,
-                         exclude_leaks=exclude_leaks)
+                         exclude_leaks=exclude_leaks, precision=precision)
     manifest = run(opts)
     if int(os.environ.get("RANK", "0")) == 0:
         c = manifest.get("counts", {})

@@ -35,7 +35,7 @@ SAMPLE_KEYS = ("n_identities", "images_per_identity", "seed")
 REAL_KEYS = ("photos", "h5", "all_faces", "min_face_size", "batch_size")
 PAIRS_KEYS = ("annotated", "model", "h5", "max_landmark_error", "batch_size")
 EXPORT_KEYS = ("n_identities", "images_per_identity", "seed", "format", "quality", "png", "max_dr_error",
-               "max_cycle_error", "max_retries", "scores", "dropout", "batch_size", "threads")
+               "max_cycle_error", "max_retries", "scores", "dropout", "batch_size", "threads", "precision")
 EVALUATE_KEYS = ("pairs", "against", "seed", "embedder", "max_images", "min_face_size", "batch_size")
 STATE_DIR = ".pipeline"
 
@@ -304,7 +304,7 @@ def run_pipeline(config_path: str | Path, echo: Callable[[str], None] = print, p
                   + ", ".join(str(p) for p in exports.values()), manifests_done)
         (out / "export").mkdir(exist_ok=True)
         extra = {k: e[k] for k in ("quality", "png", "max_dr_error", "max_cycle_error", "max_retries", "scores",
-                                   "dropout", "batch_size", "threads") if k in e}
+                                   "dropout", "batch_size", "threads", "precision") if k in e}
         for fmt, path in exports.items():
             was = _export_complete(path / MANIFEST)
             m = export_dataset(ExportOptions(checkpoint=final, out=path, n_identities=int(e["n_identities"]),

@@ -6,7 +6,8 @@ bits of a batch's results depend on its shape (oneDNN / MKL pick kernels by it),
 fixes which images share a batch (``refine.export``). On CUDA, cuDNN's autotuner is off and its
 deterministic algorithms on, for the same reason.
 
-Precision (``score_dtype``): G and C run in float32. On a CPU with bf16 units (AMX or AVX512-BF16,
+Precision (``score_dtype``): G (unless ``refine_dtype`` says otherwise, ``--precision bf16``) and
+C run in float32. On a CPU with bf16 units (AMX or AVX512-BF16,
 and torch dispatching AVX-512 kernels) D_R and G' - three quarters of the scoring time in float32 -
 run with bfloat16 weights and activations (oneDNN accumulates in float32); their reconstructions are
 compared with the float32 images in float32. Measured against float32 scoring (``bench/export.py``,
@@ -73,25 +74,49 @@ def check_new_identities(state: dict, source: Path, seed: int, first: int, n: in
     return None
 
 
-def score_dtype(device: str | torch.device) -> torch.dtype:
-    """D_R's and G''s precision in scoring: bfloat16 on a CPU with bf16 units that torch and oneDNN
-    both use (not when they are held to AVX2: ``ATEN_CPU_CAPABILITY`` / ``ONEDNN_MAX_CPU_ISA``, where
-    oneDNN would emulate bf16 slowly), else float32."""
-    if torch.device(device).type != "cpu" or not torch.ops.mkldnn._is_mkldnn_bf16_supported():
-        return torch.float32
+def cpu_bf16_units() -> bool:
+    """Whether this CPU has bf16 units that torch and oneDNN both use (not when they are held to
+    AVX2: ``ATEN_CPU_CAPABILITY`` / ``ONEDNN_MAX_CPU_ISA``, where oneDNN would emulate bf16 slowly)."""
+    if not torch.ops.mkldnn._is_mkldnn_bf16_supported():
+        return False
     isa = os.environ.get("ONEDNN_MAX_CPU_ISA", "ALL").upper()
-    if torch.backends.cpu.get_cpu_capability() != "AVX512" or not (isa == "ALL" or "AVX512" in isa
-                                                                   or "AMX" in isa):
-        return torch.float32
-    return torch.bfloat16
+    return torch.backends.cpu.get_cpu_capability() == "AVX512" and (isa == "ALL" or "AVX512" in isa or "AMX" in isa)
+
+
+def score_dtype(device: str | torch.device) -> torch.dtype:
+    """D_R's and G''s precision in scoring: bfloat16 on a CPU with bf16 units (``cpu_bf16_units``),
+    else float32."""
+    return torch.bfloat16 if torch.device(device).type == "cpu" and cpu_bf16_units() else torch.float32
+
+
+#: G's precision in export (``--precision``): its dtype
+REFINE_DTYPES = {"float32": torch.float32, "bf16": torch.bfloat16}
+
+
+def check_refine_precision(precision: str, device: str | torch.device) -> torch.dtype:
+    """G's dtype for ``precision``; bf16 only where it is fast: a CPU with bf16 units or a CUDA GPU
+    that has them (compute capability 8.0 and up)."""
+    dtype = REFINE_DTYPES[precision]
+    if dtype == torch.bfloat16:
+        d = torch.device(device)
+        if d.type == "cpu":
+            fast = cpu_bf16_units()
+        else:
+            fast = d.type == "cuda" and torch.cuda.is_bf16_supported(including_emulation=False)
+        if not fast:
+            raise UserError(f"--precision bf16: {d.type} here has no bf16 units (a CPU needs AMX or AVX512-BF16 "
+                            "with torch's AVX-512 kernels, a GPU compute capability 8.0); use --precision float32.")
+    return dtype
 
 
 class Refiner:
     """The checkpoint's networks, run on fixed-size batches: G (EMA) refines; D_R, G' and C score."""
 
     def __init__(self, state: dict, source: Path, cfg: dict, device: str, batch: int, scores: bool,
-                 size: int, stats: dict | None = None, precision: torch.dtype | None = None):
-        """``precision``: D_R's and G''s dtype in scoring (default ``score_dtype(device)``)."""
+                 size: int, stats: dict | None = None, precision: torch.dtype | None = None,
+                 refine_dtype: torch.dtype = torch.float32):
+        """``precision``: D_R's and G''s dtype in scoring (default ``score_dtype(device)``);
+        ``refine_dtype``: G's (its images are rounded to 8 bits from float32 either way)."""
         from refine.nets import build_nets
 
         self.device, self.batch, self.scores, self.size = torch.device(device), batch, scores, size
@@ -116,7 +141,8 @@ class Refiner:
                                 "another version.") from None
             return net.to(self.device, memory_format=torch.channels_last).eval().requires_grad_(False)
 
-        self.G = load("ema")
+        self.refine_dtype = refine_dtype
+        self.G = load("ema").to(refine_dtype)
         self.Gp = self.D_R = self.C = self.T = None
         if scores:
             self.D_R = load("D_R").to(self.score_dtype)
@@ -155,7 +181,7 @@ class Refiner:
             seeds = None
             if noise_seeds is not None:  # (the padding's seeds are never seen)
                 seeds = [int(v) for v in noise_seeds[start:start + m]] + [0] * (k - m)
-            gx = self.G(x, seeds)
+            gx = self.G(x.to(self.refine_dtype), seeds).float()  # (float32: the same tensor)
             if not torch.isfinite(gx).all():
                 raise UserError("the checkpoint's generator gives non-finite images (NaN or inf weights?); use "
                                 "another checkpoint of the run.")

@@ -260,6 +260,7 @@ def test_refiner_under_avx2_kernels_is_within_the_same_tolerance(ckpt, tmp_path)
 
 #: bfloat16 D_R and G' against float32 (``refine.refiner``; README, Reproducibility)
 SCORE_ATOL = 1e-4
+REFINE_LEVELS = 2  # --precision bf16 against float32, per 8-bit pixel (README, Reproducibility)
 
 
 def test_bf16_scores_are_within_the_stated_tolerance_of_float32(ckpt):
@@ -280,6 +281,27 @@ def test_bf16_scores_are_within_the_stated_tolerance_of_float32(ckpt):
         np.testing.assert_allclose(mine[k], f32[k], rtol=0, atol=SCORE_ATOL, err_msg=k)
     if score_dtype("cpu") == torch.bfloat16:  # (else there is nothing to tell apart)
         assert not np.array_equal(mine["dr_error"], f32["dr_error"])
+
+
+def test_bf16_refining_is_within_two_levels_recorded_and_refused_where_slow(ckpt, reference, tmp_path):
+    """``--precision bf16`` runs G in bfloat16 where the machine has bf16 units: every pixel within
+    REFINE_LEVELS of the float32 export's (not all equal: G did change precision), recorded in the
+    manifest, and a float32 export does not resume as a bf16 one. Without bf16 units (an AVX2 CPU,
+    or this one held to AVX2) it is refused with one sentence."""
+    from refine.refiner import cpu_bf16_units
+
+    out = tmp_path / "bf16"
+    res = run(refine, *export_args(ckpt, out, "--format", "hdf5", "--precision", "bf16", *SAME))
+    if not cpu_bf16_units():
+        assert res.exit_code != 0 and "has no bf16 units" in res.output and "--precision float32" in res.output
+        return
+    assert res.exit_code == 0, res.output
+    with h5py.File(out / "ganfaces.h5", "r") as a, h5py.File(reference / "hdf5" / "ganfaces.h5", "r") as b:
+        diff = np.abs(a["images"][()].astype(np.int16) - b["images"][()])
+    assert diff.max() <= REFINE_LEVELS and diff.any(), (diff.max(), diff.mean())
+    assert json.loads((out / "manifest.json").read_text())["settings"]["refine_precision"] == "bfloat16"
+    again = run(refine, *export_args(ckpt, reference / "hdf5", "--format", "hdf5", "--precision", "bf16", *SAME))
+    assert again.exit_code != 0 and "different refine_precision" in again.output
 
 
 # --------------------------------------------------------------------------- (2) kill/resume --
