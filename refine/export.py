@@ -371,10 +371,10 @@ class Exporter:
         if ddp.main:
             if warning and self.progress:
                 print(warning, file=sys.stderr)
-            tm = state.get("train_model")
-            if tm and str(tm) != str(o.model) and self.progress:
-                print(f"note: {o.checkpoint} was trained on renders of model '{tm}'; exporting with '{o.model}'.",
-                      file=sys.stderr)
+            tm, tname = state.get("train_model"), state.get("train_model_name")
+            if self.progress and ((tm and str(tm) != str(o.model)) or (tname and str(tname) != self.model.name)):
+                print(f"note: {o.checkpoint} was trained on renders of model '{tm}' ({tname or 'name not recorded'}); "
+                      f"exporting with '{o.model}' ({self.model.name}).", file=sys.stderr)
             with disk_errors(self.out):
                 self.out.mkdir(exist_ok=True)
             if status == "new":
@@ -521,6 +521,7 @@ class Exporter:
             "checkpoint": {"path": str(o.checkpoint), "sha256": settings["checkpoint_sha256"],
                            "step": int(state.get("step", -1)), "variant": cfg.get("variant"),
                            "train_seed": state.get("train_seed"), "train_model": state.get("train_model"),
+                           "train_model_name": state.get("train_model_name"),
                            "generator": "exponential moving average of G (nets.ema), dropout "
                                         + ("on, seeded per identity and draw" if o.dropout else "off")},
             "model": str(o.model), "model_name": self.model.name, "model_sources": self.model.sources,

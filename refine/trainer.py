@@ -102,9 +102,11 @@ class Trainer:
         # what sampled the training identities (synthetic.h5's root attributes), recorded in every
         # checkpoint so that 'refine export-dataset' refuses to re-sample them as "new" identities
         with h5py.File(synthetic, "r") as f:
-            seed, model = f.attrs.get("seed"), f.attrs.get("model")
+            seed, model, name = f.attrs.get("seed"), f.attrs.get("model"), f.attrs.get("model_name")
         self.train_seed = None if seed is None else int(seed)
         self.train_model = None if model is None else str(model)
+        # the model's own name too: "default" named another model before the ICT default (issue 15)
+        self.train_model_name = None if name is None else str(name)
         self.syn.labels = self.id_rows.astype(np.int64)
         torch.manual_seed(cfg.seed)  # initial weights: the same on every rank
         self.nets = {k: v.to(self.device) for k, v in build_nets(cfg).items()}
@@ -324,6 +326,7 @@ class Trainer:
             "k": dict(self.k), "centroids": self.centroids.cpu(),
             "identities": torch.from_numpy(self.id_values),
             "train_seed": self.train_seed, "train_model": self.train_model,
+            "train_model_name": self.train_model_name,
             "rng": {"data": self.data_gen.get_state(), "aug": self.aug_gen.get_state(),
                     "torch": torch.get_rng_state()},
         }

@@ -62,6 +62,8 @@ def ckpt(tmp_path_factory):
     path = d / "run" / "checkpoints" / "step_00000004.pt"
     state = torch.load(path, weights_only=True)
     assert state["train_seed"] == 0 and state["train_model"] == "default"
+    from morph.models import load_model
+    assert state["train_model_name"] == load_model("default").name  # what "default" meant then
     return path
 
 
@@ -417,6 +419,17 @@ def test_filter_redraws_from_the_identitys_next_images(ckpt, reference, tmp_path
 
 
 # ----------------------------------------------------------------------------- (4) bad input --
+
+def test_export_with_another_model_than_training_says_so(ckpt, tmp_path):
+    """The note names both models by name, not just by the words given: 'default' meant the
+    menpo3d model before the ICT default."""
+    from morph.models import load_model
+
+    res = run(refine, *export_args(ckpt, tmp_path / "other", "--model", "menpo3d", "--no-scores", n=1, m=1))
+    assert res.exit_code == 0, res.output
+    note = next(line for line in res.output.splitlines() if line.startswith("note:"))
+    assert "'default'" in note and load_model("default").name in note and load_model("menpo3d").name in note
+
 
 def test_training_identities_are_refused_with_the_fix(ckpt, tmp_path):
     res = run(refine, *export_args(ckpt, tmp_path / "x", seed=0))
