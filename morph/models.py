@@ -45,3 +45,10 @@ def load_model(spec: str | Path) -> MorphableModel:
         model = formats.load_spec(Path(spec))
     model.paint_albedo = True  # used only when the model has no colour model
     return model
+
+
+def model_files(sources: dict) -> dict:
+    """``{part: file name}`` of a model's ``sources`` (``{part: path}``): which files a model came
+    from, without the folders that differ between machines. Names such as 'default' are not enough:
+    'default' named another embedded file before the ICT default (``default_model.h5``, now 'menpo3d')."""
+    return {part: Path(str(p)).name for part, p in sources.items()}

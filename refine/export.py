@@ -59,6 +59,7 @@ import torch
 from morph.errors import UserError
 from morph.files import check_size, disk_errors, file_sha256, job_key, write_atomic
 from morph.numerics import numerics, set_threads
+from morph.models import model_files
 from morph.template import DEFAULT_TEMPLATE
 from refine.distributed import barrier, finish
 from refine.export_sinks import FORMATS, SINKS
@@ -371,10 +372,10 @@ class Exporter:
         if ddp.main:
             if warning and self.progress:
                 print(warning, file=sys.stderr)
-            tm, tname = state.get("train_model"), state.get("train_model_name")
-            if self.progress and ((tm and str(tm) != str(o.model)) or (tname and str(tname) != self.model.name)):
-                print(f"note: {o.checkpoint} was trained on renders of model '{tm}' ({tname or 'name not recorded'}); "
-                      f"exporting with '{o.model}' ({self.model.name}).", file=sys.stderr)
+            tm, tfiles, files = state.get("train_model"), state.get("train_model_files"), model_files(self.model.sources)
+            if self.progress and ((tm and str(tm) != str(o.model)) or (tfiles and tfiles != files)):
+                print(f"note: {o.checkpoint} was trained on renders of model '{tm}' (files {tfiles or 'not recorded'}); "
+                      f"exporting with '{o.model}' (files {files}).", file=sys.stderr)
             with disk_errors(self.out):
                 self.out.mkdir(exist_ok=True)
             if status == "new":
@@ -521,7 +522,7 @@ class Exporter:
             "checkpoint": {"path": str(o.checkpoint), "sha256": settings["checkpoint_sha256"],
                            "step": int(state.get("step", -1)), "variant": cfg.get("variant"),
                            "train_seed": state.get("train_seed"), "train_model": state.get("train_model"),
-                           "train_model_name": state.get("train_model_name"),
+                           "train_model_files": state.get("train_model_files"),
                            "generator": "exponential moving average of G (nets.ema), dropout "
                                         + ("on, seeded per identity and draw" if o.dropout else "off")},
             "model": str(o.model), "model_name": self.model.name, "model_sources": self.model.sources,

@@ -32,6 +32,7 @@ k's and centroids.
 from __future__ import annotations
 
 import contextlib
+import json
 from pathlib import Path
 
 import h5py
@@ -40,6 +41,7 @@ import torch
 import torch.distributed as dist
 
 from morph.errors import UserError
+from morph.models import model_files
 from morph.numerics import numerics
 from refine import losses as L
 from refine.checkpoint import CHECKPOINT_FORMAT
@@ -102,11 +104,11 @@ class Trainer:
         # what sampled the training identities (synthetic.h5's root attributes), recorded in every
         # checkpoint so that 'refine export-dataset' refuses to re-sample them as "new" identities
         with h5py.File(synthetic, "r") as f:
-            seed, model, name = f.attrs.get("seed"), f.attrs.get("model"), f.attrs.get("model_name")
+            seed, model, sources = f.attrs.get("seed"), f.attrs.get("model"), f.attrs.get("model_sources")
         self.train_seed = None if seed is None else int(seed)
         self.train_model = None if model is None else str(model)
-        # the model's own name too: "default" named another model before the ICT default (issue 15)
-        self.train_model_name = None if name is None else str(name)
+        # and the files it came from: 'default' named another model before the ICT default (issue 15)
+        self.train_model_files = model_files(json.loads(sources)) if sources is not None else None
         self.syn.labels = self.id_rows.astype(np.int64)
         torch.manual_seed(cfg.seed)  # initial weights: the same on every rank
         self.nets = {k: v.to(self.device) for k, v in build_nets(cfg).items()}
@@ -326,7 +328,7 @@ class Trainer:
             "k": dict(self.k), "centroids": self.centroids.cpu(),
             "identities": torch.from_numpy(self.id_values),
             "train_seed": self.train_seed, "train_model": self.train_model,
-            "train_model_name": self.train_model_name,
+            "train_model_files": self.train_model_files,
             "rng": {"data": self.data_gen.get_state(), "aug": self.aug_gen.get_state(),
                     "torch": torch.get_rng_state()},
         }

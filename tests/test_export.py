@@ -62,8 +62,8 @@ def ckpt(tmp_path_factory):
     path = d / "run" / "checkpoints" / "step_00000004.pt"
     state = torch.load(path, weights_only=True)
     assert state["train_seed"] == 0 and state["train_model"] == "default"
-    from morph.models import load_model
-    assert state["train_model_name"] == load_model("default").name  # what "default" meant then
+    assert state["train_model_files"] == {"shape": "ict_default_model.h5", "texture": "ict_default_model.h5",
+                                          "expression": "ict_default_model.h5"}  # what "default" meant then
     return path
 
 
@@ -421,14 +421,18 @@ def test_filter_redraws_from_the_identitys_next_images(ckpt, reference, tmp_path
 # ----------------------------------------------------------------------------- (4) bad input --
 
 def test_export_with_another_model_than_training_says_so(ckpt, tmp_path):
-    """The note names both models by name, not just by the words given: 'default' meant the
-    menpo3d model before the ICT default."""
-    from morph.models import load_model
-
+    """The note names both models' files, not just the words given: 'default' meant the menpo3d
+    model's file before the ICT default."""
     res = run(refine, *export_args(ckpt, tmp_path / "other", "--model", "menpo3d", "--no-scores", n=1, m=1))
     assert res.exit_code == 0, res.output
     note = next(line for line in res.output.splitlines() if line.startswith("note:"))
-    assert "'default'" in note and load_model("default").name in note and load_model("menpo3d").name in note
+    assert "'default'" in note and "ict_default_model.h5" in note and "'default_model.h5'" in note
+    state = torch.load(ckpt, weights_only=True)
+    state["train_model_files"] = {"shape": "default_model.h5"}  # a checkpoint of the old default
+    old = tmp_path / "old.pt"
+    torch.save(state, old)
+    res = run(refine, *export_args(old, tmp_path / "same_word", "--no-scores", n=1, m=1))
+    assert res.exit_code == 0 and "note:" in res.output and "'default_model.h5'" in res.output
 
 
 def test_training_identities_are_refused_with_the_fix(ckpt, tmp_path):
