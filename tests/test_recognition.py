@@ -239,7 +239,10 @@ def test_the_model_file_is_an_embedder_and_refine_verify_takes_it(sets, tmp_path
 def test_cli_trains_and_table1_prints_a_row_per_set(sets, tmp_path):
     """The CLI end to end at toy scale: train-recognizer writes recognizer.pt; table1 writes a row
     for the untrained network and one per given set, each verified on the benchmark, and reuses
-    finished rows. Catches a row trained on the wrong sets or a table not written."""
+    finished rows. Catches a row trained on the wrong sets or a table not written, and a run folder
+    made for a set that cannot be read."""
+    missing = run("train-recognizer", "--data", tmp_path / "nothing.h5", "--out", tmp_path / "rec", "--steps", 2)
+    assert missing.exit_code != 0 and "nothing.h5" in missing.output and not (tmp_path / "rec").exists()
     res = run("train-recognizer", "--data", sets / "synthetic.h5", "--out", tmp_path / "rec", "--steps", 2,
               "--batch-size", 8, "--width", 0.25, "--embedding-size", 32, "--threads", 1)
     assert res.exit_code == 0, res.output

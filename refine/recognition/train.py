@@ -112,11 +112,11 @@ class Recognizer(nn.Module):
 
 
 class RecognizerTrainer:
-    def __init__(self, cfg: RecognizerConfig, data: list[Path], ddp):
+    def __init__(self, cfg: RecognizerConfig, data: list[Path], ddp, mixture: Mixture | None = None):
         self.cfg = cfg.check()
         self.ddp = ddp
         self.device = torch.device(cfg.device)
-        self.mixture = Mixture(data, cfg.proportions)
+        self.mixture = mixture if mixture is not None else Mixture(data, cfg.proportions)
         self.augment = Augment(cfg.crop, cfg.augment, self.mixture.template)
         torch.manual_seed(cfg.seed)
         self.model = Recognizer(cfg, self.mixture.classes).to(self.device)
@@ -195,17 +195,18 @@ def train_recognizer(cfg: RecognizerConfig, data: list[Path], run_dir: Path, res
     check_device(cfg.device)
     ddp = init_distributed(cfg.device)
     set_threads(threads)
-    run_dir = Path(run_dir)
+    run_dir, data = Path(run_dir), [Path(p) for p in data]
+    mixture = Mixture(data, cfg.check().proportions)  # a set it cannot read is refused before --out exists
     if ddp.main:
         try:
             run_dir.mkdir(parents=True, exist_ok=True)
         except OSError as e:
             raise UserError(f"{run_dir}: cannot create the run directory ({e.strerror}); choose another --out.") from None
     with main_rank_lock(ddp, run_dir, "training run"):
-        return _train(cfg, [Path(p) for p in data], run_dir, resume, progress, ddp)
+        return _train(cfg, data, run_dir, resume, progress, ddp, mixture)
 
 
-def _train(cfg, data, run_dir, resume, progress, ddp):
+def _train(cfg, data, run_dir, resume, progress, ddp, mixture=None):
     from tqdm import tqdm
 
     store = CheckpointStore(run_dir, cfg.keep_checkpoints)
@@ -215,7 +216,7 @@ def _train(cfg, data, run_dir, resume, progress, ddp):
     if not resume and latest is not None:
         raise UserError(f"{run_dir}: already holds a run (checkpoints/); add --resume to continue it "
                         "or choose another --out.")
-    trainer = RecognizerTrainer(cfg, data, ddp)
+    trainer = RecognizerTrainer(cfg, data, ddp, mixture)
     if resume:
         trainer.load_state(_load_run_state(latest), latest)
     log_path = run_dir / "losses.jsonl"
