@@ -18,6 +18,7 @@ import torch
 import yaml
 
 from morph.errors import UserError
+from morph.h5io import open_h5
 from morph.numerics import check_device, set_threads
 from refine.checkpoint import CheckpointStore, load_checkpoint
 from refine.config import TrainConfig
@@ -51,6 +52,9 @@ def train(cfg: TrainConfig, synthetic: Path, real: Path, pairs: Path | None, run
     ddp = init_distributed(cfg.device)
     set_threads(threads)  # torchrun: OMP_NUM_THREADS per rank, held (see morph.numerics.set_threads)
     run_dir = Path(run_dir)
+    for path, what in ((synthetic, "synthetic image set"), (real, "real image set"), (pairs, "pairs file")):
+        if path is not None:  # a missing or unreadable set is refused before --out exists
+            open_h5(path, what).close()
     if ddp.main:
         _check_run_dir(run_dir)
     with main_rank_lock(ddp, run_dir, "training run"):

@@ -117,6 +117,7 @@ def _bad_sets(sets, tmp):
     ({"--pairs": "nopairs.h5"}, "holds no images"),
     ({"--out": "file/run"}, "cannot write the run directory"),
     ({"--synthetic": "absent.h5"}, "no such"),
+    ({"--real": "absent_real.h5"}, "no such real image set"),
 ])
 def test_bad_input_fails_before_training(sets, tmp_path, change, message):
     _bad_sets(sets, tmp_path)
@@ -127,6 +128,8 @@ def test_bad_input_fails_before_training(sets, tmp_path, change, message):
     assert res.exit_code == 2, res.output
     assert message in res.output and "Traceback" not in res.output
     assert not (tmp_path / "run" / "checkpoints").exists()
+    if message.startswith("no such"):  # a set that is not there: refused before --out is made
+        assert not (tmp_path / "run").exists()
 
 
 def test_checkpoint_of_another_config_is_refused(sets, tmp_path):
