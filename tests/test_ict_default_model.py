@@ -118,7 +118,7 @@ def test_cavities_are_shaded_dark_in_the_albedo(model):
     assert np.percentile(lum[near_nostrils], 5) < 0.35 * lum[model.landmarks[30]]
     teeth = np.arange(17039, 21451)
     front, back = teeth[v[teeth, 2] > np.percentile(v[teeth, 2], 90)], teeth[v[teeth, 2] < np.percentile(v[teeth, 2], 10)]
-    assert lum[back].mean() < 0.3 * lum[front].mean()
+    assert lum[back].mean() < 0.24 * lum[front].mean()  # 0.19 shaded; 0.28 with the depth darkening alone
 
 
 def test_ambient_occlusion_sees_a_ball_and_not_a_ball_inside_it():
