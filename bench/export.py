@@ -14,7 +14,9 @@ For each: images/s over the whole call (model, checkpoint and embedder loading i
 imports not), the steady rate (images over the time spent in the pipeline's stages), the share of
 time per stage (sample, render, refine = G, score_D_R, score_Gp, score_C, write = JPEG encoding and
 files, finish = scores.csv/manifest), this process's CPU-seconds per image and images per CPU-second
-(the target: 30 with scores), and how much of the machine other processes used meanwhile (a shared
+over the whole call, and the same beyond the one-time set-up (``marginal``: the difference from an
+export of one identity; what each image of a large export costs; the target: 30 with scores), and
+how much of the machine other processes used meanwhile (a shared
 machine skews wall-clock rates, and CPU-seconds less). ``score_tolerance``: the export's scores
 (bfloat16 D_R and G' where the CPU has bf16 units, ``refine.refiner.score_dtype``) against float32
 scoring on the same batches, the largest difference per score column. It also measures the
@@ -63,6 +65,21 @@ def write_checkpoint(path: Path) -> Path:
 
 
 def timed_export(ckpt: Path, out: Path, a, scores: bool, precision: str = "float32") -> dict:
+    """One export of ``a``'s size, timed; before it, the same export of one identity, so that the
+    difference of their CPU-seconds gives the cost of an image beyond the one-time set-up
+    (checkpoint, model and embedder loading, compiling the fused networks): ``marginal``."""
+    small = _export(ckpt, out.with_name(out.name + "_one_identity"),
+                    argparse.Namespace(**{**vars(a), "n_identities": 1}), scores, precision)
+    r = _export(ckpt, out, a, scores, precision)
+    extra_images, extra_cpu = r["images"] - small["images"], r["cpu_s"] - small["cpu_s"]
+    if extra_images > 0 and extra_cpu > 0:
+        r["marginal_cpu_s_per_image"] = round(extra_cpu / extra_images, 4)
+        r["marginal_img_per_cpu_s"] = round(extra_images / extra_cpu, 2)
+        r["setup_cpu_s"] = round(small["cpu_s"] - small["images"] * extra_cpu / extra_images, 2)
+    return r
+
+
+def _export(ckpt: Path, out: Path, a, scores: bool, precision: str) -> dict:
     from refine.export import ExportOptions, export_dataset
 
     n = a.n_identities * a.images_per_identity
@@ -85,6 +102,7 @@ def timed_export(ckpt: Path, out: Path, a, scores: bool, precision: str = "float
         "steady_img_per_s": round(n / staged, 2) if staged else None,
         "stage_share": {k: round(v / staged, 3) for k, v in sorted(stats.items(), key=lambda kv: -kv[1])},
         "stage_ms_per_image": {k: round(v / n * 1e3, 2) for k, v in sorted(stats.items(), key=lambda kv: -kv[1])},
+        "cpu_s": own / hz if hz else 0.0,
         "cpu_s_per_image": round(own / hz / n, 4) if hz else None,
         "img_per_cpu_s": round(n / (own / hz), 2) if own else None,
         "cpu_used_by_other_processes": round(max(total - idle - own, 0) / total, 3) if total > 0 else None,
@@ -116,19 +134,21 @@ def network_tolerance(ckpt: Path, renders: np.ndarray, threads: int) -> dict:
 
 def score_tolerance(ckpt: Path, renders: np.ndarray, m: int) -> dict:
     """The scores as the export computes them (``Refiner.score_dtype``: bfloat16 D_R and G' on a CPU
-    with bf16 units) against float32 scoring, on the same renders and batches: the largest
-    difference of each score column (identity_loss over identities of ``m`` consecutive renders)."""
+    with bf16 units; fused oneDNN Graph partitions on a CPU, ``refine.onednn_graph``) against
+    float32 scoring op by op (as on CUDA, and before either), on the same renders and batches: the
+    largest difference of each score column (identity_loss over identities of ``m`` consecutive
+    renders)."""
     from refine.refiner import Refiner
 
     state = torch.load(ckpt, weights_only=True)
     runs = {}
-    for name, dtype in (("default", None), ("float32", torch.float32)):
-        r = Refiner(state, ckpt, state["config"], "cpu", 16, True, 108, precision=dtype)
-        runs[name] = {**r.run(renders), "dtype": str(r.score_dtype).removeprefix("torch.")}
+    for name, dtype, fused in (("default", None, None), ("float32", torch.float32, False)):
+        r = Refiner(state, ckpt, state["config"], "cpu", 16, True, 108, precision=dtype, fused=fused)
+        runs[name] = {**r.run(renders), "dtype": str(r.score_dtype).removeprefix("torch."), "fused": r.fused}
         e = runs[name]["embedding"].astype(np.float64).reshape(-1, m, runs[name]["embedding"].shape[1])
         runs[name]["identity_loss"] = np.linalg.norm(e - e.mean(1, keepdims=True), axis=2).ravel()
     a, b = runs["default"], runs["float32"]
-    return {"score_precision": a["dtype"], "images": len(renders),
+    return {"score_precision": a["dtype"], "fused": runs["default"]["fused"], "images": len(renders),
             "images_bit_identical": bool(np.array_equal(a["image"], b["image"])),
             **{f"max_abs_diff_{k}": float(np.abs(a[k].astype(np.float64) - b[k]).max())
                for k in ("dr_error", "cycle_error", "identity_loss")},
@@ -137,8 +157,8 @@ def score_tolerance(ckpt: Path, renders: np.ndarray, m: int) -> dict:
 
 
 def refine_tolerance(ckpt: Path, renders: np.ndarray) -> dict:
-    """``--precision bf16`` (G in bfloat16) against float32 G on the same renders and batches, per
-    8-bit pixel."""
+    """``--precision bf16`` (G in bfloat16, fused as the export runs it) against float32 G (op by
+    op) on the same renders and batches, per 8-bit pixel."""
     from refine.refiner import Refiner
 
     state = torch.load(ckpt, weights_only=True)
@@ -180,7 +200,8 @@ def main():
             out[name] = timed_export(ckpt, d / name, a, scores, precision)
             r = out[name]
             print(f"  {r['img_per_s']} images/s end to end ({r['steady_img_per_s']} steady), "
-                  f"{r['img_per_cpu_s']} images per CPU-second; shares {r['stage_share']}; "
+                  f"{r['img_per_cpu_s']} images per CPU-second ({r.get('marginal_img_per_cpu_s')} beyond the "
+                  f"set-up of {r.get('setup_cpu_s')} CPU-s); shares {r['stage_share']}; "
                   f"other processes used {r['cpu_used_by_other_processes']:.0%} of the machine", flush=True)
         from PIL import Image
         files = sorted((d / "unscored").rglob("*.jpg"))
@@ -197,6 +218,7 @@ def main():
     for name in ("scored", "scored_bf16"):
         if name in out:
             out[f"{name}_img_per_cpu_s"] = out[name]["img_per_cpu_s"]
+            out[f"{name}_marginal_img_per_cpu_s"] = out[name].get("marginal_img_per_cpu_s")
     out["target_scored_img_per_cpu_s"] = 30
     print(json.dumps(out))
 

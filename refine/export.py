@@ -28,7 +28,10 @@ at most 1e-4 (measured on the paper-size networks: 1.1e-6 and 1.7e-5; ``bench/ex
 ``score_tolerance``); G's images, C's embeddings and identity_loss are float32 and unchanged.
 ``precision="bf16"`` (``--precision bf16``, recorded as ``refine_precision`` when on) runs G in
 bfloat16 too, where that is fast (``refiner.check_refine_precision``): about 3.7x less CPU time for
-G, images within 2 8-bit levels of float32's (``bench/export.py``, ``refine_tolerance``).
+G, images within 4 8-bit levels of float32's (``bench/export.py``, ``refine_tolerance``; README).
+On a CPU the scoring networks, and G in bfloat16, run as fused oneDNN Graph partitions
+(``refine.onednn_graph``; recorded as ``onednn_graph`` when on), which round otherwise than op by
+op: scores within the tolerances above, bfloat16 images within the same 4 levels.
 
 Filtering (``max_dr_error`` / ``max_cycle_error``): an image above a threshold is replaced by a
 new draw of the same identity, taking the next image numbers of the identity's per-image seed
@@ -65,7 +68,8 @@ from refine.distributed import barrier, finish
 from refine.export_sinks import FORMATS, SINKS
 from refine.export_state import (BATCH_MULTIPLE, MANIFEST, STATE_DIR, ProgressLog, check_out, chunk_ranges,
                                  rank_chunks, read_manifest, read_progress)
-from refine.refiner import Refiner, _np, check_checkpoint, check_new_identities, check_refine_precision, score_dtype
+from refine.refiner import (REFINE_DTYPES, Refiner, _np, check_checkpoint, check_new_identities, check_refine_precision,
+                            fuses, score_dtype)
 
 SCORES = "scores.csv"
 MANIFEST_VERSION = 1
@@ -170,7 +174,9 @@ def _settings(o: ExportOptions, sha: str, model, priors, cfg: dict, sink_setting
          # only when on, so that the job keys of exports without it stay what they were
          **({"exclude_leaks": {"references": [str(r) for r in o.references], "threshold": o.leak_threshold}}
             if o.exclude_leaks else {}),
-         **({"refine_precision": "bfloat16"} if o.precision == "bf16" else {})}
+         **({"refine_precision": "bfloat16"} if o.precision == "bf16" else {}),
+         # the fused networks round differently from op-by-op ones: a resume must run them alike
+         **({"onednn_graph": True} if fuses(o.device, o.scores, REFINE_DTYPES[o.precision]) else {})}
     return json.loads(json.dumps(s))
 
 

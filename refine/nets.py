@@ -146,22 +146,38 @@ class Generator(nn.Module):
         self.c7s1_3 = _Conv((2 if skips else 1) * width, channels, 7, 1, False, "tanh")
         init_weights(self)
 
-    def _drop(self, h: torch.Tensor, generators: list[torch.Generator] | None) -> torch.Tensor:
-        if self.dropout == 0.0:
-            return h
-        if generators is None:
-            return F.dropout(h, self.dropout, self.training)
-        keep = 1.0 - self.dropout
-        masks = torch.stack([torch.rand(h.shape[1:], generator=g) < keep for g in generators])
-        return h * (masks.to(h.device, h.dtype) / keep)
+    def code_shape(self, image_hw) -> tuple[int, int, int]:
+        """(C, H, W) of the residual blocks' activations for images of ``image_hw``: two "SAME"
+        stride-2 convolutions, ``ceil(n / 2)`` each (108 -> 54 -> 27)."""
+        h, w = (math.ceil(math.ceil(int(n) / 2) / 2) for n in image_hw)
+        return self.res[0].conv1.in_channels, h, w
 
-    def forward(self, x: torch.Tensor, noise_seeds: list[int] | None = None) -> torch.Tensor:
-        gens = None if noise_seeds is None else [torch.Generator().manual_seed(int(s)) for s in noise_seeds]
+    def noise_masks(self, noise_seeds: list[int], image_hw, dtype: torch.dtype = torch.float32,
+                    device: str | torch.device = "cpu") -> list[torch.Tensor]:
+        """The dropout of each residual block for images seeded by ``noise_seeds``, as multipliers
+        (B, C, H, W): 0 where dropped, ``1 / keep`` where kept (rounded in ``dtype``, as the
+        activations they multiply). Each image's generator draws block 1's mask, then block 2's, ...,
+        uniform floats below ``keep``, so an image's masks do not depend on its batch."""
+        keep, shape = 1.0 - self.dropout, self.code_shape(image_hw)
+        gens = [torch.Generator().manual_seed(int(s)) for s in noise_seeds]
+        per_image = [[torch.rand(shape, generator=g) < keep for _ in self.res] for g in gens]
+        return [torch.stack([m[b] for m in per_image]).to(device, dtype) / keep for b in range(len(self.res))]
+
+    def forward(self, x: torch.Tensor, noise_seeds: list[int] | None = None,
+                masks: list[torch.Tensor] | tuple[torch.Tensor, ...] | None = None) -> torch.Tensor:
+        """``noise_seeds``: draw the dropout masks per image (``noise_masks``); ``masks``: take
+        them as given (the export's traced G, ``refine.onednn_graph``)."""
+        if noise_seeds is not None and self.dropout > 0.0:
+            masks = self.noise_masks(noise_seeds, x.shape[-2:], x.dtype, x.device)
         e1 = self.c7s1_32(x)
         e2 = self.d64(e1)
         h = self.d128(e2)
-        for block in self.res:
-            h = self._drop(block(h), gens)
+        for i, block in enumerate(self.res):
+            h = block(h)
+            if masks is not None:
+                h = h * masks[i]
+            elif self.dropout > 0.0:
+                h = F.dropout(h, self.dropout, self.training)
         h = self.u64(h, e2.shape[-2:])
         h = self.u32(torch.cat([h, e2], 1) if self.skips else h, e1.shape[-2:])
         return self.c7s1_3(torch.cat([h, e1], 1) if self.skips else h)
