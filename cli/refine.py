@@ -341,7 +341,7 @@ def table1(out, real, rendered, refined, lfw_pairs, images, template, bins, sets
                    "last bits (README, Reproducibility); an unfinished export resumes with its own.")
 @click.option("--precision", type=click.Choice(["float32", "bf16"]), default="float32", show_default=True,
               help="G's precision. bf16, on a CPU with AMX or AVX512-BF16 or a GPU that has bf16: G about 3.7x "
-                   "faster, images within 2 levels of float32's (README, Reproducibility).")
+                   "faster, images within 4 levels of float32's (README, Reproducibility).")
 @click.option("--device", default="cpu", show_default=True, help="Where the networks run: cpu, cuda, cuda:1 ...")
 @click.option("--threads", type=THREADS, default=None, help="CPU threads (default: all cores).")
 def export_dataset(checkpoint, model_spec, priors_path, n_identities, images_per_identity, seed, first_identity,
