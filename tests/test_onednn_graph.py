@@ -33,6 +33,7 @@ def _tolerance(dtype: torch.dtype, scale: float) -> float:
     return scale * (2e-2 if dtype == torch.bfloat16 else 1e-5)
 
 
+@pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::torch.jit.TracerWarning")  # (as in Fused)
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_d_r_runs_in_fused_partitions_the_same_bits_from_the_first_call(dtype):
     """D_R (convolutions + ELU) compiles into oneDNN Graph fusion groups; the first real call already
@@ -51,6 +52,12 @@ def test_d_r_runs_in_fused_partitions_the_same_bits_from_the_first_call(dtype):
         eager = D(x)
     err = (first.float() - eager.float()).abs().max().item()
     assert err <= _tolerance(dtype, eager.float().abs().max().item()), err
+    # (Fused traces on one image to save time; traced on the whole batch, the same compiled bits)
+    whole = torch.jit.freeze(torch.jit.trace(D, (x,), check_trace=False))
+    with onednn_graph._fusion_on(), torch.inference_mode():
+        for _ in range(onednn_graph.warmup_calls()):
+            whole(y)
+        assert torch.equal(whole(x), first)
 
 
 def test_each_image_is_independent_of_the_others_in_its_batch():
