@@ -158,16 +158,20 @@ def score_tolerance(ckpt: Path, renders: np.ndarray, m: int) -> dict:
 
 def refine_tolerance(ckpt: Path, renders: np.ndarray) -> dict:
     """``--precision bf16`` (G in bfloat16, fused as the export runs it) against float32 G (op by
-    op) on the same renders and batches, per 8-bit pixel."""
+    op) on the same renders and batches, per 8-bit pixel, and the scores and embeddings of the
+    two exports' images."""
     from refine.refiner import Refiner
 
     state = torch.load(ckpt, weights_only=True)
     seeds = np.arange(len(renders))
-    a, b = (Refiner(state, ckpt, state["config"], "cpu", 16, False, 108, refine_dtype=dt).run(renders, seeds)["image"]
+    a, b = (Refiner(state, ckpt, state["config"], "cpu", 16, True, 108, refine_dtype=dt).run(renders, seeds)
             for dt in (torch.float32, torch.bfloat16))
-    d = np.abs(a.astype(np.int16) - b)
+    d = np.abs(a["image"].astype(np.int16) - b["image"])
     return {"images": len(renders), "max_levels": int(d.max()), "mean_levels": round(float(d.mean()), 4),
-            "share_over_1_level": float((d > 1).mean())}
+            "share_over_1_level": float((d > 1).mean()),
+            # (the scores of the images each export writes: scored on images that differ as above)
+            **{f"max_abs_diff_{k}": float(np.abs(a[k].astype(np.float64) - b[k]).max())
+               for k in ("dr_error", "cycle_error", "embedding")}}
 
 
 def main():
