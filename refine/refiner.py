@@ -30,6 +30,7 @@ import numpy as np
 import torch
 
 from morph.errors import UserError
+from refine import onednn_graph
 
 
 def _np(x) -> np.ndarray:
@@ -116,7 +117,6 @@ def check_refine_precision(precision: str, device: str | torch.device) -> torch.
 def fuses(device: str | torch.device, scores: bool, refine_dtype: torch.dtype) -> bool:
     """Whether an export runs networks fused (``refine.onednn_graph``): on a CPU, the scoring
     networks and G in bfloat16 (``Refiner._fuse``); an unscored float32 export runs op by op."""
-    from refine import onednn_graph
     return onednn_graph.available(device) and (scores or refine_dtype != torch.float32)
 
 
@@ -130,7 +130,6 @@ class Refiner:
         ``refine_dtype``: G's (its images are rounded to 8 bits from float32 either way);
         ``fused``: run the networks as oneDNN Graph partitions (``refine.onednn_graph``; default
         ``fuses``) - D_R, G' and C, and G when it runs in bfloat16."""
-        from refine import onednn_graph
         from refine.nets import build_nets
 
         self.device, self.batch, self.scores, self.size = torch.device(device), batch, scores, size
@@ -169,9 +168,9 @@ class Refiner:
         self.embed = self.C  # (C itself stays, for the leakage audit's batches of other sizes)
         self.fused = fuses(self.device, scores, refine_dtype) if fused is None else fused
         if self.fused:
-            self._fuse(onednn_graph)
+            self._fuse()
 
-    def _fuse(self, onednn_graph) -> None:
+    def _fuse(self) -> None:
         """Replace the networks by their fused graphs for this Refiner's batch shape. G in float32
         stays op by op: its images are the export's product and keep the bits they had, and fused
         it measured no faster (26.7 against 26.2-27.3 CPU-ms an image; ``bench/README.md``)."""
