@@ -33,9 +33,9 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from morph.align_job import pick_face  # noqa: E402
-from morph.landmarks68 import LandmarkRefiner  # noqa: E402
-from morph.mtcnn import MTCNN  # noqa: E402
+from morph.jobs.align import pick_face  # noqa: E402
+from morph.align.landmarks68 import LandmarkRefiner  # noqa: E402
+from morph.align.mtcnn import MTCNN  # noqa: E402
 
 TESTDATA = ROOT.parent / "shared" / "testdata" / "real"
 PHOTOS = ["astronaut.png", "breakingbad.jpg", "einstein.jpg", "t1.jpg", "takeo.ppm", "tongue.jpg"]

@@ -3,7 +3,7 @@
 Uses the paper's full-size networks (G, G' c7s1-32 ResNets, BEGAN D_R with 64 filters, dlib's
 ResNet as C), untrained: a checkpoint in `refine train`'s layout is written with freshly
 initialised weights, which cost exactly what trained ones do. The default model renders 108x108
-faces. Two exports run in-process through ``refine.export.export_dataset``:
+faces. Two exports run in-process through ``refine.export.exporter.export_dataset``:
 
 - ``scored``: the default, every image also scored with D_R, G' and C (scores.csv);
 - ``unscored``: ``--no-scores``, only G refines (score columns left empty);
@@ -18,7 +18,7 @@ over the whole call, and the same beyond the one-time set-up (``marginal``: the 
 export of one identity; what each image of a large export costs; the target: 30 with scores), and
 how much of the machine other processes used meanwhile (a shared
 machine skews wall-clock rates, and CPU-seconds less). ``score_tolerance``: the export's scores
-(bfloat16 D_R and G' where the CPU has bf16 units, ``refine.refiner.score_dtype``) against float32
+(bfloat16 D_R and G' where the CPU has bf16 units, ``refine.export.refiner.score_dtype``) against float32
 scoring on the same batches, the largest difference per score column. It also measures the
 networks' numerical tolerance that the README's "Reproducibility" states: the full-size networks
 run twice on the same batches (bit-identical on one machine), then in batches of 8 against 16 and
@@ -46,14 +46,14 @@ import numpy as np
 import torch
 from cpu_load import cpu_jiffies
 
-from morph.numerics import numerics, set_threads
+from morph.base.numerics import numerics, set_threads
 
 
 def write_checkpoint(path: Path) -> Path:
     """An untrained full-size checkpoint with the layout of ``Trainer.state()``."""
     from refine.checkpoint import CHECKPOINT_FORMAT
-    from refine.config import TrainConfig
-    from refine.nets import build_nets
+    from refine.gan.config import TrainConfig
+    from refine.gan.nets import build_nets
 
     cfg = TrainConfig(image_size=108)  # (a trained run infers it from its synthetic set)
     torch.manual_seed(0)
@@ -80,7 +80,7 @@ def timed_export(ckpt: Path, out: Path, a, scores: bool, precision: str = "float
 
 
 def _export(ckpt: Path, out: Path, a, scores: bool, precision: str) -> dict:
-    from refine.export import ExportOptions, export_dataset
+    from refine.export.exporter import ExportOptions, export_dataset
 
     n = a.n_identities * a.images_per_identity
     opts = ExportOptions(checkpoint=ckpt, out=out, n_identities=a.n_identities,
@@ -112,7 +112,7 @@ def _export(ckpt: Path, out: Path, a, scores: bool, precision: str) -> dict:
 
 def network_tolerance(ckpt: Path, renders: np.ndarray, threads: int) -> dict:
     """Same batches twice (bit-identical?), then batches of 8 vs 16 and 1 thread vs ``threads``."""
-    from refine.refiner import Refiner
+    from refine.export.refiner import Refiner
 
     state = torch.load(ckpt, weights_only=True)
 
@@ -134,11 +134,11 @@ def network_tolerance(ckpt: Path, renders: np.ndarray, threads: int) -> dict:
 
 def score_tolerance(ckpt: Path, renders: np.ndarray, m: int) -> dict:
     """The scores as the export computes them (``Refiner.score_dtype``: bfloat16 D_R and G' on a CPU
-    with bf16 units; fused oneDNN Graph partitions on a CPU, ``refine.onednn_graph``) against
+    with bf16 units; fused oneDNN Graph partitions on a CPU, ``refine.export.onednn_graph``) against
     float32 scoring op by op (as on CUDA, and before either), on the same renders and batches: the
     largest difference of each score column (identity_loss over identities of ``m`` consecutive
     renders)."""
-    from refine.refiner import Refiner
+    from refine.export.refiner import Refiner
 
     state = torch.load(ckpt, weights_only=True)
     runs = {}
@@ -160,7 +160,7 @@ def refine_tolerance(ckpt: Path, renders: np.ndarray) -> dict:
     """``--precision bf16`` (G in bfloat16, fused as the export runs it) against float32 G (op by
     op) on the same renders and batches, per 8-bit pixel, and the scores and embeddings of the
     two exports' images."""
-    from refine.refiner import Refiner
+    from refine.export.refiner import Refiner
 
     state = torch.load(ckpt, weights_only=True)
     seeds = np.arange(len(renders))
@@ -193,7 +193,7 @@ def main():
         print("warm-up export (numba kernels, oneDNN primitives) ...", flush=True)
         timed_export(ckpt, d / "warm", argparse.Namespace(**{**vars(a), "n_identities": 1,
                                                              "images_per_identity": 8}), True)
-        from refine.refiner import cpu_bf16_units
+        from refine.export.refiner import cpu_bf16_units
         runs = [("unscored", False, "float32"), ("scored", True, "float32")]
         if cpu_bf16_units():
             runs += [("unscored_bf16", False, "bf16"), ("scored_bf16", True, "bf16")]

@@ -82,7 +82,7 @@ def mean_face_ndc(model, n: int, size: int) -> torch.Tensor:
 
 
 def bench_render(device: str, batch: int, repeats: int) -> dict:
-    from morph.models import load_model
+    from morph.formats.named import load_model
     from morph.render import RenderSettings, render_batch
     from morph.render.raster import RASTERIZERS, rasterize, rasterizer
 
@@ -116,8 +116,8 @@ def bench_render(device: str, batch: int, repeats: int) -> dict:
 
 
 def bench_detect(device: str, repeats: int, n_photos: int | None) -> dict:
-    from morph.imageio import read_rgb
-    from morph.mtcnn import MTCNN
+    from morph.base.imageio import read_rgb
+    from morph.align.mtcnn import MTCNN
 
     photos = [read_rgb(p) for p in sorted(PHOTOS.iterdir()) if p.suffix.lower() in (".jpg", ".png", ".ppm")]
     if n_photos is not None:  # the smallest, for the smoke run
@@ -147,8 +147,8 @@ def bench_detect(device: str, repeats: int, n_photos: int | None) -> dict:
 
 
 def bench_train(device: str, small: bool, steps: int, loss_steps: int, d: Path) -> dict:
-    from refine.config import TrainConfig
-    from refine.trainer import Trainer
+    from refine.gan.config import TrainConfig
+    from refine.gan.trainer import Trainer
     from train_step import make_sets
 
     make_sets(d)
@@ -188,7 +188,7 @@ def bench_train(device: str, small: bool, steps: int, loss_steps: int, d: Path) 
 def bench_export(device: str, n_identities: int, images: int, batch: int, d: Path) -> dict:
     from export import write_checkpoint
 
-    from refine.export import ExportOptions, export_dataset
+    from refine.export.exporter import ExportOptions, export_dataset
 
     ckpt = write_checkpoint(d / "ckpt.pt")
     out = {"images": n_identities * images, "batch": batch}
@@ -221,7 +221,7 @@ def main():
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--small", action="store_true", help="small sizes (the test suite's smoke run)")
     a = ap.parse_args()
-    from morph.numerics import numerics
+    from morph.base.numerics import numerics
 
     small = a.small
     results = {"device": a.device, "torch": torch.__version__, "python": sys.version.split()[0],

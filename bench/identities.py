@@ -1,14 +1,14 @@
 """Benchmark: how well a face recogniser tells apart the identities a model samples (issue 15).
 
-For each model: N identities x M images drawn under the priors (``morph.sample.sample_block``, as
+For each model: N identities x M images drawn under the priors (``morph.model.sample.sample_block``, as
 ``morph sample-identities`` does), rendered at the crop template's size as ``morph render`` does
 (``morph.render.render_batch``: aligned 108x108 crops on black), then
 - verification: dlib's ResNet embeddings (``refine.embedders.load_embedder('dlib')``, centre crop
   of the aligned render), Euclidean distance between L2-normalised embeddings, on up to ``--pairs``
-  same-identity and as many different-identity pairs (``refine.metrics.draw_pairs``); ROC AUC
-  and EER (``refine.metrics``). Higher AUC: identities differ more than the images of one
+  same-identity and as many different-identity pairs (``refine.evaluation.metrics.draw_pairs``); ROC AUC
+  and EER (``refine.evaluation.metrics``). Higher AUC: identities differ more than the images of one
   identity do under the priors' pose, light and expression.
-- detection: the share of renders in which MTCNN (``morph.mtcnn.MTCNN``, default thresholds,
+- detection: the share of renders in which MTCNN (``morph.align.mtcnn.MTCNN``, default thresholds,
   20 px minimum face) finds exactly one face: renders a real-photo aligner would not accept are
   wasted training data.
 Every model gets the same seed, so the draws of the priors' pose and light are alike where the
@@ -38,8 +38,8 @@ import torch
 def render(model, priors, n_identities: int, n_images: int, seed: int, batch: int = 64) -> tuple[np.ndarray, np.ndarray]:
     """(B, H, W, 3) uint8 aligned renders and (B,) identity labels."""
     from morph.render import RenderSettings, render_batch
-    from morph.render_job import to_uint8
-    from morph.sample import sample_block
+    from morph.jobs.render import to_uint8
+    from morph.model.sample import sample_block
 
     s = sample_block(model, priors, seed, range(n_identities), n_images)
     params = s.render_params()
@@ -52,7 +52,7 @@ def render(model, priors, n_identities: int, n_images: int, seed: int, batch: in
 @torch.inference_mode()
 def embed(images: np.ndarray, batch: int = 64) -> np.ndarray:
     """(B, D) L2-normalised dlib embeddings of aligned crops."""
-    from refine.data import to_tensor
+    from refine.gan.data import to_tensor
     from refine.embedders import load_embedder
 
     c = load_embedder("dlib")
@@ -63,7 +63,7 @@ def embed(images: np.ndarray, batch: int = 64) -> np.ndarray:
 
 
 def verification(e: np.ndarray, labels: np.ndarray, n_pairs: int, seed: int) -> dict:
-    from refine.metrics import auc, draw_pairs, equal_error_rate, roc_curve
+    from refine.evaluation.metrics import auc, draw_pairs, equal_error_rate, roc_curve
 
     pairs = draw_pairs(labels, n_pairs, np.random.default_rng(seed))
 
@@ -77,7 +77,7 @@ def verification(e: np.ndarray, labels: np.ndarray, n_pairs: int, seed: int) -> 
 
 @torch.inference_mode()
 def one_face_share(images: np.ndarray, batch: int = 64) -> float:
-    from morph.mtcnn import MTCNN
+    from morph.align.mtcnn import MTCNN
 
     det = MTCNN()
     counts = [len(d.boxes) for i in range(0, len(images), batch) for d in det.detect(images[i:i + batch])]
@@ -95,8 +95,8 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
 
-    from morph.models import load_model
-    from morph.priors import load_priors
+    from morph.formats.named import load_model
+    from morph.model.priors import load_priors
 
     specs = args.model or ["default", "menpo3d"]
     priors = load_priors(args.priors)

@@ -12,7 +12,7 @@ From scratch, with the installed commands:
    and for the refined images, each against the held-apart real faces:
    - realism: a logistic-regression classifier's 5-fold cross-validated accuracy at telling the
      set from the real faces (1.0: trivially told apart, 0.5: indistinguishable), and the KID
-     (unbiased squared MMD, cubic polynomial kernel; ``refine.metrics.polynomial_mmd2``);
+     (unbiased squared MMD, cubic polynomial kernel; ``refine.evaluation.metrics.polynomial_mmd2``);
    - identity: same- vs different-identity verification AUC inside the set, and the mean cosine
      between each raw render's embedding and its refined image's;
    - change: the mean absolute pixel difference between refined and raw (8-bit levels), on the
@@ -100,7 +100,7 @@ def read_set(path: Path) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | No
 
 @torch.inference_mode()
 def embed(images: np.ndarray, batch: int = 64) -> np.ndarray:
-    from refine.data import to_tensor
+    from refine.gan.data import to_tensor
     from refine.embedders import load_embedder
 
     c = load_embedder("dlib")
@@ -141,7 +141,7 @@ def classifier_accuracy(a: np.ndarray, b: np.ndarray, folds: int = 5, seed: int 
 
 
 def verification_auc(e: np.ndarray, labels: np.ndarray) -> float:
-    from refine.metrics import auc, roc_curve
+    from refine.evaluation.metrics import auc, roc_curve
 
     iu = np.triu_indices(len(labels), 1)
     d = np.sqrt(np.clip(2 - 2 * (e @ e.T), 0, None))[iu]
@@ -150,7 +150,7 @@ def verification_auc(e: np.ndarray, labels: np.ndarray) -> float:
 
 
 def judge(name: str, images: np.ndarray, labels: np.ndarray, e: np.ndarray, e_real: np.ndarray) -> dict:
-    from refine.metrics import polynomial_mmd2
+    from refine.evaluation.metrics import polynomial_mmd2
 
     out = {"images": len(images), "identities": int(len(np.unique(labels))),
            "real_vs_set_accuracy": round(classifier_accuracy(e, e_real), 4),

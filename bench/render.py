@@ -49,7 +49,7 @@ def template_model(tarball: Path, n_shape=25, n_expression=11, n_texture=10):
     import trimesh
     from scipy.spatial import cKDTree
 
-    from morph.model import MorphableModel, PCAModel
+    from morph.model.morphable import MorphableModel, PCAModel
 
     with tarfile.open(tarball) as tar:
         ply = tar.extractfile("menpo3d-0.8.6/menpo3d/data/template.ply").read()
@@ -73,7 +73,7 @@ def template_model(tarball: Path, n_shape=25, n_expression=11, n_texture=10):
 
 def load(args):
     if args.template is None and (ROOT / "data" / "default_model.h5").exists():
-        from morph.models import load_model
+        from morph.formats.named import load_model
         return load_model("default")
     tarball = Path(args.template or "/tmp/menpo/menpo3d-0.8.6.tar.gz")
     return template_model(tarball)
@@ -96,7 +96,7 @@ def stage_times(model, params, repeats):
     from morph.render import camera, cpu, shading
     from morph.render.raster_cpu import pixel_centres_ndc, pixel_stage
     from morph.render.prepared import check_params, prepare_model
-    from morph.template import five_point_template
+    from morph.align.template import five_point_template
 
     prep = prepare_model(model)
     p = check_params(model, prep, params)
@@ -138,7 +138,7 @@ def main():
     ap.add_argument("--threads", type=int, default=2, help="torch and numba threads (default 2)")
     ap.add_argument("--template", help="menpo3d-0.8.6 sdist tarball: bench its template with random bases")
     args = ap.parse_args()
-    from morph.numerics import set_threads
+    from morph.base.numerics import set_threads
     from morph.render import RenderSettings, render_batch
 
     set_threads(args.threads)

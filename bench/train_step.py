@@ -26,7 +26,7 @@ import h5py
 import numpy as np
 import torch
 
-from morph.numerics import numerics, set_threads
+from morph.base.numerics import numerics, set_threads
 
 #: bf16 autocast against float32 over the first 20 steps from the same weights and batches: every
 #: logged loss within this fraction of float32's value at the same step.
@@ -47,8 +47,8 @@ def make_sets(d: Path, n: int = 64, ids: int = 16, size: int = 108):
 def run_steps(device: str, amp: bool, steps: int, batch: int, d: Path) -> dict:
     """``steps`` steps (the first a warm-up: allocations, cuDNN autotuning) from the same weights
     and batches (``TrainConfig.seed``): wall and CPU s per timed step, and every step's losses."""
-    from refine.config import TrainConfig
-    from refine.trainer import Trainer
+    from refine.gan.config import TrainConfig
+    from refine.gan.trainer import Trainer
 
     cfg = TrainConfig(steps=1000, batch_size=batch, device=device, amp=amp)
     t = Trainer(cfg, d / "synthetic.h5", d / "real.h5", d / "pairs.h5", d / "run")

@@ -16,8 +16,8 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 # with EFBIG instead, which every job reports as a full disk and leaves resumable.
 signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
 
-from morph.errors import UserError
-from morph.files import hdf5_write_failed, quiet_hdf5_disk_full
+from morph.base.errors import UserError
+from morph.base.files import hdf5_write_failed, quiet_hdf5_disk_full
 
 quiet_hdf5_disk_full()
 

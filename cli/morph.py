@@ -7,8 +7,8 @@ import click
 
 from cli.common import BATCH, THREADS, FiniteRange, Group
 from morph.render.raster import BACKENDS
-from morph.sample import MAX_IDENTITIES, MAX_IDENTITY, MAX_IMAGES, MAX_SEED
-from morph.template import DEFAULT_TEMPLATE, TEMPLATES
+from morph.model.sample import MAX_IDENTITIES, MAX_IDENTITY, MAX_IMAGES, MAX_SEED
+from morph.align.template import DEFAULT_TEMPLATE, TEMPLATES
 
 
 @click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"]})
@@ -44,7 +44,7 @@ MODEL_HELP = ("3DMM: 'default' (embedded: the ICT Face Model Light with a synthe
 def sample_identities(model_spec, priors_path, n_identities, images_per_identity, seed, first_identity, output):
     """Sample shape and colour of new identities from the model's Gaussian, and expression,
     pose, lighting and camera per image from the priors (paper section 4, Data)."""
-    from morph.sample_job import sample_identities as run
+    from morph.jobs.sample import sample_identities as run
 
     run(output, model_spec, priors_path, n_identities=n_identities, images_per_identity=images_per_identity,
         seed=seed, first_identity=first_identity)
@@ -73,7 +73,7 @@ def sample_identities(model_spec, priors_path, n_identities, images_per_identity
 def render(identities, output, model_spec, size, template, backend, device, batch_size, threads, extra, align_by):
     """Render every image of IDENTITIES, aligned to the 5-point template (the same crop rule as
     'morph align' uses for real photos). Resumes after a kill."""
-    from morph.render_job import render_identities
+    from morph.jobs.render import render_identities
 
     render_identities(identities, output, model_spec=model_spec, size=size, backend=backend,
                       device=device, batch_size=batch_size, threads=threads, extra_outputs=extra,
@@ -90,7 +90,7 @@ def render(identities, output, model_spec, size, template, backend, device, batc
               help=".obj or .ply, with per-vertex colours (albedo).")
 def mesh(identities, image_index, neutral, model_spec, output):
     """Export the 3D face of one sampled image as a mesh with vertex colours."""
-    from morph.render_job import export_sample_mesh
+    from morph.jobs.render import export_sample_mesh
 
     _check_writable(output)
     export_sample_mesh(identities, image_index, output, model_spec=model_spec, neutral=neutral)
@@ -117,7 +117,7 @@ def align(photos, output, all_faces, size, template, device, batch_size, min_fac
     """Detect faces in a folder of photos with MTCNN and crop them with the renders' 5-point
     template (sub-folders = identity labels). Unreadable or faceless photos are listed in
     OUTPUT.report.tsv. Resumes after a kill."""
-    from morph.align_job import align_folder
+    from morph.jobs.align import align_folder
 
     r = align_folder(photos, output, all_faces=all_faces, size=size, device=device, batch_size=batch_size,
                      min_face_size=min_face_size, thresholds=thresholds, landmarks=landmarks,
@@ -134,7 +134,7 @@ def align(photos, output, all_faces, size, template, device, batch_size, min_fac
               help="Columns: up to N images per identity.")
 def preview(file, output, max_identities, max_images):
     """Contact sheet of an image set (synthetic.h5, real.h5): one row per identity."""
-    from morph.preview import contact_sheet
+    from morph.jobs.preview import contact_sheet
 
     contact_sheet(file, output, max_identities, max_images)
     click.echo(f"{output}")
@@ -150,7 +150,7 @@ def preview(file, output, max_identities, max_images):
 def fit_priors(annotations, output, base, expression_model):
     """Fit pose, lighting (and expression) priors to a folder of 300W-LP / AFLW2000-3D .mat
     annotations: mean and covariance, as the paper does (section 4, Data)."""
-    from morph.fit_priors import fit_priors as fit
+    from morph.jobs.fit_priors import fit_priors as fit
 
     _check_writable(output)
     r = fit(annotations, output, base=base, expression_model=expression_model,
@@ -181,7 +181,7 @@ def render_pairs(annotated, output, model_spec, size, template, max_landmark_err
     and Phong lighting) and photo and render are cropped by the same 5-point similarity, so each
     pair is pixel-aligned. Files that cannot be used are skipped with one line each. Resumes
     after a kill."""
-    from morph.pairs import render_pairs as run
+    from morph.jobs.render_pairs import render_pairs as run
 
     r = run(annotated, output, model_spec, size=size, max_landmark_error=max_landmark_error,
             batch_size=batch_size, template=template)
@@ -193,7 +193,7 @@ def render_pairs(annotated, output, model_spec, size, template, max_landmark_err
 
 
 def _check_writable(path: Path) -> None:
-    from morph.errors import UserError
+    from morph.base.errors import UserError
     parent = path.resolve().parent
     if not parent.is_dir():
         raise UserError(f"{path}: folder {parent} does not exist; create it first.")

@@ -4,10 +4,10 @@ from pathlib import Path
 import click
 
 from cli.common import BATCH, THREADS, FiniteRange, Group
-from morph.sample import MAX_IDENTITIES, MAX_IDENTITY, MAX_IMAGES, MAX_SEED
-from morph.template import DEFAULT_TEMPLATE, TEMPLATES
-from refine.config import VARIANTS
-from refine.export_sinks import FORMATS
+from morph.model.sample import MAX_IDENTITIES, MAX_IDENTITY, MAX_IMAGES, MAX_SEED
+from morph.align.template import DEFAULT_TEMPLATE, TEMPLATES
+from refine.gan.config import VARIANTS
+from refine.export.sinks import FORMATS
 
 
 @click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"]})
@@ -49,8 +49,8 @@ def train(synthetic, real, pairs, run_dir, config_path, steps, batch_size, lr, v
     """Train G, G', D_R and D_S (paper Eq. 1-10). Ctrl-C saves a checkpoint; --resume continues
     exactly where it stopped. Under 'torchrun --nproc_per_node K' each process trains on its
     own batches and only rank 0 writes."""
-    from refine.config import load_config
-    from refine.train import train as run
+    from refine.gan.config import load_config
+    from refine.jobs.train import train as run
 
     cfg = load_config(config_path, steps=steps, batch_size=batch_size, lr=lr, variant=variant,
                       embedder=embedder, device=device, seed=seed, checkpoint_every=checkpoint_every, amp=amp)
@@ -96,7 +96,7 @@ def evaluate(dataset, prefix, against, embedder, n_pairs, seed, max_images, min_
     Example:
       refine evaluate synthetic.h5 --against real.h5 -o reports/synthetic
     """
-    from refine.evaluate import evaluate as run
+    from refine.jobs.evaluate import evaluate as run
 
     r = run(dataset, prefix, against=against, embedder=embedder, n_pairs=n_pairs, seed=seed,
             max_images=max_images, min_face_size=min_face_size, kind=kind, batch_size=batch_size, device=device)
@@ -145,8 +145,8 @@ def verify(lfw_pairs, images, bin_path, labelled_set, prefix, embedder, template
       refine verify --bin faces_emore/agedb_30.bin -o reports/agedb30
       refine verify --set export/ -o reports/export
     """
-    from morph.errors import UserError
-    from refine import verification as V
+    from morph.base.errors import UserError
+    from refine.jobs import verify as V
 
     given = [name for name, v in (("--lfw-pairs", lfw_pairs), ("--bin", bin_path), ("--set", labelled_set)) if v]
     if len(given) != 1:
@@ -202,7 +202,7 @@ def _recipe_options(f):
 
 def _recipe(steps, batch_size, lr, warmup_steps, width, embedding_size, crop, margin, margin_m, margin_s, augment,
             seed, amp, device, **extra):
-    from refine.recognition.train import RecognizerConfig
+    from refine.recognition.trainer import RecognizerConfig
 
     return RecognizerConfig(steps=steps, batch_size=batch_size, lr=lr, warmup_steps=warmup_steps, width=width,
                             embedding_size=embedding_size, crop=crop, margin=margin, margin_m=margin_m,
@@ -231,8 +231,8 @@ def train_recognizer(data, proportions, run_dir, checkpoint_every, resume, threa
     Example:
       refine train-recognizer --data export/ --data casia_real.h5 --out runs/rec --width 0.5
     """
-    from morph.errors import UserError
-    from refine.recognition.train import train_recognizer as run
+    from morph.base.errors import UserError
+    from refine.recognition.trainer import train_recognizer as run
 
     if proportions and len(proportions) != len(data):
         raise UserError(f"{len(proportions)} --proportion for {len(data)} --data; give one per set, or none.")
@@ -271,9 +271,9 @@ def table1(out, real, rendered, refined, lfw_pairs, images, template, bins, sets
       refine table1 --real casia.h5 --rendered synthetic.h5 --refined export/ \\
                     --lfw-pairs lfw/pairs.txt --images lfw108/ -o table1 --width 0.5
     """
-    from morph.errors import UserError
-    from refine import verification as V
-    from refine.table1 import Benchmark, table1 as run
+    from morph.base.errors import UserError
+    from refine.jobs import verify as V
+    from refine.jobs.table1 import Benchmark, table1 as run
 
     benchmarks = []
     if lfw_pairs is not None:
@@ -356,7 +356,7 @@ def export_dataset(checkpoint, model_spec, priors_path, n_identities, images_per
     same threads per process (OMP_NUM_THREADS / --threads)."""
     import os
 
-    from refine.export import ExportOptions, export_dataset as run
+    from refine.export.exporter import ExportOptions, export_dataset as run
 
     opts = ExportOptions(checkpoint=checkpoint, out=out, n_identities=n_identities,
                          images_per_identity=images_per_identity, seed=seed, model=model_spec, priors=priors_path,
@@ -389,7 +389,7 @@ def pipeline(config_path, quiet):
     Example:
       refine pipeline --config pipeline.yaml
     """
-    from refine.pipeline import run_pipeline
+    from refine.jobs.pipeline import run_pipeline
 
     r = run_pipeline(config_path, echo=click.echo, progress=not quiet)
     click.echo(f"{r['out']}: done; checkpoint {r['checkpoint']}; export "

@@ -108,7 +108,7 @@ Identity shape (``shape/model``; 25 modes, millimetres):
 
 Albedo (``color/model``; 10 modes, RGB in [0, 1]; sums are clipped to [0, 1] by the model):
 
-The mean albedo replaces the false colours. It is painted by ``morph.albedo.paint`` (the same
+The mean albedo replaces the false colours. It is painted by ``morph.model.albedo.paint`` (the same
 painting gives models without a colour model their fixed albedo; the toolkit must be importable,
 from an install or this checkout): skin (0.72, 0.53, 0.43); lips (0.64, 0.38, 0.36)
 inside the outer lip contour L[48..59] (soft 1 mm edge) with a darker rim (0.45, 0.20, 0.20)
@@ -200,8 +200,8 @@ import numpy as np
 _ROOT = Path(__file__).resolve().parents[1]
 if (_ROOT / "morph" / "albedo.py").is_file() and str(_ROOT) not in sys.path:
     sys.path.insert(0, str(_ROOT))
-from morph import albedo as paint_lib  # noqa: E402
-from morph.albedo import SKIN, FaceRegions, smoothstep, vec, vertex_normals  # noqa: E402
+from morph.model import albedo as paint_lib  # noqa: E402
+from morph.model.albedo import SKIN, FaceRegions, smoothstep, vec, vertex_normals  # noqa: E402
 
 MENPO3D_VERSION = "0.8.6"
 SDIST = f"menpo3d-{MENPO3D_VERSION}.tar.gz"
@@ -369,7 +369,7 @@ def softplus(t: np.ndarray, width: float) -> np.ndarray:
 
 class Head(FaceRegions):
     """The template in millimetres plus the landmark-defined points and masks the modes use.
-    The landmark regions (eyes, lids, lips, brows, nostrils: ``morph.albedo.FaceRegions``) are
+    The landmark regions (eyes, lids, lips, brows, nostrils: ``morph.model.albedo.FaceRegions``) are
     the toolkit's, at scale 1 (the sizes there are this head's millimetres)."""
 
     def __init__(self, verts_mm: np.ndarray, tris: np.ndarray, lm_points_mm: np.ndarray):
@@ -595,7 +595,7 @@ def expression_modes(h: Head) -> list[Mode]:
 
 
 def albedo(h: Head) -> tuple[np.ndarray, list[Mode]]:
-    """The mean albedo (N, 3) and the colour modes. The mean is painted by ``morph.albedo.paint``
+    """The mean albedo (N, 3) and the colour modes. The mean is painted by ``morph.model.albedo.paint``
     (the painting models without a colour model get too), with the mouth slit's rims as the line
     where the lips meet and +1 std of the redness, beard and under-eye modes."""
     col, m = paint_lib.paint(h, rim=h.rim_mask(), beard=True)

@@ -30,7 +30,7 @@ What the file holds (Basel Face Model 2017 ``.h5`` layout, see ``morph/formats/b
   so that the default priors (s = 0.7) give natural faces: gaze, small smiles, a slightly open
   mouth now and then; blinks and jaw shifts seldom.
 * ``color/model``: SYNTHETIC, not learned from any scan (ICT's colour data is not public): the
-  mean is painted by ``morph.albedo.paint`` on the face and head and neck (skin, lips, brows,
+  mean is painted by ``morph.model.albedo.paint`` on the face and head and neck (skin, lips, brows,
   lash lines, cheek redness, beard shadow and under-eye +1 std, as on the previous default),
   with the painted eye off (this mesh has eyeballs) and the painted nostrils off (the mesh models
   them as cavities, which the baked occlusion below darkens), short hair above a ``HAIRLINE``
@@ -66,8 +66,8 @@ _ROOT = Path(__file__).resolve().parents[1]
 if str(_ROOT) not in sys.path:  # the toolkit of this checkout: its loader and its painting
     sys.path.insert(0, str(_ROOT))
 
-from morph import albedo as paint_lib  # noqa: E402
-from morph.albedo import FaceRegions, vec, smoothstep  # noqa: E402
+from morph.model import albedo as paint_lib  # noqa: E402
+from morph.model.albedo import FaceRegions, vec, smoothstep  # noqa: E402
 from morph.formats import ict  # noqa: E402
 
 ICT_REPO = "https://github.com/ICT-VGL/ICT-FaceKit"

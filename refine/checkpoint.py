@@ -6,8 +6,8 @@ from pathlib import Path
 
 import torch
 
-from morph.errors import UserError
-from morph.files import write_atomic
+from morph.base.errors import UserError
+from morph.base.files import write_atomic
 
 #: 2: the authors' networks (issue 9: normalisation, skips by concatenation, D depth); format-1
 #: checkpoints hold other networks and are refused.

@@ -8,8 +8,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-from morph.errors import UserError
-from morph.files import output_lock
+from morph.base.errors import UserError
+from morph.base.files import output_lock
 
 
 @dataclass
@@ -52,7 +52,7 @@ def finish(ddp: Dist) -> None:
 
 @contextmanager
 def main_rank_lock(ddp: Dist, path, what: str):
-    """``morph.files.output_lock`` of ``path`` for the whole group: rank 0 takes it, and when
+    """``morph.base.files.output_lock`` of ``path`` for the whole group: rank 0 takes it, and when
     another process holds it every rank stops with an error (the group is left first)."""
     with ExitStack() as stack:
         error = None

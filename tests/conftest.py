@@ -4,7 +4,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from morph.model import MorphableModel, PCAModel
+from morph.model.morphable import MorphableModel, PCAModel
 
 ROOT = Path(__file__).resolve().parents[1]
 TESTDATA = ROOT.parent / "shared" / "testdata"
@@ -61,7 +61,7 @@ def sets(tmp_path_factory):
     from test_pairs import write_default_sample
 
     from cli.morph import main as morph
-    from morph.models import load_model
+    from morph.formats.named import load_model
 
     def run(*args):
         res = CliRunner().invoke(morph, [str(a) for a in args])

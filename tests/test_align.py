@@ -8,7 +8,7 @@ from PIL import Image
 
 from cli.morph import main
 from conftest import TESTDATA
-from morph.template import five_point_template, similarity_from_points
+from morph.align.template import five_point_template, similarity_from_points
 
 REAL = TESTDATA / "real"
 
@@ -92,7 +92,7 @@ def test_all_faces_keeps_every_face_of_a_group_photo(tmp_path):
 
 
 def test_aligned_landmarks_land_on_the_template(tmp_path):
-    from morph.mtcnn import MTCNN
+    from morph.align.mtcnn import MTCNN
 
     photos = tmp_path / "photos"
     photos.mkdir()
@@ -114,7 +114,7 @@ def test_aligned_landmarks_land_on_the_template(tmp_path):
 
 
 def test_resume_after_interruption_gives_the_same_file(tmp_path, monkeypatch):
-    import morph.mtcnn
+    import morph.align.mtcnn
 
     photos = tmp_path / "photos"
     flavours(photos / "p")
@@ -122,7 +122,7 @@ def test_resume_after_interruption_gives_the_same_file(tmp_path, monkeypatch):
     ref = tmp_path / "ref.h5"
     assert run("align", photos, "-o", ref, "--batch-size", 3).exit_code == 0
     calls = {"n": 0}
-    original = morph.mtcnn.MTCNN.detect
+    original = morph.align.mtcnn.MTCNN.detect
 
     def dying(self, images):
         calls["n"] += 1
@@ -130,12 +130,12 @@ def test_resume_after_interruption_gives_the_same_file(tmp_path, monkeypatch):
             raise KeyboardInterrupt  # what Ctrl-C does mid-run
         return original(self, images)
 
-    monkeypatch.setattr(morph.mtcnn.MTCNN, "detect", dying)
+    monkeypatch.setattr(morph.align.mtcnn.MTCNN, "detect", dying)
     out = tmp_path / "out.h5"
     res = run("align", photos, "-o", out, "--batch-size", 3)
     assert res.exit_code != 0 and not out.exists()
     assert (tmp_path / "out.h5.partial").exists()
-    monkeypatch.setattr(morph.mtcnn.MTCNN, "detect", original)
+    monkeypatch.setattr(morph.align.mtcnn.MTCNN, "detect", original)
     res = run("align", photos, "-o", out, "--batch-size", 3)
     assert res.exit_code == 0, res.output
     with h5py.File(ref, "r") as a, h5py.File(out, "r") as b:

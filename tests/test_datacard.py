@@ -11,7 +11,7 @@ from PIL import Image
 from test_export import ckpt, export_args, run  # noqa: F401  (ckpt: a module fixture)
 
 from cli.refine import main as refine
-from refine import datacard
+from refine.export import datacard
 
 
 @pytest.fixture(scope="module")

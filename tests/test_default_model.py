@@ -11,7 +11,7 @@ import pytest
 
 h5py = pytest.importorskip("h5py")
 
-from morph.model import MorphableModel, PCAModel  # noqa: E402
+from morph.model.morphable import MorphableModel, PCAModel  # noqa: E402
 
 PATH = Path(__file__).resolve().parents[1] / "data" / "default_model.h5"
 PARTS = {"shape": (15, 30), "color": (8, 12), "expression": (8, 12)}

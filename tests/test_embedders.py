@@ -11,9 +11,9 @@ from conftest import TESTDATA
 from PIL import Image
 from torch import nn
 
-from morph.errors import UserError
-from morph.imageio import read_rgb
-from morph.mtcnn import MTCNN, align_face
+from morph.base.errors import UserError
+from morph.base.imageio import read_rgb
+from morph.align.mtcnn import MTCNN, align_face
 from refine.embedders import (
     DlibResNet,
     FacenetEmbedder,
@@ -197,7 +197,7 @@ def test_dlib_sees_its_own_face_chip(dlib):
     our template's points land where dlib's mean face puts them, up to the least-squares fit of
     two 5-point layouts; the chip's source positions are the fitted similarity's inverse, checked
     on coordinate ramps (bilinear sampling of a linear ramp is exact)."""
-    from morph.template import five_point_template, similarity_from_points
+    from morph.align.template import five_point_template, similarity_from_points
     from refine.embedders.dlib_resnet import dlib_chip_points
 
     chip = dlib_chip_points()
@@ -221,11 +221,11 @@ def test_dlib_chip_tells_identities_apart_better_than_the_papers_crop(dlib):
     """Framed as dlib was trained (its chip), renders of 40 default-model identities verify with a
     clearly higher AUC than through the paper's 96-of-108 crop, which shows dlib's network the face
     about 17% smaller than its training faces (measured here: AUC 0.87 against 0.80)."""
-    from morph.models import load_model
-    from morph.priors import load_priors
+    from morph.formats.named import load_model
+    from morph.model.priors import load_priors
     from morph.render import RenderSettings, render_batch
-    from morph.sample import sample_block
-    from refine.metrics import auc, roc_curve
+    from morph.model.sample import sample_block
+    from refine.evaluation.metrics import auc, roc_curve
 
     model, priors = load_model("default"), load_priors(None)
     s = sample_block(model, priors, 7, range(40), 6)

@@ -12,8 +12,8 @@ from PIL import Image
 
 from cli.morph import main as morph
 from cli.refine import main as refine
-from morph.errors import UserError
-from refine.metrics import (
+from morph.base.errors import UserError
+from refine.evaluation.metrics import (
     auc,
     draw_pairs,
     equal_error_rate,

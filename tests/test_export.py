@@ -116,13 +116,13 @@ def test_imagefolder_loads_in_torchvision_with_scores_and_manifest(reference):
 
 
 def test_hdf5_holds_every_parameter_and_the_ema_generators_output(reference, ckpt):
-    from morph.models import load_model
-    from morph.priors import load_priors
+    from morph.formats.named import load_model
+    from morph.model.priors import load_priors
     from morph.render import RenderSettings, render_batch
-    from morph.render_job import to_uint8 as render_uint8
-    from morph.sample import sample_block
-    from refine.data import to_tensor, to_uint8
-    from refine.nets import Generator
+    from morph.jobs.render import to_uint8 as render_uint8
+    from morph.model.sample import sample_block
+    from refine.gan.data import to_tensor, to_uint8
+    from refine.gan.nets import Generator
 
     out = reference / "hdf5"
     assert sorted(p.name for p in out.iterdir()) == ["DATACARD.md", "datacard.json", "ganfaces.h5", "manifest.json", "scores.csv"]
@@ -143,7 +143,7 @@ def test_hdf5_holds_every_parameter_and_the_ema_generators_output(reference, ckp
         dr = f["scores/dr_error"][()]
     # the images are G_ema of the 8-bit renders with dropout seeded per (seed, identity, draw), and
     # the two formats hold the same images
-    from refine.export import noise_seed
+    from refine.export.exporter import noise_seed
 
     state = torch.load(ckpt, weights_only=True)
     g = Generator(skips=True, dropout=0.1, norm=state["config"]["norm"], width=state["config"]["g_width"])
@@ -167,13 +167,13 @@ def test_hdf5_holds_every_parameter_and_the_ema_generators_output(reference, ckp
 
 
 def test_no_dropout_refines_with_the_plain_moving_average(ckpt, tmp_path):
-    from morph.models import load_model
-    from morph.priors import load_priors
+    from morph.formats.named import load_model
+    from morph.model.priors import load_priors
     from morph.render import RenderSettings, render_batch
-    from morph.render_job import to_uint8 as render_uint8
-    from morph.sample import sample_block
-    from refine.data import to_tensor, to_uint8
-    from refine.nets import build_nets
+    from morph.jobs.render import to_uint8 as render_uint8
+    from morph.model.sample import sample_block
+    from refine.gan.data import to_tensor, to_uint8
+    from refine.gan.nets import build_nets
 
     res = run(refine, *export_args(ckpt, tmp_path / "plain", "--format", "hdf5", "--no-dropout", "--no-scores",
                                    n=1, m=3))
@@ -194,13 +194,13 @@ def test_no_dropout_refines_with_the_plain_moving_average(ckpt, tmp_path):
 
 
 def test_fused_networks_are_recorded_and_an_export_computed_op_by_op_does_not_resume(ckpt, reference, tmp_path):
-    """A scored export on a CPU runs its scoring networks fused (``refine.onednn_graph``), which
+    """A scored export on a CPU runs its scoring networks fused (``refine.export.onednn_graph``), which
     round otherwise than op by op: the manifest records it, and an export that was computed op by
     op (this toolkit before fusion; simulated by its manifest without the key) is refused rather
     than finished with differently rounded scores."""
     import shutil
 
-    from refine import onednn_graph
+    from refine.export import onednn_graph
 
     settings = json.loads((reference / "hdf5" / "manifest.json").read_text())["settings"]
     assert settings.get("onednn_graph", False) is onednn_graph.available("cpu")
@@ -221,7 +221,7 @@ def test_refiner_is_bit_identical_on_one_machine_and_close_across_batches_and_th
     other batch sizes, positions and thread counts (other oneDNN/MKL kernels) stay within the
     tolerance the README states: at most one 8-bit level in a pixel, 1e-5 in a score or an
     embedding component."""
-    from refine.refiner import Refiner
+    from refine.export.refiner import Refiner
 
     state = torch.load(ckpt, weights_only=True)
     with h5py.File(ckpt.parent.parent.parent / "synthetic.h5", "r") as f:
@@ -250,7 +250,7 @@ def test_refiner_is_bit_identical_on_one_machine_and_close_across_batches_and_th
 
 REFINE_SCRIPT = """
 import sys, h5py, numpy as np, torch
-from refine.refiner import Refiner
+from refine.export.refiner import Refiner
 ckpt, renders, out = sys.argv[1:4]
 state = torch.load(ckpt, weights_only=True)
 with h5py.File(renders, "r") as f:
@@ -266,8 +266,8 @@ def test_refiner_under_avx2_kernels_is_within_the_same_tolerance(ckpt, tmp_path)
     """Another instruction set (this CPU held to its AVX2 code) moves G(x) and the embeddings by no
     more than other batch shapes do, and D_R's and G''s scores by no more than bfloat16 scoring
     does (held to AVX2, they run in float32: oneDNN would emulate bf16)."""
-    from morph.numerics import AVX2_ENVIRONMENT
-    from refine.refiner import Refiner
+    from morph.base.numerics import AVX2_ENVIRONMENT
+    from refine.export.refiner import Refiner
 
     state = torch.load(ckpt, weights_only=True)
     synthetic = ckpt.parent.parent.parent / "synthetic.h5"
@@ -285,7 +285,7 @@ def test_refiner_under_avx2_kernels_is_within_the_same_tolerance(ckpt, tmp_path)
             np.testing.assert_allclose(other[k], mine[k], rtol=0, atol=SCORE_ATOL, err_msg=k)
 
 
-#: bfloat16 D_R and G' against float32 (``refine.refiner``; README, Reproducibility)
+#: bfloat16 D_R and G' against float32 (``refine.export.refiner``; README, Reproducibility)
 SCORE_ATOL = 1e-4
 REFINE_LEVELS = 4  # --precision bf16 against float32, per 8-bit pixel (README, Reproducibility)
 REFINE_SCORE_ATOL = {"dr_error": 1e-3, "cycle_error": 1e-3, "identity_loss": 1e-2}  # its scores, the same
@@ -296,7 +296,7 @@ def test_bf16_scores_are_within_the_stated_tolerance_of_float32(ckpt):
     against float32 scoring of the same batches: the images and C's embeddings (float32 both ways)
     are the same bits, dr_error and cycle_error within ``SCORE_ATOL``. Catches G or C run in
     bfloat16 (images, embeddings change) and a score computed in bfloat16 or on the wrong image."""
-    from refine.refiner import Refiner, score_dtype
+    from refine.export.refiner import Refiner, score_dtype
 
     state = torch.load(ckpt, weights_only=True)
     with h5py.File(ckpt.parent.parent.parent / "synthetic.h5", "r") as f:
@@ -317,7 +317,7 @@ def test_bf16_refining_is_within_the_stated_levels_recorded_and_refused_where_sl
     scores within REFINE_SCORE_ATOL of the float32 export's (the README's stated tolerance),
     recorded in the manifest, and a float32 export does not resume as a bf16 one. Without bf16
     units (an AVX2 CPU, or this one held to AVX2) it is refused with one sentence."""
-    from refine.refiner import cpu_bf16_units
+    from refine.export.refiner import cpu_bf16_units
 
     out = tmp_path / "bf16"
     res = run(refine, *export_args(ckpt, out, "--format", "hdf5", "--precision", "bf16", *SAME))
@@ -416,9 +416,9 @@ def test_torchrun_two_processes_write_the_same_bytes_as_one(ckpt, tmp_path):
 # ----------------------------------------------------------------------------- filtering --
 
 def test_filter_redraws_from_the_identitys_next_images(ckpt, reference, tmp_path):
-    from morph.models import load_model
-    from morph.priors import load_priors
-    from morph.sample import sample_image
+    from morph.formats.named import load_model
+    from morph.model.priors import load_priors
+    from morph.model.sample import sample_image
 
     with h5py.File(reference / "hdf5" / "ganfaces.h5", "r") as f:
         dr0 = f["scores/dr_error"][()]
@@ -514,8 +514,8 @@ def test_folder_of_another_export_or_other_files_is_refused(ckpt, reference, tmp
 
 @pytest.mark.parametrize("fmt", ["imagefolder", "hdf5"])
 def test_full_disk_stops_with_one_line_and_resumes(ckpt, reference, tmp_path, monkeypatch, fmt):
-    import refine.export as E
-    import refine.export_sinks as S
+    import refine.export.exporter as E
+    import refine.export.sinks as S
 
     real_write = E.Exporter.write_identity
     calls = {"n": 0}

@@ -108,7 +108,7 @@ def test_a_file_is_complete_only_if_it_says_so(sets, tmp_path):
 def test_align_resume_after_a_photo_changed_is_not_a_mix(tmp_path, monkeypatch):
     """The job is keyed by the photos' contents: after a photo is replaced under its own name, a
     re-run makes the new set from scratch instead of resuming the old one."""
-    from morph import mtcnn
+    from morph.align import mtcnn
 
     photos = tmp_path / "photos"
     photos.mkdir()

@@ -12,9 +12,9 @@ import pytest
 import fixtures_formats as fx
 from conftest import requires_eos
 from morph import formats
-from morph.errors import UserError
+from morph.base.errors import UserError
 from morph.formats import face3d
-from morph.model import compose
+from morph.model.morphable import compose
 
 SFM = Path(__file__).resolve().parents[2] / "shared" / "testdata" / "models" / "sfm"
 RNG = np.random.default_rng(123)

@@ -8,9 +8,9 @@ import pytest
 
 import fixtures_formats as fx
 from morph import formats
-from morph.errors import UserError
+from morph.base.errors import UserError
 from morph.formats import ict
-from morph.models import load_model
+from morph.formats.named import load_model
 
 DEFAULT_KEEP = np.concatenate([np.arange(ict.PARTS[p][0], ict.PARTS[p][1] + 1) for p in ict.FACE_RENDER_PARTS])
 

@@ -1,5 +1,5 @@
 """The embedded default model ``data/ict_default_model.h5`` (ICT Face Model Light + synthetic colour),
-read with plain h5py where the layout is the point, and through ``morph.models`` by name.
+read with plain h5py where the layout is the point, and through ``morph.formats.named`` by name.
 
 ``ICT_FACEKIT=/path/to/ICT-FaceKit`` (a checkout or bare clone holding commit da5f95a) also checks
 that ``data/build_ict_default_model.py`` rebuilds the file byte for byte (about 20 s)."""
@@ -15,7 +15,7 @@ import pytest
 
 h5py = pytest.importorskip("h5py")
 
-from morph.models import EMBEDDED, load_model  # noqa: E402
+from morph.formats.named import EMBEDDED, load_model  # noqa: E402
 
 DATA = Path(__file__).resolve().parents[1] / "data"
 PATH = DATA / "ict_default_model.h5"

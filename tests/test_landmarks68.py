@@ -9,10 +9,10 @@ from click.testing import CliRunner
 from conftest import TESTDATA, read_pts
 
 from cli.morph import main
-from morph.errors import UserError
-from morph.imageio import read_rgb
-from morph.landmarks68 import LandmarkRefiner, five_from_68, model_path, read_mean_shape
-from morph.mtcnn import MTCNN, align_face
+from morph.base.errors import UserError
+from morph.base.imageio import read_rgb
+from morph.align.landmarks68 import LandmarkRefiner, five_from_68, model_path, read_mean_shape
+from morph.align.mtcnn import MTCNN, align_face
 
 ANNOTATED = ["takeo.ppm", "einstein.jpg", "breakingbad.jpg"]
 # iBUG 68 mirror pairs (0-based): contour, brows, eyes, nose wings, mouth.
@@ -153,8 +153,8 @@ def test_morph_align_crops_by_the_refined_points(tmp_path):
 def canvas_of(img, frame):
     """The canvas that ``frame`` (canvas -> photo, pixel centres at integers) defines, made with the
     project's warp as the refinement made it before it sampled the photo directly."""
-    from morph.landmarks68 import CANVAS
-    from morph.template import warp_similarity
+    from morph.align.landmarks68 import CANVAS
+    from morph.align.template import warp_similarity
 
     a = np.linalg.inv(frame[:, :2])
     to_canvas = np.concatenate([a, -(a @ frame[:, 2])[:, None]], 1)
@@ -166,7 +166,7 @@ def canvas_of(img, frame):
 def canvases(annotated, refiner):
     """Canvases around the annotated faces: as the first pass frames them, shifted so that part of
     the face falls off the canvas, shrunk and turned by 30 degrees, and magnified twice."""
-    from morph.template import similarity_from_points
+    from morph.align.template import similarity_from_points
 
     out = []
     for name, a in annotated.items():
@@ -185,7 +185,7 @@ def test_the_trees_give_dlibs_points_on_the_same_canvas(refiner, canvases):
     old way: the same 68 points once rounded as dlib rounds them (every pixel read, split, leaf
     and the start-to-current similarity must match)."""
     dlib = pytest.importorskip("dlib")
-    from morph.landmarks68 import BOX, _cascade
+    from morph.align.landmarks68 import BOX, _cascade
 
     predictor = dlib.shape_predictor(str(model_path()))
     box = dlib.rectangle(BOX // 2, BOX // 2, BOX // 2 + BOX - 1, BOX // 2 + BOX - 1)
@@ -201,7 +201,7 @@ def test_pixels_read_through_the_frame_are_the_canvas_pixels(canvases):
     """What the trees read from the photo equals the canvas pixel's dlib intensity ((r + g + b) / 3
     in integers), but for rare ties of the uint8 rounding (float64 here, float32 in grid_sample);
     off the photo the edge pixel is repeated as the canvas did."""
-    from morph.landmarks68 import _canvas_intensity
+    from morph.align.landmarks68 import _canvas_intensity
 
     rng = np.random.default_rng(0)
     diffs = []

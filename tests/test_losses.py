@@ -4,7 +4,7 @@ import math
 import pytest
 import torch
 
-from refine import losses as L
+from refine.gan import losses as L
 
 
 def img(*values):
@@ -177,7 +177,7 @@ def test_update_centroids_takes_no_gradient():
 
 
 def test_default_settings_are_the_papers_and_the_authors():
-    from refine.config import TrainConfig
+    from refine.gan.config import TrainConfig
 
     c = TrainConfig()
     assert (c.lambda_cyc, c.lambda_dp, c.lambda_c, c.lambda_id) == (0.5, 0.5, 0.001, 0.1)  # paper section 4

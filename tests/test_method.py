@@ -3,16 +3,16 @@ from the step's loss terms (Eq. 1-7), the balance terms, centroids and moving av
 their formulas, and batches are grouped by identity.
 
 The objectives are rebuilt here from the logged terms by the paper's formulas, independently of
-``refine.trainer.objectives``; the gradients the optimisers apply are captured at their ``step``.
+``refine.gan.trainer.objectives``; the gradients the optimisers apply are captured at their ``step``.
 ``bench/mutants.py`` shows that breaking any of these rules fails one of these tests.
 """
 import numpy as np
 import pytest
 import torch
 
-from refine import losses as L
-from refine.config import TrainConfig
-from refine.trainer import Trainer
+from refine.gan import losses as L
+from refine.gan.config import TrainConfig
+from refine.gan.trainer import Trainer
 
 CFG = dict(g_width=8, d_hidden=16, batch_size=4, images_per_identity=2, steps=100, seed=3)
 

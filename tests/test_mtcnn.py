@@ -13,10 +13,10 @@ if importlib.util.find_spec("mtcnn") is None or importlib.util.find_spec("joblib
                 "pip install mtcnn==1.0.0", allow_module_level=True)
 
 from conftest import read_pts  # noqa: E402
-from morph import mtcnn_nets  # noqa: E402
-from morph.errors import UserError  # noqa: E402
-from morph.mtcnn import MTCNN, LANDMARK_CENTRE_OFFSET, align_face, greedy_nms  # noqa: E402
-from morph.template import five_point_template  # noqa: E402
+from morph.align import mtcnn_nets  # noqa: E402
+from morph.base.errors import UserError  # noqa: E402
+from morph.align.mtcnn import MTCNN, LANDMARK_CENTRE_OFFSET, align_face, greedy_nms  # noqa: E402
+from morph.align.template import five_point_template  # noqa: E402
 
 TESTDATA = Path(__file__).resolve().parents[2] / "shared" / "testdata"
 REAL = ["astronaut.png", "breakingbad.jpg", "einstein.jpg", "t1.jpg", "takeo.ppm", "tongue.jpg"]
@@ -190,7 +190,7 @@ def test_cpu_crops_and_pyramid_equal_the_torch_gather_bit_for_bit(real_images):
     """The numba area resampling (the CPU path) against the vectorised torch gather (the CUDA path)
     on the same integral images: crops inside, across the edges and of one pixel, smaller and
     larger than the output, from two images of a batch; and pyramid levels."""
-    from morph import mtcnn
+    from morph.align import mtcnn
 
     imgs = torch.from_numpy(np.stack([real_images["t1.jpg"], real_images["t1.jpg"][::-1].copy()]))
     sat = mtcnn.integral_image(imgs)
@@ -212,7 +212,7 @@ def test_cpu_crops_and_pyramid_equal_the_torch_gather_bit_for_bit(real_images):
 def test_cpu_integral_image_equals_the_torch_cumsums(real_images):
     """The numba summed-area table (the CPU path) against torch's two cumsums (the CUDA path), in
     int32 and, for a table past 2^31, int64 (catches an off-by-one row or column, or a lost row)."""
-    from morph import mtcnn
+    from morph.align import mtcnn
 
     img = real_images["t1.jpg"]
     imgs = torch.from_numpy(np.stack([img, img[::-1].copy()]))
@@ -226,7 +226,7 @@ def test_pnet_in_strips_equals_pnet_on_the_whole_level(h):
     """Strips of output rows [o0, o1) read input rows [2 o0, 2 o1 + 10): the outputs of even and
     odd heights (the last max-pool window partial or not) match one whole call (catches a strip
     that starts on an odd row, reads too few rows or drops the last ones)."""
-    from morph import mtcnn
+    from morph.align import mtcnn
 
     det = mtcnn.MTCNN(pnet_strip_pixels=3 * 37 * 16)  # strips of 3 output rows for 3 images of width 37
     level = torch.rand(3, 3, h, 37, generator=torch.Generator().manual_seed(h)) * 2 - 1
@@ -256,7 +256,7 @@ def test_greedy_nms_equals_torchvision_and_facenet_min_mode():
 
 
 def test_without_torchvision_the_own_nms_gives_the_same_faces(monkeypatch, detector, real_images, real_detections):
-    import morph.mtcnn as module
+    import morph.align.mtcnn as module
 
     monkeypatch.setattr(module, "_tv_batched_nms", None)
     for name in ("astronaut.png", "t1.jpg"):

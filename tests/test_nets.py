@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch.nn import functional as F
 
-from refine.nets import BEGANDiscriminator, Generator
+from refine.gan.nets import BEGANDiscriminator, Generator
 
 
 def n_params(net):
@@ -54,7 +54,7 @@ def test_generator_output_in_range(x108):
 
 
 def test_tensorflow_same_padding():
-    from refine.nets import tf_same_pad
+    from refine.gan.nets import tf_same_pad
 
     assert tf_same_pad(108, 3, 2) == (0, 1) and tf_same_pad(27, 3, 2) == (1, 1) and tf_same_pad(54, 3, 2) == (0, 1)
     assert tf_same_pad(108, 3, 1) == (1, 1)

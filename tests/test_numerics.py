@@ -1,7 +1,7 @@
 """The machine facts that decide low bits: the ISA switches really switch, thread counts hold, and
 every output records them.
 
-The suite is meant to pass under this CPU's own kernels and under ``morph.numerics.AVX2_ENVIRONMENT``
+The suite is meant to pass under this CPU's own kernels and under ``morph.base.numerics.AVX2_ENVIRONMENT``
 (README, "Reproducibility"); the first test shows that the second setting does run other code on
 a CPU with AVX-512, so that passing under both means something.
 """
@@ -18,7 +18,7 @@ import torch
 from click.testing import CliRunner
 
 ROOT = Path(__file__).resolve().parents[1]
-from morph.numerics import AVX2_ENVIRONMENT as AVX2  # noqa: E402
+from morph.base.numerics import AVX2_ENVIRONMENT as AVX2  # noqa: E402
 
 PROBE = r"""
 import json, numpy as np, torch, numba
@@ -62,11 +62,11 @@ def test_the_avx2_switches_take_effect():
 
 THREADS = r"""
 import numpy as np, torch
-from morph.numerics import set_threads
-from morph.models import load_model
-from morph.priors import load_priors
+from morph.base.numerics import set_threads
+from morph.formats.named import load_model
+from morph.model.priors import load_priors
 from morph.render import RenderSettings, render_batch
-from morph.sample import sample_block
+from morph.model.sample import sample_block
 n = set_threads(None if "{arg}" == "none" else int("{arg}"))
 m, p = load_model("default"), load_priors(None)
 render_batch(m, sample_block(m, p, 0, range(2), 2).render_params(), RenderSettings(image_size=32))
@@ -106,10 +106,10 @@ def test_every_h5_records_the_numerics(tmp_path):
 
 RENDER = r"""
 import sys, numpy as np
-from morph.models import load_model
-from morph.priors import load_priors
+from morph.formats.named import load_model
+from morph.model.priors import load_priors
 from morph.render import RenderSettings, render_batch
-from morph.sample import sample_block
+from morph.model.sample import sample_block
 m, p = load_model("default"), load_priors(None)
 s = sample_block(m, p, 3, range(4), 3)
 r = render_batch(m, s.render_params(), RenderSettings(image_size=108))

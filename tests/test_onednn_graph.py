@@ -1,4 +1,4 @@
-"""refine.onednn_graph: the export's networks as fused oneDNN Graph partitions on a CPU.
+"""refine.export.onednn_graph: the export's networks as fused oneDNN Graph partitions on a CPU.
 
 Narrow networks at the export's layout (channels-last) keep these fast; the export's own tests
 (tests/test_export.py) run the paper-shaped path end to end, resume and torchrun included.
@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from refine import onednn_graph
-from refine.nets import BEGANDiscriminator, Generator
+from refine.export import onednn_graph
+from refine.gan.nets import BEGANDiscriminator, Generator
 
 pytestmark = pytest.mark.skipif(not onednn_graph.available("cpu"), reason="this torch has no oneDNN Graph")
 

@@ -4,7 +4,7 @@ The photos here are made from known parameters, written as the dataset writes th
 coefficients, ``Pose_Para``, MATLAB 1-based ``pt2d``), so rendering them back must reproduce the
 photo. Geometry and raw coefficients are computed here straight from the definitions (basis
 columns times raw coefficients, ``P = s R v + t``, row ``H + 1 - P_y``), not through
-``morph.pairs``.
+``morph.jobs.render_pairs``.
 """
 import math
 
@@ -18,7 +18,7 @@ from PIL import Image
 
 import fixtures_formats as fx
 from cli.morph import main
-from morph.models import load_model
+from morph.formats.named import load_model
 from morph.render import RenderSettings, render_projected
 from morph.render.camera import rotation_300wlp
 from morph.render.shading import compute_norm, phong_300wlp
@@ -144,7 +144,7 @@ def test_round_trip_render_matches_the_photo(tmp_path, model):
     assert np.allclose(p["landmarks"], p["pt2d"], atol=0.02)
     assert not p["flagged"].any()
     # 5-point frame: eye centres of the projected landmarks near the template's
-    from morph.template import five_point_template
+    from morph.align.template import five_point_template
     eyes = np.stack([p["landmarks"][:, 36:42].mean(1), p["landmarks"][:, 42:48].mean(1)], 1)
     assert np.abs(eyes - five_point_template(108)[:2]).max() < 4
     assert p["skipped"] == []
@@ -284,7 +284,7 @@ def test_all_pairs_unusable_is_an_error_and_leaves_nothing(tmp_path, model):
 
 
 def test_resume_after_a_kill_gives_the_same_file(tmp_path, model, monkeypatch):
-    import morph.pairs
+    import morph.jobs.render_pairs
 
     folder = tmp_path / "ann"
     folder.mkdir()
@@ -297,7 +297,7 @@ def test_resume_after_a_kill_gives_the_same_file(tmp_path, model, monkeypatch):
     assert run("render-pairs", folder, "-o", ref, "--model", "default", "--batch-size", 3).exit_code == 0
 
     calls = {"n": 0}
-    original = morph.pairs.PairRenderer.render
+    original = morph.jobs.render_pairs.PairRenderer.render
 
     def dies_in_batch_3(self, geoms):
         calls["n"] += 1
@@ -305,7 +305,7 @@ def test_resume_after_a_kill_gives_the_same_file(tmp_path, model, monkeypatch):
             raise RuntimeError("killed")
         return original(self, geoms)
 
-    monkeypatch.setattr(morph.pairs.PairRenderer, "render", dies_in_batch_3)
+    monkeypatch.setattr(morph.jobs.render_pairs.PairRenderer, "render", dies_in_batch_3)
     out = tmp_path / "out.h5"
     res = run("render-pairs", folder, "-o", out, "--model", "default", "--batch-size", 3)
     assert res.exit_code != 0 and isinstance(res.exception, RuntimeError)
@@ -314,10 +314,10 @@ def test_resume_after_a_kill_gives_the_same_file(tmp_path, model, monkeypatch):
         assert int(f.attrs["n_done"]) == 5  # batches [img_0 img_1 img_1b] [img_2 img_3 img_4]
         assert len(f["skipped"]) == 2  # img_5b was reached before the kill; the re-run must not repeat it
 
-    monkeypatch.setattr(morph.pairs.PairRenderer, "render", original)
+    monkeypatch.setattr(morph.jobs.render_pairs.PairRenderer, "render", original)
     seen = []
-    geometry = morph.pairs.PairRenderer.geometry
-    monkeypatch.setattr(morph.pairs.PairRenderer, "geometry",
+    geometry = morph.jobs.render_pairs.PairRenderer.geometry
+    monkeypatch.setattr(morph.jobs.render_pairs.PairRenderer, "geometry",
                         lambda self, ann, hw: seen.append(hw) or geometry(self, ann, hw))
     res = run("render-pairs", folder, "-o", out, "--model", "default", "--batch-size", 3)
     assert res.exit_code == 0, res.output

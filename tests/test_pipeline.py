@@ -20,7 +20,7 @@ def run(*args):
 def pipeline(tmp_path_factory):
     from test_pairs import write_default_sample
 
-    from morph.models import load_model
+    from morph.formats.named import load_model
 
     d = tmp_path_factory.mktemp("pipeline")
     (d / "ann").mkdir()

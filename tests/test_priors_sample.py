@@ -2,9 +2,9 @@ import numpy as np
 import pytest
 import yaml
 
-from morph.errors import UserError
-from morph.priors import load_priors, parse_priors
-from morph.sample import sample_block
+from morph.base.errors import UserError
+from morph.model.priors import load_priors, parse_priors
+from morph.model.sample import sample_block
 
 
 def _doc():
@@ -71,7 +71,7 @@ def test_cholesky_of_a_singular_covariance_and_its_draws():
     """The default lighting prior's cov is singular in 10 directions (RGB correlated 0.98 per SH
     coefficient, repeated eigenvalues): L is lower-triangular, L L^T = cov, and on a definite
     matrix L is LAPACK's Cholesky factor. Draws average to the mean and scatter as cov."""
-    from morph.priors import cholesky_psd
+    from morph.model.priors import cholesky_psd
 
     cov = np.asarray(_doc()["sh"]["cov"], np.float64)
     L = cholesky_psd(cov)
@@ -127,7 +127,7 @@ def test_fitted_prior_of_wrong_dimension_is_refused(tiny_model):
 
 
 def test_model_bounds_clip_draws():
-    from morph.models import load_model
+    from morph.formats.named import load_model
 
     model = load_model("menpo3d")  # synthetic modes with one-sided and two-sided bounds
     s = sample_block(model, load_priors(), 0, range(200), 2)

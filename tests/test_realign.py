@@ -5,8 +5,8 @@ import pytest
 from click.testing import CliRunner
 
 from cli.morph import main
-from morph.landmarks68 import five_from_68
-from morph.template import five_point_template, similarity_from_points
+from morph.align.landmarks68 import five_from_68
+from morph.align.template import five_point_template, similarity_from_points
 
 
 def run(*args):
@@ -55,7 +55,7 @@ def test_detector_crops_are_the_same_faces_framed_by_the_detected_points(renders
 
 
 def test_a_render_without_a_detected_face_keeps_its_projection_crop(tmp_path, monkeypatch):
-    from morph import mtcnn
+    from morph.align import mtcnn
 
     monkeypatch.setattr(mtcnn.MTCNN, "detect", lambda self, images: [mtcnn.FaceDetections.empty() for _ in images])
     run("sample-identities", "--model", "default", "--n-identities", "2", "--images-per-identity", "2",

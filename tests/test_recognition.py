@@ -15,7 +15,7 @@ import torch
 from click.testing import CliRunner
 
 from cli.refine import main as refine
-from morph.errors import UserError
+from morph.base.errors import UserError
 from refine.recognition.data import Augment, Mixture, random_erasing, to_tensor
 from refine.recognition.margin import MarginHead
 from refine.recognition.mobilefacenet import MobileFaceNet, final_map_size
@@ -122,7 +122,7 @@ def test_random_erasing_erases_a_rectangle_of_the_stated_area():
 def test_augment_warps_to_the_recognisers_crop():
     """arcface112 gives 112 px images whose 5 points are ArcFace's: the image of a dot at our
     template's left eye lands at ArcFace's left eye. Catches a crop that only resizes."""
-    from morph.template import five_point_template
+    from morph.align.template import five_point_template
 
     src = five_point_template(108)
     x = -torch.ones(1, 3, 108, 108)
@@ -138,7 +138,7 @@ def test_augment_warps_to_the_recognisers_crop():
 
 # ----------------------------------------------------------------------------------- training
 def _cfg(**kw):
-    from refine.recognition.train import RecognizerConfig
+    from refine.recognition.trainer import RecognizerConfig
 
     base = dict(steps=6, batch_size=8, width=0.25, embedding_size=32, warmup_steps=2, lr=0.1, checkpoint_every=2,
                 log_every=1)
@@ -167,8 +167,8 @@ def test_training_learns_the_identities(tmp_path):
     """60 steps take the training loss well down, and the trained network verifies the
     identities (AUC > 0.9) far better than its own initial weights. Catches a flipped loss, a
     skipped optimiser step, labels not matched to their images, a margin on the wrong class."""
-    from refine.recognition.train import train_recognizer, untrained_model
-    from refine.verification import pairs_of_labelled_set, verify
+    from refine.recognition.trainer import train_recognizer, untrained_model
+    from refine.jobs.verify import pairs_of_labelled_set, verify
 
     path = _nuisance_set(tmp_path / "set.h5")
     cfg = _cfg(steps=60, batch_size=16, margin="cosface", augment="none", checkpoint_every=60, warmup_steps=5)
@@ -185,7 +185,7 @@ def test_resume_repeats_the_uninterrupted_run_bit_for_bit(sets, tmp_path):
     """3 steps, then --resume to 6, equal the 6 uninterrupted steps in every weight and momentum
     buffer. Catches batches or augmentation drawn from state not saved, momentum not restored, a
     schedule counted from the resume."""
-    from refine.recognition.train import train_recognizer
+    from refine.recognition.trainer import train_recognizer
 
     data = [sets / "synthetic.h5"]
     train_recognizer(_cfg(steps=6, checkpoint_every=6), data, tmp_path / "one", progress=False, threads=1)
@@ -209,7 +209,7 @@ def test_the_model_file_is_an_embedder_and_refine_verify_takes_it(sets, tmp_path
     on its crop; 'refine verify --embedder' uses it; the untrained baseline is the run's initial
     weights. Catches a file saved before training, an embedder on the wrong crop."""
     from refine.embedders import load_embedder
-    from refine.recognition.train import RecognizerTrainer, untrained_model, train_recognizer
+    from refine.recognition.trainer import RecognizerTrainer, untrained_model, train_recognizer
     from refine.distributed import Dist
 
     cfg = _cfg(steps=2, crop="arcface112", checkpoint_every=2)

@@ -15,10 +15,10 @@ import pytest
 import torch
 
 from conftest import pytorch3d_imports, requires_pytorch3d
-from morph.errors import UserError
-from morph.model import FIVE_POINT_GROUPS, MorphableModel, PCAModel
+from morph.base.errors import UserError
+from morph.model.morphable import FIVE_POINT_GROUPS, MorphableModel, PCAModel
 from morph.render import RenderSettings, camera, cpu, export_mesh, rasterize, render_batch, render_projected, shading
-from morph.template import five_point_template, similarity_from_points
+from morph.align.template import five_point_template, similarity_from_points
 
 TESTDATA = Path(__file__).resolve().parents[2] / "shared" / "testdata"
 SFM = TESTDATA / "models" / "sfm"
@@ -66,7 +66,7 @@ def sfm_model() -> MorphableModel:
 def default_model():
     if not DEFAULT_MODEL.exists():
         pytest.skip("data/default_model.h5 has not been built")
-    from morph.models import load_model
+    from morph.formats.named import load_model
     return load_model("default")
 
 
@@ -349,7 +349,7 @@ def test_alignment_lands_exactly_when_the_face_matches_the_template():
 
 
 def test_alignment_is_morph_template_similarity():
-    """Our numba port gives morph.template.similarity_from_points' transform."""
+    """Our numba port gives morph.align.template.similarity_from_points' transform."""
     rng = np.random.default_rng(1)
     pix = rng.uniform(0, 200, (3, 40, 2)).astype(np.float32)
     groups = [np.arange(0, 6), np.arange(6, 12), np.array([12]), np.array([13]), np.array([14])]
@@ -488,7 +488,7 @@ def test_every_renderer_forms_the_reference_face_with_an_expression_mean(sfm_mod
     renderer, its landmarks were off by millimetres' worth of pixels.)"""
     from dataclasses import replace
 
-    from morph.pairs import Annotation, PairRenderer
+    from morph.jobs.render_pairs import Annotation, PairRenderer
 
     blend = sfm_model.expression.basis[:, 0] * sfm_model.expression.std[0]
     e_mean = (4.0 * blend / np.abs(blend).max()).astype(np.float32)

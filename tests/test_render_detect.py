@@ -1,8 +1,8 @@
 """Renders look like faces to a detector we did not design: MTCNN (the P/R/O-Net weights of the
-`mtcnn` package, run by ``morph.mtcnn``, which gives facenet-pytorch's detections) finds exactly
+`mtcnn` package, run by ``morph.align.mtcnn``, which gives facenet-pytorch's detections) finds exactly
 one face in >= 95% of 108x108 renders with |yaw| <= 45 degrees, for the default model and for
 the Surrey Face Model - a shape-only model, rendered with the albedo painted from its landmarks
-(``morph.albedo``). Renders come from the CLI with the default priors, as a user makes them.
+(``morph.model.albedo``). Renders come from the CLI with the default priors, as a user makes them.
 
 The fast run checks 800 renders per model; ``-m slow`` 5,000 per model, and facenet-pytorch's
 own MTCNN too when it is installed.
@@ -19,9 +19,9 @@ import pytest
 from click.testing import CliRunner
 
 from cli.morph import main
-from morph import albedo
-from morph.model import MorphableModel
-from morph.models import load_model
+from morph.model import albedo
+from morph.model.morphable import MorphableModel
+from morph.formats.named import load_model
 
 TESTDATA = Path(__file__).resolve().parents[2] / "shared" / "testdata"
 SFM = TESTDATA / "models" / "sfm"
@@ -70,7 +70,7 @@ def render(tmp_path: Path, model: str, n_identities: int, per_identity: int, see
 
 def faces_found(images: np.ndarray) -> np.ndarray:
     """Number of faces MTCNN finds in each image."""
-    from morph.mtcnn import MTCNN
+    from morph.align.mtcnn import MTCNN
 
     return np.array([len(d.boxes) for d in MTCNN().detect(images)])
 

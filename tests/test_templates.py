@@ -11,8 +11,8 @@ from click.testing import CliRunner
 from cli.morph import main as morph
 from cli.refine import main as refine
 from conftest import TESTDATA
-from morph.landmarks68 import five_from_68
-from morph.template import TEMPLATES, crop_template, five_point_template, similarity_from_points
+from morph.align.landmarks68 import five_from_68
+from morph.align.template import TEMPLATES, crop_template, five_point_template, similarity_from_points
 
 
 def run(group, *args):
@@ -56,8 +56,8 @@ def test_render_and_align_frame_faces_by_the_template(arcface_sets):
         assert f["images"].shape[1:] == (112, 112, 3) and f.attrs["crop_template"] == "arcface112"
         five = five_from_68(f["landmarks"][()])
     assert_framed_by(five, "arcface112")
-    from morph.imageio import read_rgb
-    from morph.mtcnn import align_face
+    from morph.base.imageio import read_rgb
+    from morph.align.mtcnn import align_face
 
     for name, tpl, other in (("real.h5", "arcface112", "ganfaces108"), ("real_ganfaces.h5", "ganfaces108", "arcface112")):
         with h5py.File(d / name, "r") as f:

@@ -160,8 +160,8 @@ def test_torchrun_two_processes_gloo_and_checkpoint_loads_in_one(sets, tmp_path)
 
 
 def test_ctrl_c_saves_a_checkpoint_and_nan_stops_keeping_the_last_good_one(sets, tmp_path, monkeypatch):
-    import refine.losses as L
-    from refine.trainer import Trainer
+    import refine.gan.losses as L
+    from refine.gan.trainer import Trainer
 
     original = Trainer.train_step
 

@@ -17,7 +17,7 @@ from PIL import Image
 
 from cli.morph import main as morph
 from cli.refine import main as refine
-from refine import verification as V
+from refine.jobs import verify as V
 
 
 def run(group, *args):
@@ -115,7 +115,7 @@ def test_lfw_pairs_and_insightface_bin_give_the_same_report(published_layouts, t
 
 
 def test_flip_adds_the_mirror_images_embedding(published_layouts):
-    from refine.data import to_tensor
+    from refine.gan.data import to_tensor
     from refine.embedders import load_embedder
 
     d, _ = published_layouts

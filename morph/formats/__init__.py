@@ -1,4 +1,4 @@
-"""Model-file loaders: one module per format, each returning a ``morph.model.MorphableModel``.
+"""Model-file loaders: one module per format, each returning a ``morph.model.morphable.MorphableModel``.
 
 | file                               | module      | told apart by                               |
 | ---------------------------------- | ----------- | ------------------------------------------- |
@@ -12,7 +12,7 @@
 | 3DDFA_V2 ``bfm_noneck_v3.pkl``     | tddfa_v2    | .pkl (restricted unpickler)                 |
 | a YAML composing files             | spec        | .yaml / .yml                                |
 
-What every loader guarantees (the conventions of ``morph.model``): coefficients in units of
+What every loader guarantees (the conventions of ``morph.model.morphable``): coefficients in units of
 standard deviations (``x = mean + basis @ (std * c)``, unit-length basis columns; variances and
 pre-scaled bases are converted, see ``_common.pca_part``); vertex positions in millimetres;
 colours in [0, 1]; 0-based int64 triangles, counter-clockwise seen from +z (flipped when a file
@@ -20,12 +20,12 @@ winds them the other way); ``landmarks`` = (68,) iBUG vertex indices (-1 unknown
 ``source`` = the file path on every part, so that errors name the file. Expression-only files
 (``Model_Expression.mat``, eos blendshapes) load with a zero, mode-less shape part and no
 triangles; use them through ``compose`` / a YAML spec. Every mistake a user can make (missing,
-truncated or foreign file, missing keys, wrong shapes) raises ``morph.errors.UserError``.
+truncated or foreign file, missing keys, wrong shapes) raises ``morph.base.errors.UserError``.
 """
 from __future__ import annotations
 
-from morph.formats.files import EXTENSIONS, load_file as _load_file
-from morph.model import MorphableModel
+from morph.formats.registry import EXTENSIONS, load_file as _load_file
+from morph.model.morphable import MorphableModel
 
 __all__ = ["EXTENSIONS", "load", "load_spec"]
 

@@ -1,5 +1,5 @@
 """Shared pieces of the model-file loaders: reading .mat files, checking arrays, and turning a
-file's own PCA convention into ours (see ``morph.model``).
+file's own PCA convention into ours (see ``morph.model.morphable``).
 
 Every loader funnels its arrays through :func:`pca_part`, so the conversion rule is written once:
 
@@ -16,8 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
-from morph.errors import UserError
-from morph.model import PCAModel, require_file
+from morph.base.errors import UserError
+from morph.model.morphable import PCAModel, require_file
 
 #: Exceptions that mean "this file is not what it claims to be" while parsing it.
 PARSE_ERRORS = (OSError, ValueError, TypeError, KeyError, IndexError, EOFError, AttributeError,

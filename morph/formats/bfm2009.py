@@ -23,7 +23,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from morph.formats import _common as c
-from morph.model import MorphableModel
+from morph.model.morphable import MorphableModel
 
 KEYS = ("shapeMU", "shapePC", "shapeEV", "texMU", "texPC", "texEV", "tl")
 UM_TO_MM = 1e-3

@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from morph.formats import _common as c
-from morph.model import MorphableModel
+from morph.model.morphable import MorphableModel
 
 PARTS = {"shape": "shape", "texture": "color", "expression": "expression"}
 

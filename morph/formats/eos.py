@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from morph.formats import _common as c
-from morph.model import MorphableModel, PCAModel
+from morph.model.morphable import MorphableModel, PCAModel
 
 
 def _eos(path: Path):

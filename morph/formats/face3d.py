@@ -50,9 +50,9 @@ from pathlib import Path
 
 import numpy as np
 
-from morph.errors import UserError
+from morph.base.errors import UserError
 from morph.formats import _common as c
-from morph.model import MorphableModel
+from morph.model.morphable import MorphableModel
 
 UM_TO_MM = 1e-3
 BFM_FIELDS = ("shapeMU", "shapePC", "shapeEV", "expMU", "expPC", "expEV", "texMU", "texPC", "texEV", "tri")

@@ -29,14 +29,14 @@ Lacrimal fluid, eye blend and eye occlusion are thin transparent overlays made f
 Engine's eye shaders and eyelashes are alpha-textured strips (README, "Eyeball Details"); drawn
 opaque they hide the eyes, so ``FACE_RENDER_PARTS``, the default, leaves them out.
 
-What ``load`` makes of it (the conventions of ``morph.model``): positions x 10 -> millimetres;
+What ``load`` makes of it (the conventions of ``morph.model.morphable``): positions x 10 -> millimetres;
 only the chosen parts' vertices, renumbered in file order, and the polygons whose vertices all
 lie in them (360 of the 26,384 polygons join two parts, e.g. face and head and neck along their
 seam, and stay when both parts do); each polygon (v0, v1, ..., vn) split into the fan (v0, vi, vi+1), which keeps the
 file's counter-clockwise winding; identity part = ``pca_part`` of the deltas with sigma 1
 (unit columns, ``std_k`` = |identity_k - neutral| in mm); expression part = the blendshape deltas
 with ``std_j`` = |delta_j| and bounds [0, 1], as for eos blendshapes (``morph.formats.eos``), so
-beta_j = 1 is the full blendshape; no colour model (``morph.albedo`` paints one from the
+beta_j = 1 is the full blendshape; no colour model (``morph.model.albedo`` paints one from the
 landmarks).
 """
 from __future__ import annotations
@@ -46,9 +46,9 @@ from pathlib import Path
 
 import numpy as np
 
-from morph.errors import UserError
+from morph.base.errors import UserError
 from morph.formats import _common as c
-from morph.model import MorphableModel
+from morph.model.morphable import MorphableModel
 
 CM_TO_MM = 10.0
 N_VERTICES = 26719

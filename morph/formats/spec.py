@@ -10,7 +10,7 @@ BFM colour + 3DDFA expression), e.g. ``paper.yaml``::
 ``landmarks`` is either a text file of 68 whitespace-separated 0-based vertex indices in iBUG
 order (-1 for unknown; ``#`` starts a comment), or an eos ``ibug_to_*.txt`` TOML mapping. Without
 it, the landmarks of the shape file are used, else those of the texture or expression file.
-All parts must share one mesh; ``morph.model.compose`` says which files differ when they don't.
+All parts must share one mesh; ``morph.model.morphable.compose`` says which files differ when they don't.
 """
 from __future__ import annotations
 
@@ -19,10 +19,10 @@ from pathlib import Path
 
 import numpy as np
 
-from morph.errors import UserError
+from morph.base.errors import UserError
 from morph.formats import _common as c
-from morph.formats.files import load_file
-from morph.model import MorphableModel, compose, require_file
+from morph.formats.registry import load_file
+from morph.model.morphable import MorphableModel, compose, require_file
 
 ALLOWED = ("shape", "texture", "expression", "landmarks", "name")
 _YAML = (".yaml", ".yml")

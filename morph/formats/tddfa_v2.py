@@ -37,7 +37,7 @@ from pathlib import Path
 import numpy as np
 
 from morph.formats import _common as c
-from morph.model import MorphableModel
+from morph.model.morphable import MorphableModel
 
 UM_TO_MM = 1e-3
 KEYS = ("u", "w_shp", "w_exp", "tri", "keypoints")

@@ -5,7 +5,7 @@ Frames and units
   frontal face (the subject's left), +y up, +z out of the face towards the camera.
 - Pixel frame: (u, v) with u to the right and v down; pixel centres at integer + 0.5, so the
   image covers [0, W] x [0, H] and the top-left pixel's centre is (0.5, 0.5). This is the frame
-  of ``morph.template`` and of ``RenderOutput.landmarks``.
+  of ``morph.align.template`` and of ``RenderOutput.landmarks``.
 - NDC: PyTorch3D's screen space, +X left, +Y up (see ``morph.render.raster``).
 
 Pose (``compute_rotation``) uses face3d's ``angle2matrix`` convention, angles in degrees:
@@ -29,7 +29,7 @@ import math
 import numpy as np
 import torch
 
-from morph.template import five_point_template
+from morph.align.template import five_point_template
 
 
 def compute_rotation(pose_deg: np.ndarray) -> np.ndarray:
@@ -114,8 +114,8 @@ def five_points(pix: torch.Tensor, groups: list[np.ndarray]) -> torch.Tensor:
 
 def similarity_to_template(points: torch.Tensor, size: int, template: str | None = None) -> torch.Tensor:
     """(B, 2, 3) float64 least-squares similarity taking (B, 5, 2) points onto
-    ``morph.template.five_point_template(size, template)``: the closed form of
-    ``morph.template.similarity_from_points`` (Umeyama without reflection), in torch."""
+    ``morph.align.template.five_point_template(size, template)``: the closed form of
+    ``morph.align.template.similarity_from_points`` (Umeyama without reflection), in torch."""
     dst = torch.as_tensor(five_point_template(size, template), dtype=torch.float64, device=points.device)
     mu_s = points.mean(1, keepdim=True)
     mu_d = dst.mean(0, keepdim=True)

@@ -112,7 +112,7 @@ def five_points(pix, group_index, group_start):
 @njit(cache=True, error_model="numpy")
 def similarity(src, dst):
     """(2, 3) float64 least-squares similarity taking src (P, 2) to dst (P, 2): the closed form
-    of ``morph.template.similarity_from_points`` (a = sum(s.d) / |s|^2, b = sum(s x d) / |s|^2
+    of ``morph.align.template.similarity_from_points`` (a = sum(s.d) / |s|^2, b = sum(s x d) / |s|^2
     on centred points; t = mean(dst) - [[a, -b], [b, a]] mean(src))."""
     n = src.shape[0]
     ms = np.zeros(2)

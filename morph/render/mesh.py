@@ -5,8 +5,8 @@ from pathlib import Path
 
 import numpy as np
 
-from morph.errors import UserError
-from morph.files import write_atomic
+from morph.base.errors import UserError
+from morph.base.files import write_atomic
 
 
 def export_mesh(path: str | Path, vertices: np.ndarray, colors: np.ndarray | None, triangles: np.ndarray) -> Path:

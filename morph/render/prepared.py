@@ -8,8 +8,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from morph.errors import UserError
-from morph.model import MorphableModel
+from morph.base.errors import UserError
+from morph.model.morphable import MorphableModel
 
 
 @dataclass

@@ -18,7 +18,7 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING
 
-from morph.errors import UserError
+from morph.base.errors import UserError
 
 if TYPE_CHECKING:  # (imported lazily: the CLI reads BACKENDS without importing torch)
     import torch

@@ -9,7 +9,7 @@
 4. ``camera.perspective_project`` camera on +z at ``camera_distance`` mm, looking at the face
    centre; pixels u = W/2 + f x / d, v = H/2 - f y / d with d = distance - z
 5. alignment (``settings.align``): the 5 MTCNN points (means of the model's landmark groups)
-   are mapped onto ``morph.template.five_point_template`` by the least-squares similarity, and
+   are mapped onto ``morph.align.template.five_point_template`` by the least-squares similarity, and
    that similarity is applied to every projected vertex - every render is framed exactly like an
    MTCNN-aligned photo
 6. ``shading.compute_norm`` (in the camera frame) and ``shading.compute_color`` (SH lighting
@@ -33,13 +33,13 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from morph.errors import UserError
-from morph.model import MorphableModel
+from morph.base.errors import UserError
+from morph.model.morphable import MorphableModel
 from morph.render import camera, cpu, shading
 from morph.render.prepared import Prepared, check_params, prepare_model
 from morph.render.raster import rasterize, rasterizer, resolve_backend
 from morph.render.types import image_hw
-from morph.template import DEFAULT_TEMPLATE, crop_template, five_point_template
+from morph.align.template import DEFAULT_TEMPLATE, crop_template, five_point_template
 
 OUTPUTS = ("image", "mask", "landmarks", "depth", "normals")
 ENGINES = ("auto", "numba", "torch")
@@ -55,7 +55,7 @@ class RenderSettings:
     device: where tensors live and the torch engine runs ("cpu", "cuda", "cuda:1" ...).
     align: similarity-align to the 5-point template; False renders in the camera's own frame
         (principal point at the image centre).
-    template: the crop template aligned to (``morph.template.TEMPLATES``), scaled to image_size.
+    template: the crop template aligned to (``morph.align.template.TEMPLATES``), scaled to image_size.
     background: grey level or (r, g, b) in [0, 1] where no face is visible.
     outputs: any of "image", "mask", "landmarks", "depth", "normals".
     fov: the camera's field of view in degrees across the shorter image side; with alignment
@@ -146,7 +146,7 @@ def render_batch(model: MorphableModel, params: dict[str, np.ndarray], settings:
     """Render B faces from coefficients.
 
     params: ``alpha`` (B, n_shape), ``beta`` (B, n_expression), ``gamma`` (B, n_texture) in
-    standard deviations (see ``morph.model``); ``pose`` (B, 3) degrees [pitch, yaw, roll]
+    standard deviations (see ``morph.model.morphable``); ``pose`` (B, 3) degrees [pitch, yaw, roll]
     (``camera.compute_rotation``); ``camera_distance`` (B,) mm from the face centre;
     ``sh`` (B, 9, 3) lighting (``shading``). beta and gamma default to zeros (the mean).
     """

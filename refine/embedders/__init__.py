@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from morph.errors import UserError
+from morph.base.errors import UserError
 from refine.embedders.base import (
     CROP_SIZE,
     SOURCE_SIZE,

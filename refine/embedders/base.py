@@ -6,9 +6,9 @@ train and it always runs in eval mode, but gradients flow through it to the imag
 generator is trained through C (Eq. 7).
 
 Each embedder declares its face template, ``chip_points``: where the 5 points of
-``morph.template`` (eye centres, nose tip, mouth corners) sit in its input, i.e. how the faces it
+``morph.align.template`` (eye centres, nose tip, mouth corners) sit in its input, i.e. how the faces it
 was trained on were framed (Deep3DFaceRecon's ``RecogNetWrapper`` crops to its network's own
-template the same way). Our aligned images (``morph.template.five_point_template``) are mapped
+template the same way). Our aligned images (``morph.align.template.five_point_template``) are mapped
 onto it by one similarity. An embedder without a template of its own gets the paper's framing:
 the centre 96x96 of the 108x108 image, resized to its input.
 
@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from morph.template import ALIGNED_SIZE, five_point_template, similarity_from_points
+from morph.align.template import ALIGNED_SIZE, five_point_template, similarity_from_points
 
 #: The paper's crop: C sees 96x96 of the 108x108 aligned images.
 SOURCE_SIZE = ALIGNED_SIZE
@@ -35,7 +35,7 @@ CROP_SIZE = 96
 
 def centre_crop_template(input_size: int) -> np.ndarray:
     """(5, 2) template points of an embedder without its own: the centre 96/108 of our aligned
-    image resized to ``input_size`` (pixel centres at integer + 0.5, as ``morph.template``)."""
+    image resized to ``input_size`` (pixel centres at integer + 0.5, as ``morph.align.template``)."""
     offset = (SOURCE_SIZE - CROP_SIZE) / 2
     return (five_point_template(SOURCE_SIZE) - offset) * (input_size / CROP_SIZE)
 
@@ -55,14 +55,14 @@ class Embedder(nn.Module):
     input_size: int
     dim: int
     name: str = "embedder"
-    #: (5, 2) where ``morph.template``'s 5 points sit in the input (px, centres at +0.5);
+    #: (5, 2) where ``morph.align.template``'s 5 points sit in the input (px, centres at +0.5);
     #: None: the paper's centre 96/108 crop (``centre_crop_template``).
     chip_points: np.ndarray | None = None
 
     def transform(self, source_size: int = SOURCE_SIZE, template: str | None = None,
                   **augmentation) -> "IdentityInputTransform":
         """This embedder's input transform for images of ``source_size`` px aligned by the crop
-        ``template`` (``morph.template``; default ``ganfaces108``)."""
+        ``template`` (``morph.align.template``; default ``ganfaces108``)."""
         return IdentityInputTransform(self.input_size, self.chip_points, source_size, template=template,
                                       **augmentation)
 

@@ -36,13 +36,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from morph.errors import UserError
+from morph.base.errors import UserError
 from refine.embedders.base import Embedder
 
 MEAN_RGB = (122.782, 117.001, 104.298)
 WEIGHTS_FILE = "dlib_face_recognition.npz"
 
-#: dlib's mean face, the iBUG points our 5-point definition takes (``morph.template``: eye centres
+#: dlib's mean face, the iBUG points our 5-point definition takes (``morph.align.template``: eye centres
 #: = means of 36-41 and 42-47, nose tip 30, mouth corners 48 and 54), in [0, 1] units of the
 #: unpadded chip: ``mean_face_shape_x`` / ``mean_face_shape_y`` of ``get_face_chip_details`` in
 #: dlib/image_transforms/interpolation.h (dlib commit 3d40bf5; the arrays cover points 17-67).

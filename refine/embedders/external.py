@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from morph.errors import UserError
+from morph.base.errors import UserError
 from refine.embedders.base import Embedder
 
 FACENET_SIZE = 160

@@ -1,7 +1,7 @@
 """What a face recogniser trains on: labelled image sets mixed at stated proportions, batches
 drawn without state, and the field's augmentation.
 
-**Sets** (``refine.image_sets.open_image_set``): exports (``ganfaces.h5``, ImageFolder), ``morph
+**Sets** (``refine.evaluation.image_sets.open_image_set``): exports (``ganfaces.h5``, ImageFolder), ``morph
 render``'s synthetic.h5, ``morph align``'s real.h5 of a folder per identity (CASIA-WebFace layout).
 Their identities are kept apart: set k's labels are offset by the identities of sets 0..k-1 (a
 render's identity 3 and a real person 3 are two classes).
@@ -41,10 +41,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from morph.errors import UserError
-from morph.template import crop_template, five_point_template
+from morph.base.errors import UserError
+from morph.align.template import crop_template, five_point_template
 from refine.embedders.base import SOURCE_SIZE, IdentityInputTransform
-from refine.image_sets import ImageSet, open_image_set
+from refine.evaluation.image_sets import ImageSet, open_image_set
 
 AUGMENTATIONS = ("standard", "strong", "none")
 #: sets up to this many bytes of images are read into memory once; bigger ones per batch

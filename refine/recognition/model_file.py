@@ -12,9 +12,9 @@ from pathlib import Path
 
 import torch
 
-from morph.errors import UserError
-from morph.files import write_atomic
-from morph.template import crop_template, five_point_template
+from morph.base.errors import UserError
+from morph.base.files import write_atomic
+from morph.align.template import crop_template, five_point_template
 from refine.embedders.base import Embedder
 from refine.recognition.mobilefacenet import MobileFaceNet
 

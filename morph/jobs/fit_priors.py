@@ -1,0 +1,157 @@
+"""`morph fit-priors`: expression, pose and lighting priors fitted to real annotations.
+
+The paper samples expression, lighting and pose "with the same Gaussian distribution as that of
+synthetic samples of 300W-3D and AFLW2000-3D" (section 4, Data): a mean and a covariance fitted
+to the datasets' per-image 3DMM annotations. Each annotation ``.mat`` holds
+
+    Pose_Para  (1, 7)  [pitch, yaw, roll, tx, ty, tz, scale], angles in radians (3DDFA convention)
+    Exp_Para   (29, 1) raw coefficients of the FaceWarehouse-derived expression basis (face3d)
+    Illum_Para (1, 10) Phong light: ambient RGB, directional RGB, elevation, azimuth, ks, v
+    Shape_Para, Tex_Para, Color_Para, pt2d, roi   (not fitted: identity comes from the model)
+
+- pose: each rotation is re-expressed in our (pitch, yaw, roll) convention
+  (``morph.render.camera``: R = Rz(roll) Ry(yaw) Rx(pitch)) before fitting, in degrees;
+  bounds are the observed minimum and maximum.
+- expression: converted to our std units with the expression model's sigma
+  (``morph.formats.face3d.raw_to_normalized``); fitted only when ``--expression-model`` gives the
+  3DDFA expression file (``Model_Expression.mat`` or face3d ``BFM.mat``).
+- lighting: the Lambertian part of the Phong light (ambient + directional, rotated with the head
+  into the camera frame) is projected onto our 9 SH functions by least squares over the sphere;
+  the specular term and the colour transform have no SH counterpart and are left out.
+"""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import scipy.io
+import yaml
+
+from morph.base.errors import UserError
+from morph.base.files import output_lock, write_atomic
+from morph.model.priors import load_priors, parse_priors
+
+POSE_KEY = "Pose_Para"
+
+
+def matrix_to_pose(rot: np.ndarray) -> np.ndarray:
+    """(B, 3) [pitch, yaw, roll] degrees with ``rot = Rz(roll) Ry(yaw) Rx(pitch)`` (yaw in [-90, 90])."""
+    r = np.asarray(rot, np.float64).reshape(-1, 3, 3)
+    yaw = np.arcsin(np.clip(-r[:, 2, 0], -1.0, 1.0))
+    pitch = np.arctan2(r[:, 2, 1], r[:, 2, 2])
+    roll = np.arctan2(r[:, 1, 0], r[:, 0, 0])
+    return np.degrees(np.stack([pitch, yaw, roll], 1))
+
+
+def _sphere_directions(n: int = 4096) -> np.ndarray:
+    """Fibonacci-lattice unit vectors: near-uniform on the sphere, deterministic."""
+    i = np.arange(n) + 0.5
+    z = 1 - 2 * i / n
+    phi = math.pi * (1 + 5 ** 0.5) * i
+    r = np.sqrt(1 - z * z)
+    return np.stack([r * np.cos(phi), r * np.sin(phi), z], 1)
+
+
+def phong_to_sh(illum: np.ndarray, rot: np.ndarray) -> np.ndarray:
+    """(9, 3) SH coefficients whose irradiance best matches ``amb + dir * max(0, n.l)`` (least squares
+    over the sphere), with the light direction ``l`` of ``Illum_Para`` turned by the head rotation."""
+    import torch
+
+    from morph.render.shading import sh_basis
+
+    illum = np.asarray(illum, np.float64).reshape(-1)
+    amb, direct, theta, phi = illum[0:3], illum[3:6], illum[6], illum[7]
+    light = np.array([math.cos(theta) * math.sin(phi), math.sin(theta), math.cos(theta) * math.cos(phi)])
+    light = np.asarray(rot, np.float64).reshape(3, 3) @ light
+    n = _sphere_directions()
+    y = sh_basis(torch.from_numpy(n)).numpy()  # (P, 9)
+    target = amb[None] + np.clip(n @ light, 0, None)[:, None] * direct[None]  # (P, 3)
+    coef, *_ = np.linalg.lstsq(y, target, rcond=None)
+    return coef
+
+
+def read_annotation(path: Path) -> dict:
+    try:
+        return scipy.io.loadmat(path)
+    except Exception as e:  # scipy raises several types for truncated or foreign files
+        raise UserError(f"{path}: cannot be read as a .mat file ({e}); re-extract it.") from None
+
+
+def fit_priors(folder: Path, output: Path, base: str | None = None, expression_model: Path | None = None,
+               report=print) -> dict:
+    """Fit and write a priors YAML; return a summary dict (counts and skipped files)."""
+    from morph.render.camera import rotation_300wlp
+
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise UserError(f"{folder}: no such folder; give a folder of 300W-LP / AFLW2000-3D .mat files.")
+    files = sorted(folder.rglob("*.mat"))
+    if not files:
+        raise UserError(f"{folder}: holds no .mat annotation files; give a 300W-LP / AFLW2000-3D folder.")
+    poses, exps, lights, skipped = [], [], [], []
+    sigma = None
+    if expression_model is not None:
+        from morph.formats import face3d
+        stds = face3d.raw_std(expression_model)
+        if "expression" not in stds:
+            raise UserError(f"{expression_model}: has no expression model; give 3DDFA's Model_Expression.mat "
+                            "or face3d's BFM.mat.")
+        sigma = stds["expression"]
+    for f in files:
+        try:
+            d = read_annotation(f)
+        except UserError as e:
+            skipped.append(str(e))
+            continue
+        if POSE_KEY not in d:
+            skipped.append(f"{f}: has no {POSE_KEY}; skipped.")
+            continue
+        pose_para = np.asarray(d[POSE_KEY], np.float64).reshape(-1)
+        if pose_para.shape[0] != 7 or not np.all(np.isfinite(pose_para)):
+            skipped.append(f"{f}: {POSE_KEY} has {pose_para.shape[0]} values, expected 7; skipped.")
+            continue
+        rot = rotation_300wlp(pose_para[None])[0]
+        poses.append(matrix_to_pose(rot)[0])
+        if sigma is not None and "Exp_Para" in d:
+            e = np.asarray(d["Exp_Para"], np.float64).reshape(-1)
+            if e.shape[0] == sigma.shape[0]:
+                exps.append(face3d.raw_to_normalized("expression", e, sigma))
+            else:
+                skipped.append(f"{f}: Exp_Para has {e.shape[0]} values, the expression model {sigma.shape[0]}; "
+                               "expression not used.")
+        if "Illum_Para" in d and np.asarray(d["Illum_Para"]).size == 10:
+            lights.append(phong_to_sh(d["Illum_Para"], rot).reshape(-1))
+    if len(poses) < 2:
+        raise UserError(f"{folder}: only {len(poses)} usable annotation file(s); fitting needs at least 2.")
+    base_priors = load_priors(base)
+    doc = yaml.safe_load(base_priors.text)
+    poses = np.stack(poses)
+    doc["pose"] = _gaussian(poses, low=poses.min(0), high=poses.max(0))
+    doc["pose"]["fitted_from"] = f"{len(poses)} files in {folder}"
+    if exps:
+        doc["expression"] = _gaussian(np.stack(exps), basis=f"3DDFA expression ({Path(expression_model).name})")
+        doc["expression"]["fitted_from"] = f"{len(exps)} files in {folder}"
+    if lights:
+        lights = np.stack(lights)
+        doc["sh"] = _gaussian(lights)
+        doc["sh"]["fitted_from"] = f"{len(lights)} files in {folder} (Lambertian part of Illum_Para)"
+    doc["description"] = f"fitted by morph fit-priors to {len(poses)} annotations in {folder}"
+    text = yaml.safe_dump(doc, sort_keys=False, width=120)
+    parse_priors(yaml.safe_load(text), text, str(output))  # what we write must read back
+    with output_lock(Path(output), "priors file"):
+        write_atomic(Path(output), text.encode())
+    for line in skipped:
+        report(line)
+    return {"n_files": len(files), "n_used": len(poses), "n_expression": len(exps), "n_lighting": len(lights),
+            "skipped": skipped}
+
+
+def _gaussian(x: np.ndarray, **extra) -> dict:
+    mean = x.mean(0)
+    cov = np.cov(x.T, ddof=1).reshape(x.shape[1], x.shape[1])
+    cov = (cov + cov.T) / 2
+    out = {"mean": [float(v) for v in mean], "cov": [[float(v) for v in row] for row in cov]}
+    for k, v in extra.items():
+        out[k] = [float(t) for t in v] if isinstance(v, np.ndarray) else v
+    return out

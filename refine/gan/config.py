@@ -1,0 +1,179 @@
+"""Training configuration: the paper's settings as defaults, ablations as switches.
+
+Section 4 (Training Details) and the method list of DESIGN.md: batch 16, Adam at 8e-5 halved at
+128k, 192k, 224k, 240k, 244k, 246k and 247k of 248k steps (scaled to ``steps``), lambda_cyc 0.5,
+lambda_DP 0.5, lambda_C 0.001, lambda_id 0.1, BEGAN gamma 0.5 and k step 0.001, margin eta 1,
+centroid momentum 0.95, an exponential moving average of G for export. Where the paper is silent,
+the authors' code (facegan ``trainer.py``, ``config.py``): Adam's betas are TensorFlow's defaults
+(0.9, 0.999; ``config.beta1 = 0.5`` is parsed but never passed to ``AdamOptimizer``), the moving
+average decays at 0.9999 with TensorFlow's warm-up (``losses.ema_decay``). Batches hold
+``images_per_identity`` renders of each of ``batch_size / images_per_identity`` identities
+(``refine.gan.data``; 1: uniform sampling).
+
+Variants (the paper's Fig. 5 and Table 1) as ``variant``:
+- ``ours``: the full method (Eq. 8-10);
+- ``no_pairs``: without the pair-matching game of G' (Eq. 6);
+- ``no_identity``: without the identity-set loss (Eq. 7);
+- ``cyclegan``: forward cycle only: no pair game, no identity loss;
+- ``simgan``: no G', no cycle: G regularised by the pixel distance |G(x) - x| (self-regularisation);
+- ``recons``: ours plus a reconstruction loss of paired data in G, |G(s) - r| (Fig. 5d).
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from morph.base.errors import UserError
+
+VARIANTS = ("ours", "no_pairs", "no_identity", "cyclegan", "simgan", "recons")
+INT64 = 2 ** 63 - 1
+#: numeric settings: (kind, low, high, which ends are open: "", "(", ")" or "()"); a value
+#: outside is refused, naming the range
+RANGES = {
+    "steps": ("int", 1, INT64, ""), "batch_size": ("int", 1, 65536, ""),
+    "image_size": ("int", 16, 1024, ""), "g_width": ("int", 1, 1024, ""), "d_hidden": ("int", 1, 1024, ""),
+    "images_per_identity": ("int", 1, 65536, ""), "warmup_steps": ("int", 0, INT64, ""),
+    "seed": ("int", 0, 2 ** 32 - 1, ""), "checkpoint_every": ("int", 1, INT64, ""),
+    "keep_checkpoints": ("int", 1, 1_000_000, ""), "log_every": ("int", 1, INT64, ""),
+    "grid_every": ("int", 1, INT64, ""),
+    "lr": ("float", 0.0, 1.0, "("), "lambda_cyc": ("float", 0.0, 1e6, ""), "lambda_dp": ("float", 0.0, 1e6, ""),
+    "lambda_c": ("float", 0.0, 1e6, ""), "lambda_id": ("float", 0.0, 1e6, ""),
+    "lambda_reg": ("float", 0.0, 1e6, ""), "gamma": ("float", 0.0, 10.0, ""),
+    "lambda_k": ("float", 0.0, 1.0, ""), "eta": ("float", 0.0, 1e3, ""),
+    "centroid_momentum": ("float", 0.0, 1.0, ")"), "ema_decay": ("float", 0.0, 1.0, ")"),
+}
+PAPER_STEPS = 248_000
+PAPER_MILESTONES = (128_000, 192_000, 224_000, 240_000, 244_000, 246_000, 247_000)
+
+
+@dataclass
+class TrainConfig:
+    steps: int = PAPER_STEPS
+    batch_size: int = 16
+    lr: float = 8e-5
+    betas: tuple[float, float] = (0.9, 0.999)
+    image_size: int | None = None  # None: the synthetic set's (refine.gan.data.image_size_of)
+    crop_template: str | None = None  # None: the sets' (morph.align.template; recorded in each file)
+    variant: str = "ours"
+    g_width: int = 32  # filters of G's first layer (paper: c7s1-32)
+    d_hidden: int = 64  # BEGAN discriminator width (authors' conv_hidden_num)
+    norm: str = "authors"  # G's and G''s normalisation (refine.gan.nets.NORMS): authors, instance
+    lambda_cyc: float = 0.5
+    lambda_dp: float = 0.5
+    lambda_c: float = 0.001
+    lambda_id: float = 0.1
+    lambda_reg: float = 0.5  # simgan's self-regularisation and recons' pair reconstruction
+    gamma: float = 0.5
+    lambda_k: float = 0.001
+    eta: float = 1.0
+    centroid_momentum: float = 0.95
+    ema_decay: float = 0.9999
+    images_per_identity: int = 4  # K of the P x K batches of renders (1: uniform sampling)
+    warmup_steps: int = 0  # first steps: G copies, G' inverts (Trainer.warmup_step); 0 = the authors' training
+    embedder: str = "dlib"
+    seed: int = 0
+    checkpoint_every: int = 1000
+    keep_checkpoints: int = 3
+    log_every: int = 10
+    grid_every: int = 500
+    device: str = "cpu"
+    amp: bool = False  # bfloat16 autocast of the networks (CUDA; CPUs with AMX or AVX512-BF16)
+
+    def __post_init__(self):
+        for name, (kind, low, high, open_ends) in RANGES.items():
+            value = getattr(self, name)
+            if value is None and name == "image_size":
+                continue
+            setattr(self, name, _number(name, value, kind, low, high, open_ends))
+        for name, choices in (("variant", VARIANTS), ("norm", ("authors", "instance"))):
+            if getattr(self, name) not in choices:
+                raise UserError(f"{name} '{getattr(self, name)}' is unknown; choose one of {', '.join(choices)}"
+                                + (" (batch norm was dropped: the authors' generators run without it)."
+                                   if name == "norm" else "."))
+        for name in ("embedder", "device"):
+            if not isinstance(getattr(self, name), str) or not getattr(self, name):
+                raise UserError(f"{name} must be a non-empty string (got {getattr(self, name)!r}).")
+        if self.crop_template is not None:
+            from morph.align.template import crop_template
+            crop_template(self.crop_template)
+        if not isinstance(self.amp, bool):
+            raise UserError(f"amp must be true or false (got {self.amp!r}).")
+        try:
+            self.betas = tuple(float(b) for b in self.betas)
+        except (TypeError, ValueError):
+            raise UserError(f"betas must be two numbers in [0, 1) (got {self.betas!r}).") from None
+        if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
+            raise UserError(f"betas must be two numbers in [0, 1) (got {self.betas!r}).")
+        if self.batch_size < 2 and self.uses_identity:
+            raise UserError("batch_size must be at least 2 for the identity-set loss (sigma needs M - 1 > 0).")
+
+    # which parts a variant trains
+    @property
+    def uses_pairs(self) -> bool:
+        return self.variant in ("ours", "no_identity", "recons")
+
+    @property
+    def uses_identity(self) -> bool:
+        return self.variant in ("ours", "no_pairs", "recons")
+
+    @property
+    def uses_cycle(self) -> bool:
+        return self.variant != "simgan"
+
+    def milestones(self) -> list[int]:
+        """The paper's halving steps, scaled from 248k to ``steps``."""
+        return sorted({max(1, round(m * self.steps / PAPER_STEPS)) for m in PAPER_MILESTONES})
+
+    def architecture_key(self) -> str:
+        """What a checkpoint must match to be resumed or exported with this config."""
+        keys = {k: getattr(self, k) for k in ("image_size", "variant", "embedder", "g_width", "d_hidden", "norm",
+                                              "crop_template")}
+        return hashlib.sha256(json.dumps(keys, sort_keys=True).encode()).hexdigest()[:16]
+
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        d["betas"] = list(self.betas)
+        return d
+
+
+def _number(name: str, value, kind: str, low, high, open_ends: str):
+    """``value`` as an int or a finite float inside its range (``RANGES``)."""
+    import math
+
+    span = f"{'(' if '(' in open_ends else '['}{low}, {high}{')' if ')' in open_ends else ']'}"
+    ok = (isinstance(value, int) and not isinstance(value, bool)) if kind == "int" else \
+        (isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value))
+    if (not ok or value < low or value > high or ("(" in open_ends and value == low)
+            or (")" in open_ends and value == high)):
+        what = "an integer" if kind == "int" else "a finite number"
+        raise UserError(f"{name} must be {what} in {span} (got {value!r}).")
+    return int(value) if kind == "int" else float(value)
+
+
+def load_config(path: str | Path | None, **overrides) -> TrainConfig:
+    """A TrainConfig from a YAML file (keys as TrainConfig's fields) and command-line overrides."""
+    values: dict = {}
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise UserError(f"{p}: no such config file; check the path.")
+        try:
+            values = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise UserError(f"{p}: not valid YAML ({str(e).splitlines()[0]}); fix the syntax.") from None
+        if not isinstance(values, dict):
+            raise UserError(f"{p}: a config file must be a mapping of settings.")
+        known = {f.name for f in dataclasses.fields(TrainConfig)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise UserError(f"{p}: unknown setting {', '.join(unknown)}; allowed: {', '.join(sorted(known))}.")
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    try:
+        return TrainConfig(**values)
+    except TypeError as e:
+        raise UserError(f"{path or 'config'}: {e}.") from None

@@ -1,0 +1,161 @@
+"""The losses of the paper (Eq. 1-7), one pure function per equation, and the BEGAN balance terms.
+
+Where the paper is silent or its printed formula is ambiguous we follow the authors' TensorFlow
+code (github.com/barisgecer/facegan: ``trainer.py`` ``build_model``, ``modules.py``
+``magnet_loss``, ``config.py``); each docstring says where.
+
+Every ||.||_1 of the paper is a mean over all elements (the authors' ``tf.reduce_mean(tf.abs(.))``),
+not a sum, so the losses do not depend on batch or image size; ``per_image=True`` gives one mean
+per image instead (the export's scores). Every loss is computed in float32 at least, also when
+the networks run under bfloat16 autocast.
+"""
+from __future__ import annotations
+
+import torch
+
+
+def _f32(t: torch.Tensor) -> torch.Tensor:
+    return t.to(torch.promote_types(t.dtype, torch.float32))
+
+
+def l1(a: torch.Tensor, b: torch.Tensor, per_image: bool = False) -> torch.Tensor:
+    """||a - b||_1 as the mean absolute difference over every element (authors' reduce_mean);
+    ``per_image``: one mean per image (over all but the first dimension)."""
+    d = (_f32(a) - _f32(b)).abs()
+    return d.flatten(1).mean(1) if per_image else d.mean()
+
+
+def cycle_loss(x: torch.Tensor, x_cyc: torch.Tensor, per_image: bool = False) -> torch.Tensor:
+    """Eq. 1, the forward cycle only: L_cyc = E_x ||G'(G(x)) - x||_1, with ``x_cyc`` = G'(G(x))
+    (the authors' ``s_loss``)."""
+    return l1(x_cyc, x, per_image)
+
+
+def began_generator_loss(fake: torch.Tensor, d_fake_recon: torch.Tensor, per_image: bool = False) -> torch.Tensor:
+    """Eq. 2 / 3: L_G = E ||G(x) - D_R(G(x))||_1 (and L_G' = E ||G'(G(x)) - D_S(G'(G(x)))||_1):
+    how badly the auto-encoder discriminator reconstructs the generated image."""
+    return l1(fake, d_fake_recon, per_image)
+
+
+def began_discriminator_loss(real: torch.Tensor, d_real_recon: torch.Tensor, l_fake: torch.Tensor,
+                             k: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Eq. 4 / 5: L_D = E ||y - D(y)||_1 - k_t L_G, with ``l_fake`` = L_G from Eq. 2 / 3
+    (``began_generator_loss``). Returns (L_D, L_real); k moves by ``k_update(k, gamma, L_real,
+    L_G)`` (the authors' ``balance = gamma * d_loss_real - g_loss``). Only D's parameters take this
+    gradient (Eq. 10): the trainer restricts each gradient to its own network."""
+    l_real = l1(real, d_real_recon)
+    return l_real - k * l_fake, l_real
+
+
+def pair_matching_loss(s: torch.Tensor, g_prime_of_r: torch.Tensor, k: float, l_cyc: torch.Tensor
+                       ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Eq. 6: L_DP = E_(s, r) ||s - G'(r)||_1 - k_t^DP L_cyc, G' as a BEGAN discriminator of pairs.
+
+    The real pairs (render s, photo r) play BEGAN's real images, L_cyc (Eq. 1) its fake term: G'
+    learns to map photos to their renders while G is pushed to make G(x) that G' maps back to x as
+    well as it maps real photos back to theirs. Returns (L_DP, L_real) with L_real =
+    ||s - G'(r)||_1, the term the balance k_DP is moved by (the authors' ``sd_loss_real_forw``;
+    their ``balance3 = gamma * L_real - L_cyc``).
+    """
+    l_real = l1(s, g_prime_of_r)
+    return l_real - k * l_cyc, l_real
+
+
+def identity_set_loss(embeddings: torch.Tensor, labels: torch.Tensor, centroids: torch.Tensor,
+                      eta: float = 1.0) -> torch.Tensor:
+    """Eq. 7, the identity-set (simplified magnet) loss on C's embeddings of G(x):
+
+        L_C = mean_x max(0, -log( exp(-||e_x - c_{i_x}||^2 / (2 sigma^2) - eta)
+                                  / sum_{j != i_x} exp(-||e_x - c_j||^2 / (2 sigma^2)) ))
+        sigma = sum_x ||e_x - c_{i_x}||^2 / (M - 1)
+
+    ``embeddings`` (M, D) = C(G(x)); ``labels`` (M,) rows of ``centroids`` (N, D), the identities'
+    moving-average embeddings (``update_centroids``). Differentiable in the embeddings only: the
+    centroids are treated as constants.
+
+    The printed Eq. 7 lost the minus signs inside exp; this is the magnet-loss form (Rippel et al.
+    2016, Eq. 4), which is also what the authors' ``modules.magnet_loss`` computes. From that code:
+    - sigma is the paper's own formula, the summed squared distance over M - 1, and it is squared
+      in the exponent (``-1 / (2 * variance ** 2)``), not used as a variance as in Rippel et al.;
+      it is computed from the batch and gradients flow through it;
+    - the denominator runs over every identity with a centroid (all N rows, including identities
+      not in the batch, whose centroids may still be the initial zeros), except x's own;
+    - the per-sample loss is hinged at 0 and averaged over the batch (the paper writes a sum);
+    - the authors' feature network L2-normalises the embeddings before this loss.
+    Computed with logsumexp rather than the authors' epsilons.
+    """
+    m = embeddings.shape[0]
+    if m < 2:
+        raise ValueError("identity_set_loss needs at least 2 embeddings (sigma divides by M - 1)")
+    if centroids.shape[0] < 2:
+        raise ValueError("identity_set_loss needs at least 2 identities (the denominator is over j != i_x)")
+    e = embeddings.to(torch.promote_types(embeddings.dtype, torch.float32))
+    c = centroids.detach().to(e)
+    labels = labels.long()
+    own = (e - c[labels]).pow(2).sum(1)  # exact, for the numerator and sigma
+    sigma = own.sum() / (m - 1)
+    scale = 1.0 / (2.0 * sigma.clamp_min(1e-6) ** 2)
+    dist = ((e * e).sum(1, keepdim=True) - 2.0 * e @ c.T + (c * c).sum(1)).clamp_min(0.0)
+    others = (-scale * dist).scatter(1, labels[:, None], float("-inf"))
+    log_ratio = (-scale * own - eta) - torch.logsumexp(others, dim=1)
+    return torch.relu(-log_ratio).mean()
+
+
+@torch.no_grad()
+def update_centroids(centroids: torch.Tensor, embeddings: torch.Tensor, labels: torch.Tensor,
+                     beta: float = 0.95) -> torch.Tensor:
+    """Section 3.3: move each identity's centroid towards its new embeddings; returns new centroids.
+
+    The paper writes c_j <- c_j - beta * delta(i_x = j) (c_j - C(G(x))) with beta = 0.95, "a
+    momentum of 0.95". The authors' code (``modules.magnet_loss``: ``diff = (1 - center_alpha) *
+    (centers_batch - features)``, ``tf.scatter_sub``) makes 0.95 the momentum and 1 - beta the
+    step. With several samples of identity j in a batch (the identity-grouped batches of
+    ``refine.gan.data``), ``scatter_sub`` would sum their steps; we divide the sum by 1 + n_j, as
+    centre loss does (Wen et al. 2016, Eq. 4), so a step never overshoots:
+
+        c_j <- c_j - (1 - beta) * sum_{x: i_x = j} (c_j - C(G(x))) / (1 + n_j)
+
+    every sample measured from the same old c_j. Identities absent from the batch keep theirs.
+    """
+    e = embeddings.detach().to(centroids.dtype)
+    labels = labels.long()
+    step = torch.zeros_like(centroids).index_add_(0, labels, centroids[labels] - e)
+    n = torch.zeros(len(centroids), dtype=centroids.dtype, device=centroids.device)
+    n.index_add_(0, labels, torch.ones_like(labels, dtype=centroids.dtype))
+    return centroids - (1.0 - beta) * step / (1.0 + n)[:, None]
+
+
+def identity_loss(x: torch.Tensor, gx: torch.Tensor) -> torch.Tensor:
+    """L_id = ||x - G(x)||_1 (section 4, weighted by lambda_id = 0.1) over the rendered face only,
+    as the authors' ``trainer.build_model`` computes ``p_loss``: ``mask = syn_raw > 0`` per pixel
+    and channel, ``reduce_mean(mask * |x - G(x)|)`` over every element (not divided by the mask's
+    area). Renders have a black background (8-bit 0, -1 here): unmasked, L_id would pull G's
+    background to black while D_R pushes it towards the photos' backgrounds."""
+    mask = (x > -1.0).to(torch.float32)
+    return (mask * (_f32(x) - _f32(gx)).abs()).mean()
+
+
+def ema_decay(decay: float, step: int) -> float:
+    """The decay of G's moving average at update ``step`` (0 for the first), with TensorFlow's
+    warm-up (``tf.train.ExponentialMovingAverage(0.9999, num_updates)`` in the authors'
+    ``trainer.build_model``): min(decay, (1 + t) / (10 + t)). Without it, averaging from the
+    random initial weights at 0.999 leaves 90% of them in after 100 steps and 13% after 2k."""
+    return min(float(decay), (1.0 + step) / (10.0 + step))
+
+
+def k_update(k: float, gamma: float, l_real: float, l_fake: float, lambda_k: float = 0.001) -> float:
+    """The BEGAN balance term (section 3.1; Berthelot et al. Eq. 4), one per game:
+
+        k_t = clip(k_{t-1} + lambda_k (gamma L_real - L_fake), 0, 1)
+
+    D_R: L_real = ||y - D_R(y)||, L_fake = L_G; D_S: ||x - D_S(x)||, L_G'; D_P: ||s - G'(r)||,
+    L_cyc. The paper prints k + 0.001 (0.5 L_D - L_G) without the clip; the authors' code clips to
+    [0, 1] and uses L_real, not L_D, with gamma 0.5. Takes and returns plain numbers.
+    """
+    return float(min(max(float(k) + lambda_k * (gamma * float(l_real) - float(l_fake)), 0.0), 1.0))
+
+
+def convergence_measure(l_real, l_fake, gamma: float):
+    """BEGAN's M_global = L_real + |gamma L_real - L_fake| (Berthelot et al. section 3.4.1; the
+    authors log it as ``measure``). Works on numbers and on tensors."""
+    return l_real + abs(gamma * l_real - l_fake)
