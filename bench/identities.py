@@ -38,7 +38,7 @@ import torch
 def render(model, priors, n_identities: int, n_images: int, seed: int, batch: int = 64) -> tuple[np.ndarray, np.ndarray]:
     """(B, H, W, 3) uint8 aligned renders and (B,) identity labels."""
     from morph.render import RenderSettings, render_batch
-    from morph.jobs.render import to_uint8
+    from morph.render.output import to_uint8
     from morph.model.sample import sample_block
 
     s = sample_block(model, priors, seed, range(n_identities), n_images)
@@ -52,7 +52,7 @@ def render(model, priors, n_identities: int, n_images: int, seed: int, batch: in
 @torch.inference_mode()
 def embed(images: np.ndarray, batch: int = 64) -> np.ndarray:
     """(B, D) L2-normalised dlib embeddings of aligned crops."""
-    from refine.gan.data import to_tensor
+    from refine.images import to_tensor
     from refine.embedders import load_embedder
 
     c = load_embedder("dlib")

@@ -100,7 +100,7 @@ def read_set(path: Path) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | No
 
 @torch.inference_mode()
 def embed(images: np.ndarray, batch: int = 64) -> np.ndarray:
-    from refine.gan.data import to_tensor
+    from refine.images import to_tensor
     from refine.embedders import load_embedder
 
     c = load_embedder("dlib")

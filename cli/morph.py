@@ -90,7 +90,7 @@ def render(identities, output, model_spec, size, template, backend, device, batc
               help=".obj or .ply, with per-vertex colours (albedo).")
 def mesh(identities, image_index, neutral, model_spec, output):
     """Export the 3D face of one sampled image as a mesh with vertex colours."""
-    from morph.jobs.render import export_sample_mesh
+    from morph.jobs.mesh import export_sample_mesh
 
     _check_writable(output)
     export_sample_mesh(identities, image_index, output, model_spec=model_spec, neutral=neutral)

@@ -119,9 +119,9 @@ def test_hdf5_holds_every_parameter_and_the_ema_generators_output(reference, ckp
     from morph.formats.named import load_model
     from morph.model.priors import load_priors
     from morph.render import RenderSettings, render_batch
-    from morph.jobs.render import to_uint8 as render_uint8
+    from morph.render.output import to_uint8 as render_uint8
     from morph.model.sample import sample_block
-    from refine.gan.data import to_tensor, to_uint8
+    from refine.images import to_tensor, to_uint8
     from refine.gan.nets import Generator
 
     out = reference / "hdf5"
@@ -170,9 +170,9 @@ def test_no_dropout_refines_with_the_plain_moving_average(ckpt, tmp_path):
     from morph.formats.named import load_model
     from morph.model.priors import load_priors
     from morph.render import RenderSettings, render_batch
-    from morph.jobs.render import to_uint8 as render_uint8
+    from morph.render.output import to_uint8 as render_uint8
     from morph.model.sample import sample_block
-    from refine.gan.data import to_tensor, to_uint8
+    from refine.images import to_tensor, to_uint8
     from refine.gan.nets import build_nets
 
     res = run(refine, *export_args(ckpt, tmp_path / "plain", "--format", "hdf5", "--no-dropout", "--no-scores",

@@ -16,7 +16,8 @@ from click.testing import CliRunner
 
 from cli.refine import main as refine
 from morph.base.errors import UserError
-from refine.recognition.data import Augment, Mixture, random_erasing, to_tensor
+from refine.images import to_tensor
+from refine.recognition.data import Augment, Mixture, random_erasing
 from refine.recognition.margin import MarginHead
 from refine.recognition.mobilefacenet import MobileFaceNet, final_map_size
 

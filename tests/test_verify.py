@@ -115,7 +115,7 @@ def test_lfw_pairs_and_insightface_bin_give_the_same_report(published_layouts, t
 
 
 def test_flip_adds_the_mirror_images_embedding(published_layouts):
-    from refine.gan.data import to_tensor
+    from refine.images import to_tensor
     from refine.embedders import load_embedder
 
     d, _ = published_layouts

@@ -4,43 +4,15 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import torch
 from tqdm import tqdm
 
 from morph.base.errors import UserError
 from morph.base.files import job_key, output_lock
-from morph.base.h5io import ImageWriter, completed_output, provenance, read_identities
-from morph.model.morphable import MorphableModel
+from morph.base.h5io import ImageWriter, completed_output, provenance
+from morph.model.identities import read_identities
 from morph.base.numerics import check_device, set_threads
-from morph.model.sample import Sample
 from morph.align.template import crop_template
-
-
-def to_uint8(images: np.ndarray) -> np.ndarray:
-    """(B, 3, H, W) float in [0, 1] -> (B, H, W, 3) uint8, rounding to nearest."""
-    return np.round(np.clip(images, 0.0, 1.0) * 255.0).astype(np.uint8).transpose(0, 2, 3, 1)
-
-
-def check_dims(model: MorphableModel, s: Sample, source: Path) -> None:
-    for name, have, want in (("shape", s.alpha.shape[1], model.n_shape),
-                             ("colour", s.gamma.shape[1], model.n_texture),
-                             ("expression", s.beta.shape[1], model.n_expression)):
-        if have != want:
-            raise UserError(f"{source}: has {have} {name} coefficients but the model {model.name} has {want}; "
-                            "render with the model the identities were sampled from (--model).")
-
-
-def check_render(out, first: int, source: Path) -> None:
-    """Refuse a batch holding a blank or non-finite render: a face that does not cover a single
-    pixel, or NaN pixels, comes from parameters no face has (the checks on the priors and the
-    identities file catch the usual causes; this catches the rest)."""
-    covered = out.mask.flatten(1).sum(1)
-    finite = torch.isfinite(out.image).flatten(1).all(1)
-    bad = torch.nonzero((covered == 0) | ~finite).flatten()
-    if len(bad):
-        k = int(bad[0])
-        raise UserError(f"{source}: image {first + k} renders {'blank' if covered[k] == 0 else 'non-finite'} "
-                        "(no face in the frame); check its pose and camera distance, or the priors that drew them.")
+from morph.render.output import check_dims, check_render, crops_of, to_numpy
 
 
 def render_identities(identities: Path, output: Path, model_spec: str | None = None, size: int | None = None,
@@ -109,15 +81,14 @@ def render_identities(identities: Path, output: Path, model_spec: str | None = N
                           "pose": s.pose[sl], "sh": s.sh[sl], "camera_distance": s.camera_distance[sl]}
                 out = render_batch(model, params, settings)
                 check_render(out, sl.start, identities)
-                crops = {"images": to_uint8(_np(out.image)), "landmarks": _np(out.landmarks).astype(np.float32),
-                         "masks": _np(out.mask)[:, 0].astype(bool)}
+                crops = crops_of(out)
                 if realign is not None:
                     crops = realign(**crops)
                 writer.write(start, {
                     **crops, "labels": s.identity[sl], "index": s.image[sl],
                     **{f"params/{k}": v for k, v in params.items()},
-                    **({"depth": _np(out.depth)[:, 0]} if "depth" in extra_outputs else {}),
-                    **({"normals": _np(out.normals).transpose(0, 2, 3, 1)} if "normals" in extra_outputs else {})})
+                    **({"depth": to_numpy(out.depth)[:, 0]} if "depth" in extra_outputs else {}),
+                    **({"normals": to_numpy(out.normals).transpose(0, 2, 3, 1)} if "normals" in extra_outputs else {})})
                 bar.update(sl.stop - sl.start)
             bar.close()
             writer.finish()
@@ -125,26 +96,3 @@ def render_identities(identities: Path, output: Path, model_spec: str | None = N
             bar.close()  # also on failure: an open bar garbles every later message
             writer.close()
         return output
-
-
-def _np(x):
-    return x.detach().cpu().numpy() if hasattr(x, "detach") else np.asarray(x)
-
-
-
-
-def export_sample_mesh(identities: Path, index: int, output: Path, model_spec: str | None = None,
-                       neutral: bool = False) -> Path:
-    """The mesh (model frame, mm) and albedo of image ``index`` of an identities file."""
-    from morph.formats.named import load_model
-    from morph.render import export_mesh
-
-    s, attrs = read_identities(identities)
-    if index >= len(s.identity):
-        raise UserError(f"{identities}: has {len(s.identity)} images; --image must be below that.")
-    model = load_model(model_spec or str(attrs.get("model", "default")))
-    check_dims(model, s, identities)
-    row = s.identity[index] - int(attrs.get("first_identity", 0))
-    verts = model.vertices(s.alpha[row], None if neutral else s.beta[index])[0]
-    colors = model.colors(s.gamma[row])[0]
-    return export_mesh(output, verts, colors, model.triangles)

@@ -286,7 +286,7 @@ class PairRenderer:
     def render(self, geoms: list[dict]) -> tuple[np.ndarray, np.ndarray]:
         """(B, S, S, 3) uint8 renders and (B, S, S) bool masks in the crop frame."""
         from morph.render import RenderSettings, render_projected
-        from morph.jobs.render import to_uint8
+        from morph.render.output import to_uint8
 
         settings = RenderSettings(image_size=self.size, align=False, outputs=("image", "mask"))
         out = render_projected(np.stack([g["pix"] for g in geoms]), np.stack([g["depth"] for g in geoms]),

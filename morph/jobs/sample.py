@@ -14,7 +14,8 @@ def sample_identities(output: Path, model_spec: str = "default", priors_path: st
     """Identities ``first_identity .. first_identity + n_identities - 1`` of ``seed`` (shape and
     colour from the model's Gaussian, expression, pose, lighting and camera per image from the
     priors; paper section 4, Data), written atomically to ``output``."""
-    from morph.base.h5io import provenance, write_identities
+    from morph.base.h5io import provenance
+    from morph.model.identities import write_identities
     from morph.formats.named import load_model
     from morph.model.priors import load_priors
     from morph.model.sample import sample_block

@@ -2,7 +2,8 @@
 
 - ``renderer``: ``render_batch`` (the CLI's entry point), ``RenderSettings``, ``RenderOutput``,
   ``render_projected`` (vertices already in an image frame); ``prepared``: a model's arrays laid
-  out for it; ``mesh``: ``export_mesh``;
+  out for it; ``mesh``: ``export_mesh``; ``output``: a batch as stored arrays (uint8 images) and
+  the checks a batch must pass;
 - ``camera``: pose rotation, perspective and 300W-LP weak-perspective cameras, 5-point alignment;
 - ``shading``: spherical-harmonics and 300W-LP Phong lighting, vertex normals;
 - ``types``: ``Fragments`` and the ``Rasterizer`` interface; ``raster``: the registry of sibling

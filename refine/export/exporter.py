@@ -68,7 +68,7 @@ from refine.distributed import barrier, finish
 from refine.export.sinks import FORMATS, SINKS
 from refine.export.state import (BATCH_MULTIPLE, MANIFEST, STATE_DIR, ProgressLog, check_out, chunk_ranges,
                                  rank_chunks, read_manifest, read_progress)
-from refine.export.refiner import (REFINE_DTYPES, Refiner, _np, check_checkpoint, check_new_identities, check_refine_precision,
+from refine.export.refiner import (REFINE_DTYPES, Refiner, check_checkpoint, check_new_identities, check_refine_precision,
                             fuses, score_dtype)
 
 SCORES = "scores.csv"
@@ -204,7 +204,7 @@ class Exporter:
     def make(self, todo: list[tuple[int, int, int]]) -> list[dict]:
         """Sample, render and refine draws (identity, slot, draw); one dict per draw."""
         from morph.render import render_batch
-        from morph.jobs.render import to_uint8
+        from morph.render.output import crops_of
         from morph.model.sample import sample_identity, sample_image
 
         t = time.perf_counter()
@@ -218,10 +218,11 @@ class Exporter:
         t = self._tick("sample", t)
         renders, landmarks, masks = [], [], []
         for s in range(0, len(todo), RENDER_BATCH):
-            r = render_batch(model, {k: v[s:s + RENDER_BATCH] for k, v in params.items()}, self.render_settings)
-            renders.append(to_uint8(_np(r.image)))
-            landmarks.append(_np(r.landmarks).astype(np.float32))
-            masks.append(_np(r.mask)[:, 0].astype(bool))
+            c = crops_of(render_batch(model, {k: v[s:s + RENDER_BATCH] for k, v in params.items()},
+                                      self.render_settings))
+            renders.append(c["images"])
+            landmarks.append(c["landmarks"])
+            masks.append(c["masks"])
         renders = np.concatenate(renders)
         t = self._tick("render", t)
         res = self.refiner.run(renders, np.array([noise_seed(o.seed, i, d) for i, _, d in todo], np.uint64)

@@ -30,11 +30,8 @@ import numpy as np
 import torch
 
 from morph.base.errors import UserError
+from morph.render.output import to_numpy
 from refine.export import onednn_graph
-
-
-def _np(x) -> np.ndarray:
-    return x.detach().cpu().numpy() if hasattr(x, "detach") else np.asarray(x)
 
 
 def check_checkpoint(state: dict, source: Path) -> dict:
@@ -197,7 +194,7 @@ class Refiner:
         """(B, H, W, 3) uint8 renders -> refined uint8 images and per-image scores. ``noise_seeds``
         (B,): G's dropout draws each image's masks from its own seed (None: no dropout)."""
         from refine.gan import losses as L
-        from refine.gan.data import to_tensor, to_uint8
+        from refine.images import to_tensor, to_uint8
 
         n, k = len(renders), self.batch
         out = {"image": np.empty_like(renders), "dr_error": np.full(n, np.nan, np.float32),
@@ -222,14 +219,14 @@ class Refiner:
             if self.scores:
                 s = gx.to(self.score_dtype)  # (float32: the same tensor)
                 dr = L.began_generator_loss(gx, self.D_R(s).float(), per_image=True)  # Eq. 2, one image at a time
-                out["dr_error"][start:start + m] = _np(dr)[:m]
+                out["dr_error"][start:start + m] = to_numpy(dr)[:m]
                 t = self._time("score_D_R", t)
                 if self.Gp is not None:
                     cyc = L.cycle_loss(x, self.Gp(s).float(), per_image=True)  # Eq. 1
-                    out["cycle_error"][start:start + m] = _np(cyc)[:m]
+                    out["cycle_error"][start:start + m] = to_numpy(cyc)[:m]
                     t = self._time("score_Gp", t)
                 c_in = self.T.centre(gx).contiguous(memory_format=torch.channels_last)
-                embs.append(_np(self.embed(c_in)).astype(np.float32)[:m])
+                embs.append(to_numpy(self.embed(c_in)).astype(np.float32)[:m])
                 self._time("score_C", t)
         if embs:
             out["embedding"] = np.concatenate(embs)

@@ -34,7 +34,7 @@ from tqdm import tqdm
 from morph.base.errors import UserError
 from morph.base.files import output_lock, write_atomic
 from morph.base.h5io import provenance
-from refine.gan.data import to_tensor
+from refine.images import to_tensor
 from refine.embedders.base import SOURCE_SIZE
 from refine.evaluation.image_sets import ImageSet, open_image_set
 from refine.evaluation.metrics import (ROC, auc, draw_pairs, equal_error_rate, frechet_distance, polynomial_mmd2,

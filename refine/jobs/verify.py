@@ -212,7 +212,7 @@ def pairs_of_labelled_set(path: str | Path, n_pairs: int, seed: int, folds: int 
 def embed_pairs(pairs: PairList, embedder, flip: bool = True, batch_size: int = 64, device: str = "cpu") -> np.ndarray:
     """(n_images, dim) L2-normalised embeddings (of each image plus its mirror image when ``flip``)
     of the images any pair uses (rows of unused images stay zero)."""
-    from refine.gan.data import to_tensor
+    from refine.images import to_tensor
 
     transform = embedder.transform(SOURCE_SIZE, pairs.template)
     used = np.unique(np.concatenate([pairs.first, pairs.second]))

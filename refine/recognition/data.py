@@ -120,11 +120,6 @@ class Mixture:
         return images, labels
 
 
-def to_tensor(images: np.ndarray) -> torch.Tensor:
-    """(B, S, S, 3) uint8 -> (B, 3, S, S) float32 in [-1, 1] (the range the embedders take)."""
-    return torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float().div_(127.5).sub_(1.0)
-
-
 class Augment:
     """The recogniser's crop and augmentation of a batch (module docstring). ``__call__(x, g)``:
     x (B, 3, 108, 108) in [-1, 1] aligned by ``template``; g a CPU ``torch.Generator``."""

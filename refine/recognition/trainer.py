@@ -35,7 +35,8 @@ from morph.base.errors import UserError
 from morph.base.numerics import check_device, numerics, set_threads
 from refine.checkpoint import CheckpointStore, canonical
 from refine.distributed import finish, init_distributed, main_rank_lock
-from refine.recognition.data import AUGMENTATIONS, Augment, Mixture, to_tensor
+from refine.images import to_tensor
+from refine.recognition.data import AUGMENTATIONS, Augment, Mixture
 from refine.recognition.margin import MARGINS, MarginHead
 from refine.recognition.model_file import ARCHITECTURES, build_backbone, save_model
 from refine.jobs.train import open_tensorboard, trim_log
