@@ -33,7 +33,7 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from morph.jobs.align import pick_face  # noqa: E402
+from morph.align.faces import pick_face  # noqa: E402
 from morph.align.landmarks68 import LandmarkRefiner  # noqa: E402
 from morph.align.mtcnn import MTCNN  # noqa: E402
 

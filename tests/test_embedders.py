@@ -13,7 +13,8 @@ from torch import nn
 
 from morph.base.errors import UserError
 from morph.base.imageio import read_rgb
-from morph.align.mtcnn import MTCNN, align_face
+from morph.align.faces import align_face
+from morph.align.mtcnn import MTCNN
 from refine.embedders import (
     DlibResNet,
     FacenetEmbedder,

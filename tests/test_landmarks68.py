@@ -12,7 +12,8 @@ from cli.morph import main
 from morph.base.errors import UserError
 from morph.base.imageio import read_rgb
 from morph.align.landmarks68 import LandmarkRefiner, five_from_68, model_path, read_mean_shape
-from morph.align.mtcnn import MTCNN, align_face
+from morph.align.faces import align_face
+from morph.align.mtcnn import MTCNN
 
 ANNOTATED = ["takeo.ppm", "einstein.jpg", "breakingbad.jpg"]
 # iBUG 68 mirror pairs (0-based): contour, brows, eyes, nose wings, mouth.

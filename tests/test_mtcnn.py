@@ -15,7 +15,9 @@ if importlib.util.find_spec("mtcnn") is None or importlib.util.find_spec("joblib
 from conftest import read_pts  # noqa: E402
 from morph.align import mtcnn_nets  # noqa: E402
 from morph.base.errors import UserError  # noqa: E402
-from morph.align.mtcnn import MTCNN, LANDMARK_CENTRE_OFFSET, align_face, greedy_nms  # noqa: E402
+from morph.align import mtcnn_resample  # noqa: E402
+from morph.align.faces import align_face  # noqa: E402
+from morph.align.mtcnn import MTCNN, LANDMARK_CENTRE_OFFSET, greedy_nms  # noqa: E402
 from morph.align.template import five_point_template  # noqa: E402
 
 TESTDATA = Path(__file__).resolve().parents[2] / "shared" / "testdata"
@@ -190,10 +192,9 @@ def test_cpu_crops_and_pyramid_equal_the_torch_gather_bit_for_bit(real_images):
     """The numba area resampling (the CPU path) against the vectorised torch gather (the CUDA path)
     on the same integral images: crops inside, across the edges and of one pixel, smaller and
     larger than the output, from two images of a batch; and pyramid levels."""
-    from morph.align import mtcnn
 
     imgs = torch.from_numpy(np.stack([real_images["t1.jpg"], real_images["t1.jpg"][::-1].copy()]))
-    sat = mtcnn.integral_image(imgs)
+    sat = mtcnn_resample.integral_image(imgs)
     h, w = imgs.shape[1:3]
     rng = np.random.default_rng(0)
     x0, y0 = rng.integers(0, w - 1, 400), rng.integers(0, h - 1, 400)
@@ -202,23 +203,22 @@ def test_cpu_crops_and_pyramid_equal_the_torch_gather_bit_for_bit(real_images):
     x0[:3], y0[:3], x1[:3], y1[:3] = [0, w - 1, 5], [0, h - 1, 7], [w, w, 6], [h, h, 8]
     args = [torch.as_tensor(a, dtype=torch.int64) for a in (rng.integers(0, 2, 400), x0, y0, x1, y1)]
     for size in (24, 48):
-        cpu = mtcnn.resize_crops(sat, *args, size)
+        cpu = mtcnn_resample.resize_crops(sat, *args, size)
         assert cpu.is_contiguous(memory_format=torch.channels_last)
-        assert torch.equal(cpu, mtcnn._resize_crops_torch(sat, *args, size))
+        assert torch.equal(cpu, mtcnn_resample._resize_crops_torch(sat, *args, size))
     for out_h, out_w in ((int(h * 0.6 + 1), int(w * 0.6 + 1)), (13, 17), (h, w)):
-        assert torch.equal(mtcnn.resize_levels(sat, out_h, out_w), mtcnn._resize_levels_torch(sat, out_h, out_w))
+        assert torch.equal(mtcnn_resample.resize_levels(sat, out_h, out_w), mtcnn_resample._resize_levels_torch(sat, out_h, out_w))
 
 
 def test_cpu_integral_image_equals_the_torch_cumsums(real_images):
     """The numba summed-area table (the CPU path) against torch's two cumsums (the CUDA path), in
     int32 and, for a table past 2^31, int64 (catches an off-by-one row or column, or a lost row)."""
-    from morph.align import mtcnn
 
     img = real_images["t1.jpg"]
     imgs = torch.from_numpy(np.stack([img, img[::-1].copy()]))
     for batch, dtype in ((imgs, torch.int32), (imgs[:1].repeat(1, 3, 3, 1), torch.int64)):
-        sat = mtcnn.integral_image(batch)
-        assert sat.dtype == dtype and torch.equal(sat, mtcnn._integral_image_torch(batch, dtype))
+        sat = mtcnn_resample.integral_image(batch)
+        assert sat.dtype == dtype and torch.equal(sat, mtcnn_resample._integral_image_torch(batch, dtype))
 
 
 @pytest.mark.parametrize("h", [12, 13, 25, 26, 201])

@@ -57,7 +57,7 @@ def test_render_and_align_frame_faces_by_the_template(arcface_sets):
         five = five_from_68(f["landmarks"][()])
     assert_framed_by(five, "arcface112")
     from morph.base.imageio import read_rgb
-    from morph.align.mtcnn import align_face
+    from morph.align.faces import align_face
 
     for name, tpl, other in (("real.h5", "arcface112", "ganfaces108"), ("real_ganfaces.h5", "ganfaces108", "arcface112")):
         with h5py.File(d / name, "r") as f:

@@ -16,7 +16,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from morph.align.mtcnn import LANDMARK_CENTRE_OFFSET
+from morph.align.faces import FaceLocator, crop_transform
+from morph.align.landmarks68 import five_from_68
 from morph.align.template import five_point_template, similarity_from_points, warp_similarity
 
 #: ``aligned_by`` codes stored per image.
@@ -29,37 +30,22 @@ class DetectorAlignment:
     """Re-crop renders by MTCNN's (``rule="mtcnn"``) or the refined iBUG (``"ibug68"``) points."""
 
     def __init__(self, rule: str, size: int, device: str = "cpu", template: str | None = None):
-        from morph.align.mtcnn import MTCNN
-
         if rule not in ("mtcnn", "ibug68"):
             raise ValueError(rule)
         self.rule, self.size, self.template = rule, size, template
-        self.detector = MTCNN(device=device)
-        self.refiner = None
-        if rule == "ibug68":
-            from morph.align.landmarks68 import LandmarkRefiner
-            self.refiner = LandmarkRefiner()
+        self.locator = FaceLocator(rule, device)
 
     def __call__(self, images: np.ndarray, landmarks: np.ndarray, masks: np.ndarray) -> dict:
         """images (B, H, W, 3) uint8 renders at ``UPSCALE * size``; landmarks (B, 68, 2) in them
         (pixel centres at + 0.5); masks (B, H, W) bool. Returns the crops at ``size`` with their
         landmarks and masks carried along, and ``aligned_by`` codes."""
-        from morph.jobs.align import pick_face
-        from morph.align.landmarks68 import five_from_68
-
-        dets = self.detector.detect(list(images))
         out = {"images": [], "landmarks": [], "masks": [], "aligned_by": []}
-        template = five_point_template(self.size, self.template)
-        for img, lm, mask, det in zip(images, landmarks, masks, dets):
-            if len(det.scores):
-                five = det.landmarks[pick_face(det.boxes, det.scores, img.shape[:2])]
-                if self.refiner is not None:
-                    five = five_from_68(self.refiner.refine(img, five))
-                five = five + LANDMARK_CENTRE_OFFSET  # MTCNN's 1-based -> pixel centres at + 0.5
-                code = ALIGNED_BY[self.rule]
-            else:
-                five, code = five_from_68(lm), ALIGNED_BY["projection"]
-            m = similarity_from_points(five, template)
+        for img, lm, mask, found in zip(images, landmarks, masks, self.locator.locate(list(images))):
+            if found is not None:
+                m, code = crop_transform(found.five[0], self.size, self.template), ALIGNED_BY[self.rule]
+            else:  # the projected points, already in the template's convention
+                m = similarity_from_points(five_from_68(lm), five_point_template(self.size, self.template))
+                code = ALIGNED_BY["projection"]
             out["images"].append(warp_similarity(img, m, self.size, padding_mode="border")[0])
             mask8 = np.repeat(mask[..., None].astype(np.uint8) * 255, 3, -1)
             out["masks"].append(warp_similarity(mask8, m, self.size)[0][..., 0] >= 128)

@@ -44,8 +44,6 @@ from morph.base.imageio import IMAGE_SUFFIXES, read_rgb
 from morph.align.template import crop_template
 
 STR = h5py.string_dtype("utf-8")
-#: How the 5 crop points are taken: refined to the iBUG 68 (the renders' definition), or MTCNN's.
-LANDMARK_RULES = ("ibug68", "mtcnn")
 
 
 def list_photos(folder: Path) -> list[Path]:
@@ -59,29 +57,15 @@ def list_photos(folder: Path) -> list[Path]:
     return photos
 
 
-def pick_face(boxes: np.ndarray, scores: np.ndarray, hw: tuple[int, int]) -> int:
-    """Index of the most confident face near the centre: score * (1 - d / half-diagonal)."""
-    h, w = hw
-    centre = (boxes[:, :2] + boxes[:, 2:]) / 2
-    d = np.linalg.norm(centre - np.array([w / 2, h / 2]), axis=1) / (0.5 * np.hypot(w, h))
-    return int(np.argmax(scores * (1 - np.clip(d, 0, 1) + 1e-6)))
-
-
 def align_folder(photos_dir: Path, output: Path, all_faces: bool = False, size: int | None = None,
                  device: str = "cpu", batch_size: int = 16, min_face_size: float = 20.0,
                  thresholds=(0.6, 0.7, 0.7), landmarks: str = "ibug68", progress: bool = True,
                  report=print, template: str | None = None) -> dict:
-    from morph.align.mtcnn import MTCNN, align_face
+    from morph.align.faces import LANDMARK_RULES, FaceLocator, align_face
+    from morph.base.numerics import check_device
 
     if landmarks not in LANDMARK_RULES:
         raise UserError(f"landmarks '{landmarks}' is unknown; choose one of {', '.join(LANDMARK_RULES)}.")
-    refiner = None
-    if landmarks == "ibug68":
-        from morph.align.landmarks68 import LandmarkRefiner, five_from_68
-        refiner = LandmarkRefiner()
-
-    from morph.base.numerics import check_device
-
     check_device(device)
     tpl = crop_template(template)
     size = size or tpl.size
@@ -102,7 +86,7 @@ def align_folder(photos_dir: Path, output: Path, all_faces: bool = False, size: 
 
         extra = {"source": ((), STR), "boxes": ((4,), np.float32), "scores": ((), np.float32),
                  "landmarks5": ((5, 2), np.float32), "landmarks5_mtcnn": ((5, 2), np.float32)}
-        if refiner is not None:
+        if landmarks == "ibug68":
             extra["landmarks68"] = ((68, 2), np.float32)
         writer = ImageWriter(output, len(photos), size, provenance(photos=str(photos_dir), size=size,
                                                                    all_faces=all_faces, n_photos=len(photos),
@@ -114,7 +98,7 @@ def align_folder(photos_dir: Path, output: Path, all_faces: bool = False, size: 
             f.create_dataset("label_names", data=np.array(classes, dtype=object), dtype=STR)
             f.create_dataset("skipped", (0,), STR, maxshape=(None,), chunks=True)
         photos_done, rows = (int(x) for x in f.attrs["cursor"])
-        detector = MTCNN(min_face_size=min_face_size, thresholds=thresholds, device=device)
+        locator = FaceLocator(landmarks, device, min_face_size=min_face_size, thresholds=thresholds)
         bar = tqdm(total=len(photos), initial=photos_done, unit="photo", desc="align", disable=not progress)
         try:
             for start in range(photos_done, len(photos), batch_size):
@@ -126,19 +110,15 @@ def align_folder(photos_dir: Path, output: Path, all_faces: bool = False, size: 
                         ok.append(i)
                     except UserError as e:  # its message starts with the path, already in the first column
                         skipped.append(f"{rel[i]}\t{str(e).removeprefix(str(photos[i]) + ': ')}")
-                dets = detector.detect(images) if images else []
                 out = {k: [] for k in ("images", "labels", "index", "source", "boxes", "scores", "landmarks5",
-                                       "landmarks5_mtcnn", *(("landmarks68",) if refiner else ()))}
-                for i, img, det in zip(ok, images, dets):
-                    if len(det.scores) == 0:
+                                       "landmarks5_mtcnn", *(("landmarks68",) if landmarks == "ibug68" else ()))}
+                for i, img, found in zip(ok, images, locator.locate(images, all_faces)):
+                    if found is None:
                         skipped.append(f"{rel[i]}\tno face found")
                         continue
-                    keep = range(len(det.scores)) if all_faces else [pick_face(det.boxes, det.scores, img.shape[:2])]
-                    five = det.landmarks[list(keep)]
-                    if refiner is not None:
-                        p68 = refiner.refine(img, five)
-                        out["landmarks68"].extend(p68)
-                        five = five_from_68(p68)
+                    det, keep, five = found.detections, found.keep, found.five
+                    if found.points68 is not None:
+                        out["landmarks68"].extend(found.points68)
                     faces = align_face(img, five, size, template=tpl.name)
                     for j, k in enumerate(keep):
                         out["images"].append(faces[j])
