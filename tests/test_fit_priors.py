@@ -5,7 +5,8 @@ from click.testing import CliRunner
 
 import fixtures_formats as fx  # noqa: E402
 from cli.morph import main
-from morph.jobs.fit_priors import fit_priors, matrix_to_pose, phong_to_sh
+from morph.jobs.fit_priors import fit_priors
+from morph.w300lp import matrix_to_pose, phong_to_sh
 from morph.model.priors import load_priors
 from morph.render.camera import compute_rotation, rotation_300wlp
 from morph.render.shading import sh_basis

@@ -488,7 +488,7 @@ def test_every_renderer_forms_the_reference_face_with_an_expression_mean(sfm_mod
     renderer, its landmarks were off by millimetres' worth of pixels.)"""
     from dataclasses import replace
 
-    from morph.jobs.render_pairs import Annotation, PairRenderer
+    from morph.w300lp import Annotation, PairRenderer
 
     blend = sfm_model.expression.basis[:, 0] * sfm_model.expression.std[0]
     e_mean = (4.0 * blend / np.abs(blend).max()).astype(np.float32)

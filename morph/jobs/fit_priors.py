@@ -21,62 +21,15 @@ to the datasets' per-image 3DMM annotations. Each annotation ``.mat`` holds
 """
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 import numpy as np
-import scipy.io
 import yaml
 
 from morph.base.errors import UserError
 from morph.base.files import output_lock, write_atomic
 from morph.model.priors import load_priors, parse_priors
-
-POSE_KEY = "Pose_Para"
-
-
-def matrix_to_pose(rot: np.ndarray) -> np.ndarray:
-    """(B, 3) [pitch, yaw, roll] degrees with ``rot = Rz(roll) Ry(yaw) Rx(pitch)`` (yaw in [-90, 90])."""
-    r = np.asarray(rot, np.float64).reshape(-1, 3, 3)
-    yaw = np.arcsin(np.clip(-r[:, 2, 0], -1.0, 1.0))
-    pitch = np.arctan2(r[:, 2, 1], r[:, 2, 2])
-    roll = np.arctan2(r[:, 1, 0], r[:, 0, 0])
-    return np.degrees(np.stack([pitch, yaw, roll], 1))
-
-
-def _sphere_directions(n: int = 4096) -> np.ndarray:
-    """Fibonacci-lattice unit vectors: near-uniform on the sphere, deterministic."""
-    i = np.arange(n) + 0.5
-    z = 1 - 2 * i / n
-    phi = math.pi * (1 + 5 ** 0.5) * i
-    r = np.sqrt(1 - z * z)
-    return np.stack([r * np.cos(phi), r * np.sin(phi), z], 1)
-
-
-def phong_to_sh(illum: np.ndarray, rot: np.ndarray) -> np.ndarray:
-    """(9, 3) SH coefficients whose irradiance best matches ``amb + dir * max(0, n.l)`` (least squares
-    over the sphere), with the light direction ``l`` of ``Illum_Para`` turned by the head rotation."""
-    import torch
-
-    from morph.render.shading import sh_basis
-
-    illum = np.asarray(illum, np.float64).reshape(-1)
-    amb, direct, theta, phi = illum[0:3], illum[3:6], illum[6], illum[7]
-    light = np.array([math.cos(theta) * math.sin(phi), math.sin(theta), math.cos(theta) * math.cos(phi)])
-    light = np.asarray(rot, np.float64).reshape(3, 3) @ light
-    n = _sphere_directions()
-    y = sh_basis(torch.from_numpy(n)).numpy()  # (P, 9)
-    target = amb[None] + np.clip(n @ light, 0, None)[:, None] * direct[None]  # (P, 3)
-    coef, *_ = np.linalg.lstsq(y, target, rcond=None)
-    return coef
-
-
-def read_annotation(path: Path) -> dict:
-    try:
-        return scipy.io.loadmat(path)
-    except Exception as e:  # scipy raises several types for truncated or foreign files
-        raise UserError(f"{path}: cannot be read as a .mat file ({e}); re-extract it.") from None
-
+from morph.w300lp import POSE_KEY, matrix_to_pose, phong_to_sh, read_annotation
 
 def fit_priors(folder: Path, output: Path, base: str | None = None, expression_model: Path | None = None,
                report=print) -> dict:
