@@ -18,7 +18,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from learn import embed  # noqa: E402  (bench/ is not a package)
 
-from refine.jobs.evaluate import polynomial_mmd2  # noqa: E402
+from refine.evaluation.metrics import polynomial_mmd2  # noqa: E402
 
 
 def main():

@@ -146,7 +146,8 @@ def verify(lfw_pairs, images, bin_path, labelled_set, prefix, embedder, template
       refine verify --set export/ -o reports/export
     """
     from morph.base.errors import UserError
-    from refine.jobs import verify as V
+    from refine.evaluation import verification as V
+    from refine.jobs.verify import verify
 
     given = [name for name, v in (("--lfw-pairs", lfw_pairs), ("--bin", bin_path), ("--set", labelled_set)) if v]
     if len(given) != 1:
@@ -159,7 +160,7 @@ def verify(lfw_pairs, images, bin_path, labelled_set, prefix, embedder, template
         pairs = V.read_insightface_bin(bin_path, folds)
     else:
         pairs = V.pairs_of_labelled_set(labelled_set, n_pairs, seed, folds)
-    r = V.verify(pairs, prefix, embedder=embedder, flip=flip, batch_size=batch_size, device=device)
+    r = verify(pairs, prefix, embedder=embedder, flip=flip, batch_size=batch_size, device=device)
     a = r["accuracy"]
     tar = ", ".join(f"TAR@FAR={k} {v['tar']:.4f}" for k, v in r["tar_at_far"].items() if v)
     click.echo(f"{pairs.source}: accuracy {100 * a['mean']:.2f}% +- {100 * a['std']:.2f} over {a['folds']} folds of "
@@ -232,7 +233,7 @@ def train_recognizer(data, proportions, run_dir, checkpoint_every, resume, threa
       refine train-recognizer --data export/ --data casia_real.h5 --out runs/rec --width 0.5
     """
     from morph.base.errors import UserError
-    from refine.recognition.trainer import train_recognizer as run
+    from refine.jobs.train_recognizer import train_recognizer as run
 
     if proportions and len(proportions) != len(data):
         raise UserError(f"{len(proportions)} --proportion for {len(data)} --data; give one per set, or none.")
@@ -272,7 +273,7 @@ def table1(out, real, rendered, refined, lfw_pairs, images, template, bins, sets
                     --lfw-pairs lfw/pairs.txt --images lfw108/ -o table1 --width 0.5
     """
     from morph.base.errors import UserError
-    from refine.jobs import verify as V
+    from refine.evaluation import verification as V
     from refine.jobs.table1 import Benchmark, table1 as run
 
     benchmarks = []

@@ -168,8 +168,10 @@ def test_training_learns_the_identities(tmp_path):
     """60 steps take the training loss well down, and the trained network verifies the
     identities (AUC > 0.9) far better than its own initial weights. Catches a flipped loss, a
     skipped optimiser step, labels not matched to their images, a margin on the wrong class."""
-    from refine.recognition.trainer import train_recognizer, untrained_model
-    from refine.jobs.verify import pairs_of_labelled_set, verify
+    from refine.jobs.train_recognizer import train_recognizer
+    from refine.recognition.trainer import untrained_model
+    from refine.evaluation.verification import pairs_of_labelled_set
+    from refine.jobs.verify import verify
 
     path = _nuisance_set(tmp_path / "set.h5")
     cfg = _cfg(steps=60, batch_size=16, margin="cosface", augment="none", checkpoint_every=60, warmup_steps=5)
@@ -186,7 +188,7 @@ def test_resume_repeats_the_uninterrupted_run_bit_for_bit(sets, tmp_path):
     """3 steps, then --resume to 6, equal the 6 uninterrupted steps in every weight and momentum
     buffer. Catches batches or augmentation drawn from state not saved, momentum not restored, a
     schedule counted from the resume."""
-    from refine.recognition.trainer import train_recognizer
+    from refine.jobs.train_recognizer import train_recognizer
 
     data = [sets / "synthetic.h5"]
     train_recognizer(_cfg(steps=6, checkpoint_every=6), data, tmp_path / "one", progress=False, threads=1)
@@ -210,7 +212,8 @@ def test_the_model_file_is_an_embedder_and_refine_verify_takes_it(sets, tmp_path
     on its crop; 'refine verify --embedder' uses it; the untrained baseline is the run's initial
     weights. Catches a file saved before training, an embedder on the wrong crop."""
     from refine.embedders import load_embedder
-    from refine.recognition.trainer import RecognizerTrainer, untrained_model, train_recognizer
+    from refine.jobs.train_recognizer import train_recognizer
+    from refine.recognition.trainer import RecognizerTrainer, untrained_model
     from refine.distributed import Dist
 
     cfg = _cfg(steps=2, crop="arcface112", checkpoint_every=2)

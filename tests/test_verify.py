@@ -17,7 +17,7 @@ from PIL import Image
 
 from cli.morph import main as morph
 from cli.refine import main as refine
-from refine.jobs import verify as V
+from refine.evaluation import verification as V
 
 
 def run(group, *args):

@@ -499,7 +499,7 @@ class Exporter:
     def reference_means(self, path) -> tuple[np.ndarray, list[str]]:
         """Unit mean embedding of each identity of a reference set (each image its own without labels)."""
         from refine.export.datacard import identity_means
-        from refine.jobs.evaluate import embed
+        from refine.evaluation.embedding import embed
         from refine.evaluation.image_sets import open_image_set
 
         images = open_image_set(path, "reference set for the leakage audit", need_labels=False)

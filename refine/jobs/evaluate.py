@@ -28,68 +28,26 @@ import json
 from pathlib import Path
 
 import numpy as np
-import torch
-from tqdm import tqdm
 
 from morph.base.errors import UserError
-from morph.base.files import output_lock, write_atomic
+from morph.base.files import output_lock
 from morph.base.h5io import provenance
-from refine.images import to_tensor
-from refine.embedders.base import SOURCE_SIZE
-from refine.evaluation.image_sets import ImageSet, open_image_set
-from refine.evaluation.metrics import (ROC, auc, draw_pairs, equal_error_rate, frechet_distance, polynomial_mmd2,
-                            roc_curve, tar_at_far)
-KIND_TITLES = {"rendered": "3DMM renders", "refined": "refined (GANFaces)", "real": "real faces",
-               "unknown": "image set"}
+from refine.evaluation.embedding import embed, face_fraction
+from refine.evaluation.image_sets import open_image_set
+from refine.evaluation.metrics import (auc, draw_pairs, equal_error_rate, frechet_distance, polynomial_mmd2,
+                                       roc_curve, tar_at_far)
+from refine.evaluation.report import output_paths, plot_distances, write_report
 #: TAR is reported at these FARs when there are at least 1/FAR negative pairs.
 FARS = (1e-2, 1e-3)
 #: Independent random streams derived from --seed (numpy SeedSequence entropy [seed, stream]).
 PAIR_STREAM, SET_SAMPLE_STREAM, AGAINST_SAMPLE_STREAM = 0, 1, 2
 
 
-# ----------------------------------------------------------------------------------------------
-# The evaluation
-
-
-def output_paths(prefix: str | Path) -> tuple[Path, Path]:
-    """PREFIX.json and PREFIX.png (a .json or .png suffix given with the prefix is dropped)."""
-    prefix = Path(prefix)
-    if prefix.suffix.lower() in (".json", ".png"):
-        prefix = prefix.with_suffix("")
-    if not prefix.resolve().parent.is_dir():
-        raise UserError(f"{prefix}: folder {prefix.resolve().parent} does not exist; create it first.")
-    return prefix.with_name(prefix.name + ".json"), prefix.with_name(prefix.name + ".png")
-
 
 def _sample(n: int, k: int, seed: int, stream: int) -> np.ndarray:
     if n <= k:
         return np.arange(n)
     return np.sort(np.random.default_rng([seed, stream]).choice(n, k, replace=False))
-
-
-@torch.inference_mode()
-def embed(images: ImageSet, idx: np.ndarray, embedder, batch_size: int = 64, device: str = "cpu",
-          desc: str = "embed") -> np.ndarray:
-    """(len(idx), dim) float64 embeddings of ``images[idx]`` (read at 108x108, aligned by the set's
-    crop template) through C's face chip."""
-    transform = embedder.transform(SOURCE_SIZE, images.template)
-    out = np.empty((len(idx), embedder.dim), np.float64)
-    for s in tqdm(range(0, len(idx), batch_size), desc=desc, unit="batch", leave=False):
-        x = to_tensor(images.read(idx[s:s + batch_size])).to(device)
-        out[s:s + batch_size] = embedder(transform.centre(x)).double().cpu().numpy()
-    return out
-
-
-def face_fraction(images: ImageSet, idx: np.ndarray, min_face_size: float = 20.0, device: str = "cpu",
-                  batch_size: int = 256) -> float:
-    """Fraction of ``images[idx]`` in which MTCNN finds at least one face."""
-    from morph.align.mtcnn import MTCNN
-
-    detector = MTCNN(min_face_size=min_face_size, device=device)
-    found = 0
-    for s in tqdm(range(0, len(idx), batch_size), desc="detect", unit="batch", leave=False):
-        found += sum(len(d.scores) > 0 for d in detector.detect(images.read(idx[s:s + batch_size])))
-    return found / len(idx)
 
 
 def _stats(d: np.ndarray) -> dict:
@@ -189,57 +147,8 @@ def evaluate(dataset: str | Path, prefix: str | Path, *, against: str | Path | N
             "raw": {"positive_pairs": pairs.positive.tolist(), "positive_distances": d_pos.tolist(),
                     "negative_pairs": pairs.negative.tolist(), "negative_distances": d_neg.tolist()},
         }
-        _write_atomic(png_path, lambda p: plot(report, roc, d_pos, d_neg, p))
-        _write_atomic(json_path, lambda p: p.write_text(json.dumps(report, indent=1, ensure_ascii=False)))
+        write_report(png_path, lambda p: plot_distances(report, roc, d_pos, d_neg, p))
+        write_report(json_path, lambda p: p.write_text(json.dumps(report, indent=1, ensure_ascii=False)))
         return report
 
 
-def _write_atomic(path: Path, write) -> None:
-    try:
-        write_atomic(path, write)
-    except OSError as e:
-        raise UserError(f"{path}: cannot be written ({e.strerror or e}); choose another --output.") from None
-
-
-def plot(report: dict, roc: ROC, d_pos: np.ndarray, d_neg: np.ndarray, path: Path) -> None:
-    """Fig. 7's histograms of positive and negative pair distances, beside the ROC, as a PNG."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(11, 4.6), dpi=100)
-    FigureCanvasAgg(fig)  # no pyplot: no global state, no display needed
-    hist, curve = fig.subplots(1, 2, gridspec_kw={"width_ratios": [1.5, 1]})
-    bins = np.linspace(min(d_pos.min(), d_neg.min()), max(d_pos.max(), d_neg.max()), 41)
-    for d, colour, label in ((d_pos, "tab:blue", "same identity"), (d_neg, "tab:red", "different identities")):
-        hist.hist(d, bins=bins, weights=np.full(len(d), 1 / len(d)), color=colour, alpha=0.55,
-                  label=f"{label} ({len(d)} pairs)")
-    hist.axvline(report["eer_threshold"], color="k", ls="--", lw=1,
-                 label=f"EER threshold {report['eer_threshold']:.3f}")
-    hist.set_xlabel("euclidean distance between embeddings")
-    hist.set_ylabel("fraction of pairs")
-    hist.legend(loc="upper left", fontsize=8)
-
-    curve.plot(roc.fpr, roc.tpr, color="tab:purple", lw=1.8, label=f"AUC {report['auc']:.3f}")
-    curve.plot([0, 1], [0, 1], color="0.6", ls=":", lw=1)
-    curve.plot([report["eer"]], [1 - report["eer"]], "ko", ms=5, label=f"EER {100 * report['eer']:.1f}%")
-    curve.set_xlim(0, 1)
-    curve.set_ylim(0, 1.01)
-    curve.set_xlabel("false accept rate")
-    curve.set_ylabel("true accept rate")
-    curve.set_aspect("equal")
-    curve.legend(loc="lower right", fontsize=8)
-
-    s = report["set"]
-    fig.suptitle(f"{Path(s['path']).name}: {KIND_TITLES.get(s['kind'], s['kind'])}, {s['n_images']} images of "
-                 f"{s['n_identities']} identities; {report['embedder']['name']} embeddings, seed {report['seed']}",
-                 fontsize=11)
-    line = f"MTCNN finds a face in {100 * report['face_detection']['fraction']:.1f}% of " \
-           f"{report['face_detection']['n_images']} images"
-    if report["against"]:
-        a = report["against"]
-        line += (f"   |   against {Path(a['path']).name}: Fréchet {a['frechet_distance']:.4f}, "
-                 f"KID (MMD²) {a['kid_mmd2']:.5f}")
-    fig.text(0.5, 0.015, line, ha="center", fontsize=9)
-    fig.tight_layout(rect=(0, 0.04, 1, 0.95))
-    with open(path, "wb") as fh:
-        fig.savefig(fh, format="png")

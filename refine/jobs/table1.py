@@ -23,15 +23,16 @@ from morph.base.errors import UserError
 from morph.base.files import write_atomic
 from morph.base.h5io import provenance
 from refine.recognition.model_file import read_model_file
-from refine.recognition.trainer import RecognizerConfig, train_recognizer, untrained_model
+from refine.jobs.train_recognizer import train_recognizer
+from refine.recognition.trainer import RecognizerConfig, untrained_model
 
 
 @dataclass
 class Benchmark:
-    """A verification protocol of ``refine.jobs.verify`` under a short name for the table."""
+    """A verification protocol of ``refine.evaluation.verification`` under a short name for the table."""
 
     name: str
-    pairs: object  # refine.jobs.verify.PairList
+    pairs: object  # refine.evaluation.verification.PairList
 
 
 def rows(real: list[Path], rendered: Path | None, refined: Path | None) -> list[tuple[str, list[Path]]]:

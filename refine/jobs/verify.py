@@ -1,255 +1,16 @@
-"""`refine verify`: face verification on the field's standard protocols, for any embedder the
-project loads (dlib's ResNet by default, a TorchScript or facenet model).
-
-Pair lists, each read into ``PairList`` (images, the two images of each pair, same or not, folds):
-
-- **LFW** ``pairs.txt`` (Huang et al. 2007, "View 2"): a first line ``F N`` (folds, pairs of each
-  kind per fold; LFW's is ``10 300``), then per fold N same-person lines ``name i j`` and N
-  different-person lines ``name1 i name2 j``, tab-separated, image numbers 1-based; the images are
-  ``DIR/name/name_%04d.EXT``. The images must already be aligned by a crop template of
-  ``morph.align.template`` (``--template``; for example our exports, or ``morph align`` of the photos).
-- **insightface** ``.bin`` verification files (lfw.bin, cfp_fp.bin, agedb_30.bin, calfw.bin,
-  cplfw.bin): a pickle of ``(bins, issame_list)`` whose ``bins`` are 2N encoded images (112x112
-  ArcFace crops) and pair i is images 2i and 2i+1 (insightface's
-  ``recognition/arcface_torch/eval/verification.py``, ``load_bin`` and ``evaluate``). A pickle
-  can run code, so it is read by an unpickler that resolves no global at all: only bytes,
-  strings, numbers, booleans, lists and tuples load, anything else is refused.
-- **a labelled set** (``morph render``/``align`` output, an export): same/different pairs drawn
-  as ``refine evaluate`` draws them (``refine.evaluation.metrics.draw_pairs``).
-
-Scores follow insightface's ``verification.test``/``evaluate``: each image's embedding plus that
-of its mirror image (``flip``), L2-normalised; the squared Euclidean distance of a pair; accuracy
-over ``folds`` consecutive folds, the threshold of each chosen on the other folds from the grid
-0, 0.01, ..., 3.99 (the first best), reported as mean and standard deviation over folds (LFW's
-protocol; its folds are the file's). Over all pairs at once: the ROC, AUC, EER and TAR at FAR
-1e-3 and 1e-2 (``refine.evaluation.metrics``).
-"""
+"""`refine verify`: verification accuracy (10-fold), AUC, EER and TAR@FAR of an embedder on one
+protocol's pairs (``refine.evaluation.verification``), as PREFIX.json and PREFIX.png."""
 from __future__ import annotations
 
-import io
 import json
-import pickle
-from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-import torch
-from PIL import Image
 
-from morph.base.errors import UserError
 from morph.base.files import output_lock, write_atomic
 from morph.base.h5io import provenance
-from morph.base.imageio import read_rgb
-from morph.align.template import crop_template
-from refine.embedders.base import SOURCE_SIZE
-from refine.evaluation.image_sets import open_image_set, to_source_size
-from refine.evaluation.metrics import auc, draw_pairs, equal_error_rate, roc_curve, tar_at_far
-
-#: insightface's accuracy thresholds on the squared distance of unit vectors (0 to 4)
-THRESHOLDS = np.arange(0, 4, 0.01)
-FARS = (1e-3, 1e-2)
-
-
-@dataclass
-class PairList:
-    """Pairs to verify: ``read(idx)`` gives images idx at 108x108 aligned by ``template``."""
-
-    source: str  # what the pairs came from, for the report
-    protocol: str  # "lfw-pairs", "insightface-bin", "labelled-set"
-    read: object  # callable (idx) -> (k, 108, 108, 3) uint8
-    n_images: int
-    first: np.ndarray  # (P,) image index of each pair's first image
-    second: np.ndarray  # (P,)
-    same: np.ndarray  # (P,) bool
-    folds: int
-    template: str
-
-
-# ----------------------------------------------------------------------------------- readers
-def read_lfw_pairs(pairs_txt: str | Path, images: str | Path, template: str) -> PairList:
-    """LFW's ``pairs.txt`` over the image folder ``images`` (see the module docstring)."""
-    pairs_txt, root = Path(pairs_txt), Path(images)
-    crop_template(template)
-    if not pairs_txt.is_file():
-        raise UserError(f"{pairs_txt}: no such pairs file; give LFW's pairs.txt (or one in its layout).")
-    if not root.is_dir():
-        raise UserError(f"{root}: no such image folder; give the folder holding NAME/NAME_0001.jpg ...")
-    lines = [ln.split() for ln in pairs_txt.read_text(errors="replace").splitlines() if ln.strip()]
-
-    def bad(k, why):
-        return UserError(f"{pairs_txt}: line {k + 1}: {why}; the layout is LFW's: 'FOLDS N', then per fold "
-                         "N lines 'name i j' and N lines 'name1 i name2 j'.")
-
-    try:
-        folds, per = int(lines[0][0]), int(lines[0][1])
-    except (IndexError, ValueError):
-        raise bad(0, "the first line must be two numbers, folds and pairs per fold") from None
-    if folds < 2 or per < 1 or len(lines) != 1 + 2 * folds * per:
-        raise bad(0, f"{folds} folds of 2 x {per} pairs need {2 * folds * per} pair lines, the file has "
-                     f"{len(lines) - 1}")
-    files: dict[Path, int] = {}
-    first, second, same = [], [], []
-    for k, parts in enumerate(lines[1:], start=1):
-        matched = (k - 1) % (2 * per) < per
-        try:
-            if matched and len(parts) == 3:
-                a, b = (parts[0], int(parts[1])), (parts[0], int(parts[2]))
-            elif not matched and len(parts) == 4:
-                a, b = (parts[0], int(parts[1])), (parts[2], int(parts[3]))
-            else:
-                raise ValueError
-        except ValueError:
-            raise bad(k, f"expected {'name i j' if matched else 'name1 i name2 j'}") from None
-        for name, number in (a, b):
-            path = _lfw_image(root, name, number)
-            files.setdefault(path, len(files))
-        first.append(files[_lfw_image(root, *a)])
-        second.append(files[_lfw_image(root, *b)])
-        same.append(matched)
-    paths = list(files)
-    size = read_rgb(paths[0]).shape[0]
-
-    def read(idx):
-        out = []
-        for i in idx:
-            im = read_rgb(paths[i])
-            if im.shape[:2] != (size, size):
-                raise UserError(f"{paths[i]}: is {im.shape[1]}x{im.shape[0]} px, but {paths[0].name} is "
-                                f"{size}x{size}; verification needs aligned faces of one size.")
-            out.append(im)
-        return to_source_size(np.stack(out))
-
-    return PairList(str(pairs_txt), "lfw-pairs", read, len(paths), np.array(first), np.array(second),
-                    np.array(same), folds, template)
-
-
-def _lfw_image(root: Path, name: str, number: int) -> Path:
-    for ext in (".jpg", ".png", ".jpeg", ".JPG", ".PNG"):
-        path = root / name / f"{name}_{number:04d}{ext}"
-        if path.is_file():
-            return path
-    raise UserError(f"{root / name / f'{name}_{number:04d}.jpg'}: no such image (named in the pairs file); "
-                    "give the folder the pairs file describes.")
-
-
-class _RefusedGlobal(pickle.UnpicklingError):
-    pass
-
-
-class _DataOnly(pickle.Unpickler):
-    """Loads only what needs no class: bytes, str, numbers, booleans, None, lists, tuples, dicts."""
-
-    def find_class(self, module, name):
-        raise _RefusedGlobal(f"{module}.{name}")
-
-
-def read_insightface_bin(path: str | Path, folds: int = 10) -> PairList:
-    """An insightface verification ``.bin`` (see the module docstring); its crops are ArcFace's."""
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"{path}: no such verification file; give an insightface .bin (lfw.bin, cfp_fp.bin ...).")
-    try:
-        with open(path, "rb") as f:
-            data = _DataOnly(f, encoding="bytes").load()
-    except _RefusedGlobal as e:
-        raise UserError(f"{path}: refers to {e}, which unpickling would import and could run code; "
-                        "only data is read from .bin files, so give insightface's own file.") from None
-    except pickle.UnpicklingError as e:
-        raise UserError(f"{path}: not an insightface .bin ({e}); give insightface's own file.") from None
-    except (EOFError, ValueError, TypeError, IndexError, KeyError, MemoryError, OverflowError) as e:
-        raise UserError(f"{path}: not an insightface .bin ({type(e).__name__}: the file is cut off or "
-                        "another format); give insightface's own file.") from None
-    ok = (isinstance(data, (tuple, list)) and len(data) == 2 and isinstance(data[0], (list, tuple))
-          and isinstance(data[1], (list, tuple)) and all(isinstance(b, (bytes, bytearray)) for b in data[0])
-          and all(isinstance(s, bool) for s in data[1]) and len(data[0]) == 2 * len(data[1]) > 0)
-    if not ok:
-        raise UserError(f"{path}: is a pickle but not (image bytes, same/different flags) with two images per "
-                        "flag, as insightface's .bin files are; give insightface's own file.")
-    bins, same = data
-    if len(same) < folds:
-        raise UserError(f"{path}: holds {len(same)} pairs, fewer than {folds} folds; give --folds {len(same)} or less.")
-    size = None
-
-    def decode(i):
-        nonlocal size
-        try:
-            im = np.asarray(Image.open(io.BytesIO(bins[i])).convert("RGB"))
-        except Exception as e:  # noqa: BLE001 - PIL raises many types for a bad image
-            raise UserError(f"{path}: image {i} cannot be decoded ({type(e).__name__}); the file is damaged.") from None
-        size = size or im.shape[0]
-        if im.shape[:2] != (size, size):
-            raise UserError(f"{path}: image {i} is {im.shape[1]}x{im.shape[0]} px, not {size}x{size}; "
-                            "verification needs aligned faces of one size.")
-        return im
-
-    def read(idx):
-        return to_source_size(np.stack([decode(i) for i in idx]))
-
-    n = len(same)
-    return PairList(str(path), "insightface-bin", read, 2 * n, np.arange(0, 2 * n, 2), np.arange(1, 2 * n, 2),
-                    np.array(same, bool), folds, "arcface112")
-
-
-def pairs_of_labelled_set(path: str | Path, n_pairs: int, seed: int, folds: int = 10) -> PairList:
-    """``n_pairs`` same- and ``n_pairs`` different-identity pairs of a labelled set, shuffled into
-    ``folds`` folds."""
-    images = open_image_set(path, "labelled set")
-    try:
-        pairs = draw_pairs(images.labels, n_pairs, np.random.default_rng([seed, 0]))
-    except UserError as e:
-        raise UserError(f"{images.path}: {e}") from None
-    both = np.concatenate([pairs.positive, pairs.negative])
-    same = np.r_[np.ones(len(pairs.positive), bool), np.zeros(len(pairs.negative), bool)]
-    order = np.random.default_rng([seed, 1]).permutation(len(both))
-    if len(order) < folds:
-        raise UserError(f"{images.path}: gives {len(order)} pairs, fewer than {folds} folds; give a larger set.")
-    return PairList(str(images.path), "labelled-set", images.read, images.n, both[order, 0], both[order, 1],
-                    same[order], folds, images.template)
-
-
-# ----------------------------------------------------------------------------------- scores
-@torch.inference_mode()
-def embed_pairs(pairs: PairList, embedder, flip: bool = True, batch_size: int = 64, device: str = "cpu") -> np.ndarray:
-    """(n_images, dim) L2-normalised embeddings (of each image plus its mirror image when ``flip``)
-    of the images any pair uses (rows of unused images stay zero)."""
-    from refine.images import to_tensor
-
-    transform = embedder.transform(SOURCE_SIZE, pairs.template)
-    used = np.unique(np.concatenate([pairs.first, pairs.second]))
-    out = np.zeros((pairs.n_images, embedder.dim), np.float64)
-    for s in range(0, len(used), batch_size):
-        idx = used[s:s + batch_size]
-        chips = transform.centre(to_tensor(pairs.read(idx)).to(device))
-        e = embedder(chips).double()
-        if flip:
-            e = e + embedder(chips.flip(-1)).double()
-        out[idx] = torch.nn.functional.normalize(e, dim=1).cpu().numpy()
-    return out
-
-
-def fold_accuracy(distance: np.ndarray, same: np.ndarray, folds: int) -> tuple[np.ndarray, np.ndarray]:
-    """(accuracy, threshold) per fold: pairs split into ``folds`` consecutive folds; for each, the
-    first threshold of ``THRESHOLDS`` with the best accuracy on the other folds (same = distance
-    below it), applied to it."""
-    distance, same = np.asarray(distance, np.float64), np.asarray(same, bool)
-    bounds = _kfold_bounds(len(distance), folds)
-    correct = (distance[None, :] < THRESHOLDS[:, None]) == same[None, :]  # (thresholds, pairs)
-    acc, thr = np.zeros(folds), np.zeros(folds)
-    for k in range(folds):
-        test = np.zeros(len(distance), bool)
-        test[bounds[k]:bounds[k + 1]] = True
-        best = int(np.argmax(correct[:, ~test].mean(1)))
-        thr[k] = THRESHOLDS[best]
-        acc[k] = correct[best, test].mean()
-    return acc, thr
-
-
-def _kfold_bounds(n: int, folds: int) -> np.ndarray:
-    """Fold boundaries as scikit-learn's unshuffled ``KFold`` makes them (insightface's split):
-    the first ``n % folds`` folds one longer."""
-    sizes = np.full(folds, n // folds)
-    sizes[: n % folds] += 1
-    return np.r_[0, np.cumsum(sizes)]
+from refine.evaluation.metrics import auc, equal_error_rate, roc_curve, tar_at_far
+from refine.evaluation.report import output_paths, plot_verification
+from refine.evaluation.verification import FARS, PairList, embed_pairs, fold_accuracy
 
 
 def verify(pairs: PairList, prefix: str | Path, *, embedder: str = "dlib", flip: bool = True,
@@ -257,7 +18,6 @@ def verify(pairs: PairList, prefix: str | Path, *, embedder: str = "dlib", flip:
     """Verify ``pairs``; write PREFIX.json and PREFIX.png; return the report."""
     from morph.base.numerics import check_device
     from refine.embedders import load_embedder
-    from refine.jobs.evaluate import output_paths
 
     check_device(device)
     json_path, png_path = output_paths(prefix)
@@ -284,27 +44,6 @@ def verify(pairs: PairList, prefix: str | Path, *, embedder: str = "dlib", flip:
             "raw": {"first": pairs.first.tolist(), "second": pairs.second.tolist(),
                     "same": pairs.same.tolist(), "distance": distance.tolist()},
         }
-        write_atomic(png_path, lambda p: _plot(report, roc, p))
+        write_atomic(png_path, lambda p: plot_verification(report, roc, p))
         write_atomic(json_path, json.dumps(report, indent=1).encode())
         return report
-
-
-def _plot(report: dict, roc, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(5, 4.5))
-    far = np.clip(roc.fpr, 1e-5, 1)
-    ax.semilogx(far, roc.tpr)
-    ax.set_xlabel("false accept rate")
-    ax.set_ylabel("true accept rate")
-    a = report["accuracy"]
-    ax.set_title(f"{Path(report['source']).name}: accuracy {a['mean']:.4f} ± {a['std']:.4f}, AUC {report['auc']:.4f}",
-                 fontsize=9)
-    ax.grid(True, which="both", alpha=0.3)
-    fig.tight_layout()
-    with open(path, "wb") as f:
-        fig.savefig(f, format="png", dpi=100)
-    plt.close(fig)

@@ -1,45 +1,32 @@
-"""`refine train-recognizer`: a face recogniser (MobileFaceNet + ArcFace/CosFace) trained on
-labelled sets, to measure what a dataset is worth (the paper's Table 1).
+"""A face recogniser (MobileFaceNet + ArcFace/CosFace) and the step that trains it on labelled
+sets (``refine train-recognizer``, the job in ``refine.jobs.train_recognizer``), to measure what a
+dataset is worth (the paper's Table 1).
 
 The recipe is the field's (insightface's ``recognition/arcface_torch``): SGD with momentum 0.9
 and weight decay 5e-4, a linear warm-up of the learning rate then a decay to 0 (here a cosine),
 cross-entropy of the margin head's logits (``refine.recognition.margin``). Batches and
-augmentation: ``refine.recognition.data``.
-
-Runs like ``refine train``: the state is checkpointed atomically every ``checkpoint_every`` steps,
-at the end and on Ctrl-C/SIGTERM; ``--resume`` continues with the same batches, augmentation
-draws and weights (the uninterrupted run's, bit for bit on one machine with the same threads).
-Rank 0 of a torchrun group writes ``losses.jsonl``, TensorBoard scalars and, at the end,
-``recognizer.pt`` (``refine.recognition.model_file``), the file ``refine verify --embedder``
-takes. Under torchrun each rank draws its own batch of ``batch_size`` and the gradients are
-averaged (DistributedDataParallel).
+augmentation: ``refine.recognition.data``. Under torchrun each rank draws its own batch of
+``batch_size`` and the gradients are averaged (DistributedDataParallel).
 """
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
-import os
-import signal
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-import yaml
 from torch import nn
 
 from morph.base.errors import UserError
-from morph.base.numerics import check_device, numerics, set_threads
-from refine.checkpoint import CheckpointStore, canonical
-from refine.distributed import finish, init_distributed, main_rank_lock
+from morph.base.numerics import numerics
+from refine.checkpoint import canonical
 from refine.images import to_tensor
 from refine.recognition.data import AUGMENTATIONS, Augment, Mixture
 from refine.recognition.margin import MARGINS, MarginHead
 from refine.recognition.model_file import ARCHITECTURES, build_backbone, save_model
-from refine.jobs.train import open_tensorboard, trim_log
 
 STATE_FORMAT = "ganfaces-recognizer-run"
 
@@ -182,93 +169,13 @@ class RecognizerTrainer:
         self.step = int(state["step"])
 
 
-def _load_run_state(path: Path) -> dict:
+def load_run_state(path: Path) -> dict:
+    """A 'refine train-recognizer' checkpoint, read without executing code (``weights_only``)."""
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - torch raises many types for a foreign or truncated file
         raise UserError(f"{path}: not a readable checkpoint ({e.__class__.__name__}); "
                         "give a file written by 'refine train-recognizer'.") from None
-
-
-def train_recognizer(cfg: RecognizerConfig, data: list[Path], run_dir: Path, resume: bool = False,
-                     progress: bool = True, threads: int | None = None) -> Path | None:
-    """Train until ``cfg.steps`` holding the run folder's lock; returns ``RUN/recognizer.pt`` (rank 0)."""
-    check_device(cfg.device)
-    ddp = init_distributed(cfg.device)
-    set_threads(threads)
-    run_dir, data = Path(run_dir), [Path(p) for p in data]
-    mixture = Mixture(data, cfg.check().proportions)  # a set it cannot read is refused before --out exists
-    if ddp.main:
-        try:
-            run_dir.mkdir(parents=True, exist_ok=True)
-        except OSError as e:
-            raise UserError(f"{run_dir}: cannot create the run directory ({e.strerror}); choose another --out.") from None
-    with main_rank_lock(ddp, run_dir, "training run"):
-        return _train(cfg, data, run_dir, resume, progress, ddp, mixture)
-
-
-def _train(cfg, data, run_dir, resume, progress, ddp, mixture=None):
-    from tqdm import tqdm
-
-    store = CheckpointStore(run_dir, cfg.keep_checkpoints)
-    latest = store.latest()
-    if resume and latest is None:
-        raise UserError(f"{run_dir}: holds no checkpoint to resume from; start without --resume.")
-    if not resume and latest is not None:
-        raise UserError(f"{run_dir}: already holds a run (checkpoints/); add --resume to continue it "
-                        "or choose another --out.")
-    trainer = RecognizerTrainer(cfg, data, ddp, mixture)
-    if resume:
-        trainer.load_state(_load_run_state(latest), latest)
-    log_path = run_dir / "losses.jsonl"
-    tb = None
-    if ddp.main:
-        (run_dir / "config.yaml").write_text(yaml.safe_dump(
-            {**cfg.to_dict(), "data": [str(p) for p in data]}, sort_keys=False))
-        trim_log(log_path, trainer.step)
-        tb = open_tensorboard(run_dir, trainer.step)
-    bar = tqdm(total=cfg.steps, initial=trainer.step, unit="step", desc="train-recognizer",
-               disable=not (progress and ddp.main))
-    previous = signal.getsignal(signal.SIGTERM)
-    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
-    model_path = None
-    started, cpu0, first_step = time.time(), time.process_time(), trainer.step
-    try:
-        with open(log_path, "a") if ddp.main else open(os.devnull, "w") as log:
-            while trainer.step < cfg.steps:
-                values = trainer.train_step()
-                step = trainer.step
-                if ddp.main:
-                    if step % cfg.log_every == 0 or step == cfg.steps:
-                        log.write(json.dumps({"step": step, **values}) + "\n")
-                        log.flush()
-                        if tb is not None:
-                            for k, v in values.items():
-                                tb.add_scalar(k if k == "lr" else f"train/{k}", v, step)
-                    bar.set_postfix(loss=f"{values['loss']:.3f}", acc=f"{values['train_accuracy']:.2f}", refresh=False)
-                    bar.update(1)
-                if ddp.main and (step % cfg.checkpoint_every == 0 or step == cfg.steps):
-                    store.save(trainer.state())
-    except KeyboardInterrupt:
-        if ddp.main and trainer.step > 0:
-            path = store.save(trainer.state())
-            print(f"\nInterrupted at step {trainer.step}; saved {path}. Resume with --resume.")
-        raise
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-        bar.close()
-        if tb is not None:
-            tb.close()
-        finish(ddp)
-    if ddp.main:
-        model_path = save_model(run_dir / "recognizer.pt", trainer.model.backbone, cfg.arch, cfg.crop,
-                                {"steps": trainer.step, "config": cfg.recipe(), "sets": trainer.mixture.describe(),
-                                 "classes": trainer.mixture.classes})
-        # the time goes beside the model, not in it: the file stays the same bytes when resumed
-        (run_dir / "time.json").write_text(json.dumps({"steps_this_process": trainer.step - first_step,
-                                                       "seconds": round(time.time() - started, 1),
-                                                       "cpu_seconds": round(time.process_time() - cpu0, 1)}) + "\n")
-    return model_path
 
 
 def untrained_model(path: Path, cfg: RecognizerConfig) -> Path:
