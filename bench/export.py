@@ -80,7 +80,8 @@ def timed_export(ckpt: Path, out: Path, a, scores: bool, precision: str = "float
 
 
 def _export(ckpt: Path, out: Path, a, scores: bool, precision: str) -> dict:
-    from refine.export.exporter import ExportOptions, export_dataset
+    from refine.export.options import ExportOptions
+    from refine.jobs.export_dataset import export_dataset
 
     n = a.n_identities * a.images_per_identity
     opts = ExportOptions(checkpoint=ckpt, out=out, n_identities=a.n_identities,

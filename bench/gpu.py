@@ -188,7 +188,8 @@ def bench_train(device: str, small: bool, steps: int, loss_steps: int, d: Path) 
 def bench_export(device: str, n_identities: int, images: int, batch: int, d: Path) -> dict:
     from export import write_checkpoint
 
-    from refine.export.exporter import ExportOptions, export_dataset
+    from refine.export.options import ExportOptions
+    from refine.jobs.export_dataset import export_dataset
 
     ckpt = write_checkpoint(d / "ckpt.pt")
     out = {"images": n_identities * images, "batch": batch}

@@ -357,7 +357,8 @@ def export_dataset(checkpoint, model_spec, priors_path, n_identities, images_per
     same threads per process (OMP_NUM_THREADS / --threads)."""
     import os
 
-    from refine.export.exporter import ExportOptions, export_dataset as run
+    from refine.export.options import ExportOptions
+    from refine.jobs.export_dataset import export_dataset as run
 
     opts = ExportOptions(checkpoint=checkpoint, out=out, n_identities=n_identities,
                          images_per_identity=images_per_identity, seed=seed, model=model_spec, priors=priors_path,

@@ -143,7 +143,7 @@ def test_hdf5_holds_every_parameter_and_the_ema_generators_output(reference, ckp
         dr = f["scores/dr_error"][()]
     # the images are G_ema of the 8-bit renders with dropout seeded per (seed, identity, draw), and
     # the two formats hold the same images
-    from refine.export.exporter import noise_seed
+    from refine.export.options import noise_seed
 
     state = torch.load(ckpt, weights_only=True)
     g = Generator(skips=True, dropout=0.1, norm=state["config"]["norm"], width=state["config"]["g_width"])

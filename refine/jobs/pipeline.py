@@ -221,7 +221,9 @@ def run_pipeline(config_path: str | Path, echo: Callable[[str], None] = print, p
     from morph.jobs.render_pairs import render_pairs
     from morph.jobs.render import render_identities
     from refine.jobs.evaluate import evaluate
-    from refine.export.exporter import MANIFEST, ExportOptions, export_dataset
+    from refine.export.options import ExportOptions
+    from refine.export.state import MANIFEST
+    from refine.jobs.export_dataset import export_dataset
     from refine.jobs.train import train
 
     cfg = load_pipeline(config_path)
