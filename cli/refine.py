@@ -145,25 +145,14 @@ def verify(lfw_pairs, images, bin_path, labelled_set, prefix, embedder, template
       refine verify --bin faces_emore/agedb_30.bin -o reports/agedb30
       refine verify --set export/ -o reports/export
     """
-    from morph.base.errors import UserError
-    from refine.evaluation import verification as V
     from refine.jobs.verify import verify
 
-    given = [name for name, v in (("--lfw-pairs", lfw_pairs), ("--bin", bin_path), ("--set", labelled_set)) if v]
-    if len(given) != 1:
-        raise UserError("give one of --lfw-pairs (with --images), --bin or --set.")
-    if lfw_pairs is not None:
-        if images is None:
-            raise UserError(f"{lfw_pairs}: --lfw-pairs needs --images, the folder its names refer to.")
-        pairs = V.read_lfw_pairs(lfw_pairs, images, template)
-    elif bin_path is not None:
-        pairs = V.read_insightface_bin(bin_path, folds)
-    else:
-        pairs = V.pairs_of_labelled_set(labelled_set, n_pairs, seed, folds)
-    r = verify(pairs, prefix, embedder=embedder, flip=flip, batch_size=batch_size, device=device)
+    r = verify(prefix, lfw_pairs=lfw_pairs, images=images, template=template, bin_path=bin_path,
+               labelled_set=labelled_set, n_pairs=n_pairs, seed=seed, folds=folds, embedder=embedder, flip=flip,
+               batch_size=batch_size, device=device)
     a = r["accuracy"]
     tar = ", ".join(f"TAR@FAR={k} {v['tar']:.4f}" for k, v in r["tar_at_far"].items() if v)
-    click.echo(f"{pairs.source}: accuracy {100 * a['mean']:.2f}% +- {100 * a['std']:.2f} over {a['folds']} folds of "
+    click.echo(f"{r['source']}: accuracy {100 * a['mean']:.2f}% +- {100 * a['std']:.2f} over {a['folds']} folds of "
                f"{r['pairs']['total']} pairs; AUC {r['auc']:.4f}, EER {100 * r['eer']:.2f}%"
                f"{'; ' + tar if tar else ''}.\n{r['figure'][:-4]}.json, {r['figure']}")
 
@@ -272,25 +261,10 @@ def table1(out, real, rendered, refined, lfw_pairs, images, template, bins, sets
       refine table1 --real casia.h5 --rendered synthetic.h5 --refined export/ \\
                     --lfw-pairs lfw/pairs.txt --images lfw108/ -o table1 --width 0.5
     """
-    from morph.base.errors import UserError
-    from refine.evaluation import verification as V
-    from refine.jobs.table1 import Benchmark, table1 as run
+    from refine.jobs.table1 import table1 as run
 
-    benchmarks = []
-    if lfw_pairs is not None:
-        if images is None:
-            raise UserError(f"{lfw_pairs}: --lfw-pairs needs --images, the folder its names refer to.")
-        benchmarks.append(Benchmark(Path(lfw_pairs).parent.name or "lfw", V.read_lfw_pairs(lfw_pairs, images, template)))
-    for b in bins:
-        benchmarks.append(Benchmark(Path(b).stem, V.read_insightface_bin(b)))
-    for s in sets:
-        benchmarks.append(Benchmark(Path(s).stem if Path(s).suffix else Path(s).name,
-                                    V.pairs_of_labelled_set(s, n_pairs, recipe["seed"])))
-    names = [b.name for b in benchmarks]
-    if len(set(names)) != len(names):
-        raise UserError(f"two benchmarks share a name ({', '.join(names)}); give files of different names.")
-    report = run(out, benchmarks, _recipe(**recipe), real=list(real), rendered=rendered, refined=refined,
-                 threads=threads)
+    report = run(out, _recipe(**recipe), real=list(real), rendered=rendered, refined=refined, lfw_pairs=lfw_pairs,
+                 images=images, template=template, bins=bins, sets=sets, n_pairs=n_pairs, threads=threads)
     click.echo((Path(out) / "table1.md").read_text().rstrip())
     click.echo(f"{out / 'table1.json'} ({len(report['rows'])} rows)")
 

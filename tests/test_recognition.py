@@ -170,8 +170,7 @@ def test_training_learns_the_identities(tmp_path):
     skipped optimiser step, labels not matched to their images, a margin on the wrong class."""
     from refine.jobs.train_recognizer import train_recognizer
     from refine.recognition.trainer import untrained_model
-    from refine.evaluation.verification import pairs_of_labelled_set
-    from refine.jobs.verify import verify
+    from refine.evaluation.verification import pairs_of_labelled_set, verify_pairs as verify
 
     path = _nuisance_set(tmp_path / "set.h5")
     cfg = _cfg(steps=60, batch_size=16, margin="cosface", augment="none", checkpoint_every=60, warmup_steps=5)

@@ -27,6 +27,7 @@ protocol; its folds are the file's). Over all pairs at once: the ROC, AUC, EER a
 from __future__ import annotations
 
 import io
+import json
 import pickle
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,7 +41,10 @@ from morph.base.imageio import read_rgb
 from morph.align.template import crop_template
 from refine.embedders.base import SOURCE_SIZE
 from refine.evaluation.image_sets import open_image_set, to_source_size
-from refine.evaluation.metrics import draw_pairs
+from morph.base.files import output_lock, write_atomic
+from morph.base.h5io import provenance
+from refine.evaluation.metrics import auc, draw_pairs, equal_error_rate, roc_curve, tar_at_far
+from refine.evaluation.report import output_paths, plot_verification
 
 #: insightface's accuracy thresholds on the squared distance of unit vectors (0 to 4)
 THRESHOLDS = np.arange(0, 4, 0.01)
@@ -247,3 +251,84 @@ def _kfold_bounds(n: int, folds: int) -> np.ndarray:
     sizes = np.full(folds, n // folds)
     sizes[: n % folds] += 1
     return np.r_[0, np.cumsum(sizes)]
+
+
+# ----------------------------------------------------------------------------------- protocols
+def read_protocol(lfw_pairs=None, images=None, template: str | None = None, bin_path=None, labelled_set=None,
+                  n_pairs: int = 1000, seed: int = 0, folds: int = 10) -> PairList:
+    """The pairs of exactly one of: LFW's pairs.txt (with the folder of its ``images``), an
+    insightface .bin, a labelled set."""
+    given = [name for name, v in (("--lfw-pairs", lfw_pairs), ("--bin", bin_path), ("--set", labelled_set)) if v]
+    if len(given) != 1:
+        raise UserError("give one of --lfw-pairs (with --images), --bin or --set.")
+    if lfw_pairs is not None:
+        if images is None:
+            raise UserError(f"{lfw_pairs}: --lfw-pairs needs --images, the folder its names refer to.")
+        return read_lfw_pairs(lfw_pairs, images, template)
+    if bin_path is not None:
+        return read_insightface_bin(bin_path, folds)
+    return pairs_of_labelled_set(labelled_set, n_pairs, seed, folds)
+
+
+@dataclass
+class Benchmark:
+    """A verification protocol's pairs under a short name for a table."""
+
+    name: str
+    pairs: PairList
+
+
+def read_benchmarks(lfw_pairs=None, images=None, template: str | None = None, bins=(), sets=(),
+                    n_pairs: int = 1000, seed: int = 0) -> list[Benchmark]:
+    """Every protocol given, each named by its file (LFW: its folder), names unique."""
+    benchmarks = []
+    if lfw_pairs is not None:
+        if images is None:
+            raise UserError(f"{lfw_pairs}: --lfw-pairs needs --images, the folder its names refer to.")
+        benchmarks.append(Benchmark(Path(lfw_pairs).parent.name or "lfw", read_lfw_pairs(lfw_pairs, images, template)))
+    for b in bins:
+        benchmarks.append(Benchmark(Path(b).stem, read_insightface_bin(b)))
+    for s in sets:
+        benchmarks.append(Benchmark(Path(s).stem if Path(s).suffix else Path(s).name,
+                                    pairs_of_labelled_set(s, n_pairs, seed)))
+    names = [b.name for b in benchmarks]
+    if len(set(names)) != len(names):
+        raise UserError(f"two benchmarks share a name ({', '.join(names)}); give files of different names.")
+    return benchmarks
+
+
+# ----------------------------------------------------------------------------------- report
+def verify_pairs(pairs: PairList, prefix: str | Path, *, embedder: str = "dlib", flip: bool = True,
+           batch_size: int = 64, device: str = "cpu") -> dict:
+    """Verify ``pairs``; write PREFIX.json and PREFIX.png; return the report."""
+    from morph.base.numerics import check_device
+    from refine.embedders import load_embedder
+
+    check_device(device)
+    json_path, png_path = output_paths(prefix)
+    with output_lock(json_path, "report"):
+        net = load_embedder(embedder, device=device)
+        emb = embed_pairs(pairs, net, flip, batch_size, device)
+        distance = ((emb[pairs.first] - emb[pairs.second]) ** 2).sum(1)
+        acc, thr = fold_accuracy(distance, pairs.same, pairs.folds)
+        roc = roc_curve(distance[pairs.same], distance[~pairs.same])
+        eer, eer_threshold = equal_error_rate(roc)
+        n_neg = int((~pairs.same).sum())
+        tar = {f"{far:g}": (dict(zip(("tar", "threshold"), tar_at_far(roc, far))) if n_neg * far >= 1 else None)
+               for far in FARS}
+        report = {
+            "protocol": pairs.protocol, "source": pairs.source, "template": pairs.template,
+            "pairs": {"total": len(distance), "same": int(pairs.same.sum()), "different": n_neg},
+            "embedder": {"spec": str(embedder), "name": net.name, "dim": net.dim},
+            "flip": flip,
+            "distance": "squared euclidean between L2-normalised embeddings (0 to 4)",
+            "accuracy": {"mean": float(acc.mean()), "std": float(acc.std()), "folds": pairs.folds,
+                         "per_fold": acc.tolist(), "thresholds": thr.tolist()},
+            "auc": auc(roc), "eer": eer, "eer_threshold": eer_threshold, "tar_at_far": tar,
+            "figure": str(png_path), "provenance": provenance(),
+            "raw": {"first": pairs.first.tolist(), "second": pairs.second.tolist(),
+                    "same": pairs.same.tolist(), "distance": distance.tolist()},
+        }
+        write_atomic(png_path, lambda p: plot_verification(report, roc, p))
+        write_atomic(json_path, json.dumps(report, indent=1).encode())
+        return report

@@ -16,23 +16,15 @@ settings are the same; other settings are refused).
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 from pathlib import Path
 
 from morph.base.errors import UserError
 from morph.base.files import write_atomic
 from morph.base.h5io import provenance
+from refine.evaluation.verification import read_benchmarks, verify_pairs
 from refine.recognition.model_file import read_model_file
 from refine.jobs.train_recognizer import train_recognizer
 from refine.recognition.trainer import RecognizerConfig, untrained_model
-
-
-@dataclass
-class Benchmark:
-    """A verification protocol of ``refine.evaluation.verification`` under a short name for the table."""
-
-    name: str
-    pairs: object  # refine.evaluation.verification.PairList
 
 
 def rows(real: list[Path], rendered: Path | None, refined: Path | None) -> list[tuple[str, list[Path]]]:
@@ -66,12 +58,13 @@ def _trained(run: Path, cfg: RecognizerConfig, data: list[Path], progress: bool,
     return train_recognizer(cfg, data, run, resume=resume, progress=progress, threads=threads)
 
 
-def table1(out: Path, benchmarks: list[Benchmark], cfg: RecognizerConfig, real: list[Path] | None = None,
-           rendered: Path | None = None, refined: Path | None = None, progress: bool = True,
-           threads: int | None = None, batch_size: int = 64) -> dict:
-    """Train and verify every row; write OUT/table1.md and OUT/table1.json; return the JSON."""
-    from refine.jobs.verify import verify
-
+def table1(out: Path, cfg: RecognizerConfig, real: list[Path] | None = None, rendered: Path | None = None,
+           refined: Path | None = None, *, lfw_pairs=None, images=None, template: str | None = None, bins=(),
+           sets=(), n_pairs: int = 1000, progress: bool = True, threads: int | None = None,
+           batch_size: int = 64) -> dict:
+    """Train and verify every row on every benchmark given (``read_benchmarks``; labelled sets'
+    pairs drawn with the recipe's seed); write OUT/table1.md and OUT/table1.json; return the JSON."""
+    benchmarks = read_benchmarks(lfw_pairs, images, template, bins, sets, n_pairs, cfg.seed)
     if not benchmarks:
         raise UserError("give at least one benchmark to verify on (--lfw-pairs, --bin or --set).")
     out = Path(out)
@@ -94,7 +87,7 @@ def table1(out: Path, benchmarks: list[Benchmark], cfg: RecognizerConfig, real: 
         if spent.is_file():
             row["time"] = json.loads(spent.read_text())
         for b in benchmarks:
-            r = verify(b.pairs, run / f"verify_{b.name}", embedder=str(model), batch_size=batch_size,
+            r = verify_pairs(b.pairs, run / f"verify_{b.name}", embedder=str(model), batch_size=batch_size,
                        device=cfg.device)
             row["benchmarks"][b.name] = {
                 "accuracy": round(r["accuracy"]["mean"], 4), "accuracy_std": round(r["accuracy"]["std"], 4),
