@@ -6,7 +6,7 @@ All detect faces (boxes + 5 landmarks) in the same real photos from ../shared/te
 list in one call (it groups equal sizes); facenet-pytorch gets one call per photo, since it only
 batches images of one size. The default path is what ``morph align`` does before cropping:
 detect, pick one face per photo (``pick_face``) and refine it to the 68 iBUG points
-(``morph/landmarks68.py``). Rounds alternate between the three, so load from other processes hits
+(``morph/align/landmarks68.py``). Rounds alternate between the three, so load from other processes hits
 all alike. The img/s figures are from each one's best (least disturbed) round; CPU seconds per
 image (process time, both threads; median round) are printed too, as a load-independent check.
 

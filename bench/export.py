@@ -3,7 +3,7 @@
 Uses the paper's full-size networks (G, G' c7s1-32 ResNets, BEGAN D_R with 64 filters, dlib's
 ResNet as C), untrained: a checkpoint in `refine train`'s layout is written with freshly
 initialised weights, which cost exactly what trained ones do. The default model renders 108x108
-faces. Two exports run in-process through ``refine.export.exporter.export_dataset``:
+faces. Two exports run in-process through ``refine.jobs.export_dataset.export_dataset``:
 
 - ``scored``: the default, every image also scored with D_R, G' and C (scores.csv);
 - ``unscored``: ``--no-scores``, only G refines (score columns left empty);

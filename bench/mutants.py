@@ -24,7 +24,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 TESTS = ["tests/test_method.py", "tests/test_losses.py", "tests/test_nets.py", "tests/test_train.py"]
 
-T, LOSS, NETS = "refine/trainer.py", "refine/losses.py", "refine/nets.py"
+T, LOSS, NETS = "refine/gan/trainer.py", "refine/gan/losses.py", "refine/gan/nets.py"
 #: (name, file, original text, mutated text)
 MUTANTS = [
     ("Eq. 8: -L_G", T, 'g = terms["L_G"]\n', 'g = -terms["L_G"]\n'),

@@ -57,7 +57,7 @@ def sample_identities(model_spec, priors_path, n_identities, images_per_identity
 @click.option("--model", "model_spec", default=None, help="Override the model recorded in IDENTITIES. " + MODEL_HELP)
 @click.option("--size", type=click.IntRange(16, 1024), default=None, help="Image size in pixels [the template's].")
 @click.option("--template", type=click.Choice(TEMPLATES), default=DEFAULT_TEMPLATE, show_default=True,
-              help="Crop template: where the 5 points land (morph/template.py); --size scales it.")
+              help="Crop template: where the 5 points land (morph/align/template.py); --size scales it.")
 @click.option("--backend", type=click.Choice(BACKENDS), default="auto", show_default=True,
               help="Rasterizer: our CPU z-buffer (cpu), PyTorch3D, or plain torch on any device (torch) "
                    "(auto: ours on CPU; on CUDA PyTorch3D, or torch where PyTorch3D does not import).")
@@ -103,7 +103,7 @@ def mesh(identities, image_index, neutral, model_spec, output):
 @click.option("--all-faces", is_flag=True, help="Keep every face, not just the most confident one near the centre.")
 @click.option("--size", type=click.IntRange(16, 1024), default=None, help="Crop size in pixels [the template's].")
 @click.option("--template", type=click.Choice(TEMPLATES), default=DEFAULT_TEMPLATE, show_default=True,
-              help="Crop template: where the 5 points land (morph/template.py); --size scales it.")
+              help="Crop template: where the 5 points land (morph/align/template.py); --size scales it.")
 @click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
 @click.option("--batch-size", type=BATCH, default=16, show_default=True, help="Photos per detector batch.")
 @click.option("--min-face-size", type=FiniteRange(1, 10000), default=20.0, show_default=True,
@@ -168,7 +168,7 @@ def fit_priors(annotations, output, base, expression_model):
                    + MODEL_HELP)
 @click.option("--size", type=click.IntRange(16, 1024), default=None, help="Crop size in pixels [the template's].")
 @click.option("--template", type=click.Choice(TEMPLATES), default=DEFAULT_TEMPLATE, show_default=True,
-              help="Crop template: where the 5 points land (morph/template.py); --size scales it.")
+              help="Crop template: where the 5 points land (morph/align/template.py); --size scales it.")
 @click.option("--max-landmark-error", type=FiniteRange(0, min_open=True), default=None,
               help="Flag pairs whose mean landmark error exceeds this many photo pixels "
                    "[default: 10% of the annotation's inter-ocular distance].")

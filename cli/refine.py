@@ -24,7 +24,7 @@ def main():
 @click.option("--out", "run_dir", type=click.Path(file_okay=False, path_type=Path), required=True,
               help="Run directory: checkpoints, TensorBoard logs, image grids, the resolved config.")
 @click.option("--config", "config_path", type=click.Path(path_type=Path), default=None,
-              help="YAML of settings (see refine/config.py); options below override it.")
+              help="YAML of settings (see refine/gan/config.py); options below override it.")
 @click.option("--steps", type=click.IntRange(1), default=None, help="Training steps [paper: 248000].")
 @click.option("--batch-size", type=BATCH, default=None, help="[paper: 16]")
 @click.option("--lr", type=FiniteRange(0, 1, min_open=True), default=None,

@@ -1,4 +1,4 @@
-"""68-point refinement of MTCNN detections (morph/landmarks68.py) against human annotations and
+"""68-point refinement of MTCNN detections (morph/align/landmarks68.py) against human annotations and
 against renders with exact landmarks."""
 import importlib.util
 

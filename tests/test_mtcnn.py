@@ -1,4 +1,4 @@
-"""MTCNN in torch (morph/mtcnn.py): against facenet-pytorch 2.6.0, real photos and their annotations."""
+"""MTCNN in torch (morph/align/mtcnn.py): against facenet-pytorch 2.6.0, real photos and their annotations."""
 import importlib.util
 import sys
 from pathlib import Path

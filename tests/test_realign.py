@@ -1,4 +1,4 @@
-"""morph render --align-by mtcnn | ibug68: renders re-cropped by a detector run on them (morph/realign.py)."""
+"""morph render --align-by mtcnn | ibug68: renders re-cropped by a detector run on them (morph/align/realign.py)."""
 import h5py
 import numpy as np
 import pytest
