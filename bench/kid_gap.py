@@ -16,7 +16,7 @@ import h5py
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from learn import embed  # noqa: E402  (bench/ is not a package)
+from realset import embed  # noqa: E402  (bench/ is not a package)
 
 from refine.evaluation.metrics import polynomial_mmd2  # noqa: E402
 

@@ -1,35 +1,35 @@
-"""Does `refine train` learn on real faces? Realism up, identity kept, measured end to end.
+"""Does `refine train` learn on real faces? Realism up, identity kept, measured end to end (issue 24).
 
 From scratch, with the installed commands:
-1. ``morph align`` the 1,446 real photos of ``../shared/testdata/realfaces/``; a fixed share of the
-   aligned faces (``--heldout``, chosen by a seeded permutation) is held apart for judging, the
-   rest trains D_R;
-2. ``morph sample-identities`` + ``morph render``: training identities of the default model (seed 0);
-3. ``refine train`` (variant ``no_pairs``: these photos have no 3DMM fits) for ``--steps``;
-4. ``refine export-dataset`` of new identities (seed 1, hdf5, no scores), and the raw renders of
-   the very same draws (``morph sample-identities`` + ``morph render`` with seed 1);
-5. judged in the embedding space of C (dlib's ResNet, through its face chip), for the raw renders
-   and for the refined images, each against the held-apart real faces:
-   - realism: a logistic-regression classifier's 5-fold cross-validated accuracy at telling the
-     set from the real faces (1.0: trivially told apart, 0.5: indistinguishable), and the KID
-     (unbiased squared MMD, cubic polynomial kernel; ``refine.evaluation.metrics.polynomial_mmd2``);
+1. the real domain (``bench/realset.py``): ``morph align`` of ``../shared/testdata/realfaces/`` and
+   ``utkface/`` (about 5,400 photos), adults only, duplicates dropped, split BY PERSON into
+   training faces (D_R sees them) and held-apart faces (only the judge sees them);
+2. priors measured on the training faces: the embedded model fitted to their 68 points gives the
+   pose and expression distribution renders are drawn from (``priors.yaml``; its statistics are
+   in the JSON), so that renders and photos differ in look, not in pose;
+3. ``morph sample-identities`` + ``morph render`` of training identities (seed 0) under them;
+4. ``refine train`` (variant ``no_pairs``: these photos have no 3DMM fits) for ``--steps``, with
+   the settings of ``--config`` over the defaults below;
+5. ``refine export-dataset`` of new identities (seed 1, hdf5, no scores) -> ``refined.h5``, and the
+   raw renders of the very same draws -> ``raw.h5`` (images, identity labels, masks);
+6. judged in the embedding space of dlib's ResNet (through its face chip), raw and refined alike,
+   each against the held-apart real faces:
+   - realism: KID (unbiased squared MMD, cubic polynomial kernel; ``refine.evaluation.metrics``);
+     the distance between the set's and the real faces' mean embeddings (on unit-length
+     embeddings KID is almost exactly a constant times its square: ``bench/kid_gap.py``); a
+     logistic-regression classifier's 5-fold cross-validated accuracy at telling the set from
+     real faces (1.0: trivially told apart, 0.5: indistinguishable);
    - identity: same- vs different-identity verification AUC inside the set, and the mean cosine
      between each raw render's embedding and its refined image's;
    - change: the mean absolute pixel difference between refined and raw (8-bit levels), on the
      rendered face and on the background;
    - a picture: raw / refined / real faces in rows (``learn.png``).
-Prints progress, then one JSON object as the last line. ``--out DIR`` keeps everything (the aligned
-real sets, ``raw.h5`` and ``refined.h5`` - images and identity labels of the same draws - the run
-with its checkpoint) and resumes from what is there; without it, a temporary folder is used.
+Prints progress, then one JSON object as the last line. ``--out DIR`` keeps everything and
+resumes from what is there; without it, a temporary folder is used.
 
-    python bench/learn.py [--out DIR] [--steps 1200] [--device cpu|cuda] [--paper]
+    python bench/learn.py [--out DIR] [--steps N] [--config extra.yaml] [--device cpu|cuda] [--paper]
 
-Default settings, chosen to finish within 60 minutes on 2 CPU cores (bfloat16 autocast where the
-CPU has bf16 units): G at the paper's width (32), D at half its width (32 filters), batch 16, 50
-training identities x 32 renders (so that each identity's centroid is updated every few dozen
-steps), lr 2e-4, a 300-step refiner warm-up (``TrainConfig.warmup_steps``), then 900 steps of the
-game with lambda_k 0.01 and lambda_C 0.01 (the paper's 0.001 are for 248k steps). ``--paper``:
-the paper's widths and settings (lr 8e-5, no warm-up) and a longer run, for a GPU.
+``--paper``: the paper's widths and settings (lr 8e-5, no warm-up) and a longer run, for a GPU.
 """
 from __future__ import annotations
 
@@ -50,7 +50,8 @@ import h5py
 import numpy as np
 import torch
 
-REALFACES = ROOT.parent / "shared" / "testdata" / "realfaces"
+TESTDATA = ROOT.parent / "shared" / "testdata"
+REALFACES = TESTDATA / "realfaces"
 
 
 def sh(*args, log: Path | None = None) -> None:
@@ -75,38 +76,11 @@ def work_dir(out: Path | None) -> tuple[tempfile.TemporaryDirectory | None, Path
     return None, out
 
 
-def split_real(aligned: Path, train: Path, heldout: Path, share: float, seed: int = 0) -> tuple[int, int]:
-    with h5py.File(aligned, "r") as f:
-        images = f["images"][()]
-    order = np.random.default_rng(seed).permutation(len(images))
-    n_held = int(round(share * len(images)))
-    for path, idx in ((heldout, np.sort(order[:n_held])), (train, np.sort(order[n_held:]))):
-        if not path.exists():
-            tmp = path.with_name(path.name + ".partial")
-            with h5py.File(tmp, "w") as f:
-                f["images"] = images[idx]
-                f.attrs["complete"] = True
-                f.attrs["source"] = str(aligned)
-            os.replace(tmp, path)
-    return len(images) - n_held, n_held
-
-
 def read_set(path: Path) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
     with h5py.File(path, "r") as f:
         labels = f["labels"][()] if "labels" in f else None
         masks = f["masks"][()] if "masks" in f else None
         return f["images"][()], labels, masks
-
-
-@torch.inference_mode()
-def embed(images: np.ndarray, batch: int = 64) -> np.ndarray:
-    from refine.images import to_tensor
-    from refine.embedders import load_embedder
-
-    c = load_embedder("dlib")
-    t = c.transform(images.shape[1])
-    return np.concatenate([c(t.centre(to_tensor(images[i:i + batch]))).double().numpy()
-                           for i in range(0, len(images), batch)])
 
 
 def classifier_accuracy(a: np.ndarray, b: np.ndarray, folds: int = 5, seed: int = 0) -> float:
@@ -149,12 +123,14 @@ def verification_auc(e: np.ndarray, labels: np.ndarray) -> float:
     return auc(roc_curve(d[same], d[~same]))
 
 
-def judge(name: str, images: np.ndarray, labels: np.ndarray, e: np.ndarray, e_real: np.ndarray) -> dict:
+def judge(name: str, labels: np.ndarray, e: np.ndarray, e_real: np.ndarray) -> dict:
     from refine.evaluation.metrics import polynomial_mmd2
 
-    out = {"images": len(images), "identities": int(len(np.unique(labels))),
+    out = {"images": len(e), "identities": int(len(np.unique(labels))),
+           "kid": round(polynomial_mmd2(e, e_real), 5),
+           "mean_embedding_distance": round(float(np.linalg.norm(e.mean(0) - e_real.mean(0))), 4),
            "real_vs_set_accuracy": round(classifier_accuracy(e, e_real), 4),
-           "kid": round(polynomial_mmd2(e, e_real), 5), "verification_auc": round(verification_auc(e, labels), 4)}
+           "verification_auc": round(verification_auc(e, labels), 4)}
     print(f"  {name}: {out}", flush=True)
     return out
 
@@ -166,30 +142,46 @@ def picture(raw: np.ndarray, refined: np.ndarray, real: np.ndarray, path: Path, 
     Image.fromarray(np.concatenate(rows, 0)).save(path)
 
 
+def real_domain(d: Path, log: Path, heldout: float) -> tuple[dict, dict]:
+    """Steps 1 and 2: the person-split real sets and the priors measured on the training faces."""
+    import realset
+
+    aligned = {}
+    for name in ("realfaces", "utkface"):
+        aligned[name] = d / f"aligned_{name}.h5"
+        sh("morph", "align", TESTDATA / name, "-o", aligned[name], log=log)
+    split_json = d / "real_split.json"
+    if not split_json.exists():
+        split_json.write_text(json.dumps(realset.split(d, aligned, heldout)))
+    split = json.loads(split_json.read_text())
+    print(f"real faces: {split}", flush=True)
+    priors_json = d / "priors.json"
+    if not priors_json.exists():
+        priors_json.write_text(json.dumps(realset.measure_priors(d / "real_train.h5", d / "priors.yaml")))
+    priors = json.loads(priors_json.read_text())
+    print(f"priors measured on the training faces: {priors}", flush=True)
+    return split, priors
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", type=Path, default=None, help="keep everything here (and resume from it)")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--steps", type=int, default=None, help="training steps (default 1200; --paper 20000)")
     ap.add_argument("--batch-size", type=int, default=16)
-    ap.add_argument("--g-width", type=int, default=32, help="G's first-layer filters (the paper's 32)")
-    ap.add_argument("--d-hidden", type=int, default=None, help="D's filters (default 32; --paper 64)")
-    ap.add_argument("--lr", type=float, default=None, help="default 2e-4; --paper 8e-5")
     ap.add_argument("--amp", choices=("auto", "on", "off"), default="auto",
                     help="bfloat16 autocast (auto: on CUDA and on CPUs with native bf16)")
     ap.add_argument("--train-identities", type=int, default=50)
     ap.add_argument("--train-images", type=int, default=32, help="renders per training identity")
     ap.add_argument("--identities", type=int, default=100, help="new identities exported and judged")
     ap.add_argument("--images", type=int, default=4, help="images per judged identity")
-    ap.add_argument("--heldout", type=float, default=0.3, help="share of the real faces held apart for judging")
+    ap.add_argument("--heldout", type=float, default=0.3, help="share of the real faces held apart (by person)")
     ap.add_argument("--paper", action="store_true", help="the paper's widths and a longer run (a GPU)")
-    ap.add_argument("--config", type=Path, default=None, help="extra TrainConfig YAML keys (tuning)")
+    ap.add_argument("--config", type=Path, default=None, help="TrainConfig YAML keys over the defaults")
     a = ap.parse_args()
     steps = a.steps or (20000 if a.paper else 1200)
-    g_width = a.g_width
-    d_hidden = a.d_hidden or (64 if a.paper else 32)
-    lr = a.lr or (8e-5 if a.paper else 2e-4)
-    short_run = {} if a.paper else {"warmup_steps": 300, "lambda_k": 0.01, "lambda_c": 0.01}
+    cfg = {"g_width": 32, "d_hidden": 64, "lr": 8e-5} if a.paper else \
+        {"g_width": 32, "d_hidden": 32, "lr": 2e-4, "warmup_steps": 300, "lambda_k": 0.01, "lambda_c": 0.01}
     amp = a.amp == "on" or (a.amp == "auto" and (a.device.startswith("cuda") or
                                                  torch.ops.mkldnn._is_mkldnn_bf16_supported()))
     t0 = time.perf_counter()
@@ -201,21 +193,15 @@ def main():
         timing[name] = round(time.perf_counter() - t)
         return time.perf_counter()
 
-    # 1. real faces
     t = time.perf_counter()
-    sh("morph", "align", REALFACES, "-o", d / "real_all.h5", log=log)
-    n_train, n_held = split_real(d / "real_all.h5", d / "real_train.h5", d / "real_heldout.h5", a.heldout)
-    print(f"real faces: {n_train} for training, {n_held} held apart", flush=True)
-    t = stage("align_s", t)
-    # 2. training renders
-    sh("morph", "sample-identities", "--model", "default", "--n-identities", a.train_identities,
-       "--images-per-identity", a.train_images, "--seed", 0, "-o", d / "train_ids.h5", log=log)
+    split, priors = real_domain(d, log, a.heldout)
+    t = stage("real_domain_s", t)
+    sh("morph", "sample-identities", "--model", "default", "--priors", d / "priors.yaml", "--n-identities",
+       a.train_identities, "--images-per-identity", a.train_images, "--seed", 0, "-o", d / "train_ids.h5", log=log)
     sh("morph", "render", d / "train_ids.h5", "-o", d / "synthetic.h5", log=log)
     t = stage("render_s", t)
-    # 3. training
-    cfg = {"g_width": g_width, "d_hidden": d_hidden, "amp": amp, "lr": lr, "log_every": 20, "grid_every": 200,
-           "checkpoint_every": 200, "device": a.device, **short_run}
     import yaml
+    cfg.update({"amp": amp, "log_every": 20, "grid_every": 200, "checkpoint_every": 200, "device": a.device})
     if a.config is not None:
         cfg.update(yaml.safe_load(a.config.read_text()) or {})
     (d / "train.yaml").write_text(yaml.safe_dump(cfg))
@@ -227,33 +213,31 @@ def main():
            "--variant", "no_pairs", "--steps", steps, "--batch-size", a.batch_size, "--config", d / "train.yaml",
            *resume, log=log)
     t = stage("train_s", t)
-    # 4. new identities: refined by the export, and the raw renders of the same draws
-    sh("refine", "export-dataset", "--checkpoint", last, "--model", "default", "--n-identities", a.identities,
-       "--images-per-identity", a.images, "--seed", 1, "--format", "hdf5", "--no-scores", "--device", a.device,
-       "--out", d / "export", log=log)
-    sh("morph", "sample-identities", "--model", "default", "--n-identities", a.identities,
-       "--images-per-identity", a.images, "--seed", 1, "-o", d / "judged_ids.h5", log=log)
+    sh("refine", "export-dataset", "--checkpoint", last, "--model", "default", "--priors", d / "priors.yaml",
+       "--n-identities", a.identities, "--images-per-identity", a.images, "--seed", 1, "--format", "hdf5",
+       "--no-scores", "--device", a.device, "--out", d / "export", log=log)
+    sh("morph", "sample-identities", "--model", "default", "--priors", d / "priors.yaml", "--n-identities",
+       a.identities, "--images-per-identity", a.images, "--seed", 1, "-o", d / "judged_ids.h5", log=log)
     sh("morph", "render", d / "judged_ids.h5", "-o", d / "raw.h5", log=log)
     refined_h5 = d / "refined.h5"
     if not refined_h5.exists():
         os.link(d / "export" / "ganfaces.h5", refined_h5)
     t = stage("export_s", t)
 
-    # 5. judge
+    import realset
     raw, raw_labels, masks = read_set(d / "raw.h5")
     refined, ref_labels, _ = read_set(refined_h5)
     real, _, _ = read_set(d / "real_heldout.h5")
     with h5py.File(d / "raw.h5", "r") as f, h5py.File(refined_h5, "r") as g:
         assert np.array_equal(f["params/pose"][()], g["params/pose"][()]), "raw and refined are other draws"
     assert np.array_equal(raw_labels, ref_labels)
-    print("embedding raw, refined and real faces with dlib's ResNet ...", flush=True)
-    e_raw, e_ref, e_real = embed(raw), embed(refined), embed(real)
-    out = {"settings": {"steps": steps, "batch_size": a.batch_size, "g_width": g_width, "d_hidden": d_hidden,
-                        "lr": lr, "amp": amp, "variant": "no_pairs", "device": a.device, **short_run,
-                        "train_identities": a.train_identities, "train_images": a.train_images,
-                        "real_train": n_train, "real_heldout": n_held, **({"config": cfg} if a.config else {})},
-           "raw": judge("raw renders", raw, raw_labels, e_raw, e_real),
-           "refined": judge("refined", refined, ref_labels, e_ref, e_real)}
+    print("embedding raw, refined and held-apart real faces with dlib's ResNet ...", flush=True)
+    e_raw, e_ref, e_real = realset.embed(raw), realset.embed(refined), realset.embed(real)
+    out = {"settings": {"steps": steps, "batch_size": a.batch_size, "variant": "no_pairs", **cfg,
+                        "train_identities": a.train_identities, "train_images": a.train_images},
+           "real": split, "priors": priors,
+           "raw": judge("raw renders", raw_labels, e_raw, e_real),
+           "refined": judge("refined", ref_labels, e_ref, e_real)}
     diff = np.abs(refined.astype(np.int16) - raw.astype(np.int16)).mean(-1)
     out["change"] = {"mean_abs_pixel_levels": round(float(diff.mean()), 2),
                      "face_levels": round(float(diff[masks].mean()), 2),
@@ -261,13 +245,19 @@ def main():
                      "raw_refined_cosine": round(float((e_raw * e_ref).sum(1).mean()), 4),
                      "unrelated_cosine": round(float((e_raw * e_ref[np.random.default_rng(0).permutation(len(e_ref))])
                                                      .sum(1).mean()), 4)}
-    out["kid_ratio"] = round(out["refined"]["kid"] / out["raw"]["kid"], 3) if out["raw"]["kid"] > 0 else None
-    out["auc_change"] = round(out["refined"]["verification_auc"] - out["raw"]["verification_auc"], 4)
+    r, f = out["raw"], out["refined"]
+    out["kid_ratio"] = round(f["kid"] / r["kid"], 3) if r["kid"] > 0 else None
+    out["mean_distance_ratio"] = round(f["mean_embedding_distance"] / r["mean_embedding_distance"], 3)
+    out["classifier_change"] = round(f["real_vs_set_accuracy"] - r["real_vs_set_accuracy"], 4)
+    out["auc_change"] = round(f["verification_auc"] - r["verification_auc"], 4)
+    out["targets"] = {"kid_ratio_at_most": 0.7, "mean_distance_lower": True, "classifier_change_at_most": -0.05,
+                      "auc_change_at_least": -0.02}
+    out["met"] = bool(out["kid_ratio"] is not None and out["kid_ratio"] <= 0.7 and out["mean_distance_ratio"] < 1
+                      and out["classifier_change"] <= -0.05 and out["auc_change"] >= -0.02)
     picture(raw, refined, real, d / "learn.png")
     stage("judge_s", t)
     out["seconds"] = {**timing, "total": round(time.perf_counter() - t0)}
     out["picture"] = str(d / "learn.png") if a.out else None
-    out["targets"] = {"kid_ratio_at_most": 0.5, "auc_change_at_least": -0.02}
     print(json.dumps(out))
     if tmp is not None:
         tmp.cleanup()

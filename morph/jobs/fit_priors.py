@@ -28,7 +28,7 @@ import yaml
 
 from morph.base.errors import UserError
 from morph.base.files import output_lock, write_atomic
-from morph.model.priors import load_priors, parse_priors
+from morph.model.priors import gaussian_entry, load_priors, parse_priors
 from morph.w300lp import POSE_KEY, matrix_to_pose, phong_to_sh, read_annotation
 
 def fit_priors(folder: Path, output: Path, base: str | None = None, expression_model: Path | None = None,
@@ -80,14 +80,14 @@ def fit_priors(folder: Path, output: Path, base: str | None = None, expression_m
     base_priors = load_priors(base)
     doc = yaml.safe_load(base_priors.text)
     poses = np.stack(poses)
-    doc["pose"] = _gaussian(poses, low=poses.min(0), high=poses.max(0))
+    doc["pose"] = gaussian_entry(poses, low=poses.min(0), high=poses.max(0))
     doc["pose"]["fitted_from"] = f"{len(poses)} files in {folder}"
     if exps:
-        doc["expression"] = _gaussian(np.stack(exps), basis=f"3DDFA expression ({Path(expression_model).name})")
+        doc["expression"] = gaussian_entry(np.stack(exps), basis=f"3DDFA expression ({Path(expression_model).name})")
         doc["expression"]["fitted_from"] = f"{len(exps)} files in {folder}"
     if lights:
         lights = np.stack(lights)
-        doc["sh"] = _gaussian(lights)
+        doc["sh"] = gaussian_entry(lights)
         doc["sh"]["fitted_from"] = f"{len(lights)} files in {folder} (Lambertian part of Illum_Para)"
     doc["description"] = f"fitted by morph fit-priors to {len(poses)} annotations in {folder}"
     text = yaml.safe_dump(doc, sort_keys=False, width=120)
@@ -98,13 +98,3 @@ def fit_priors(folder: Path, output: Path, base: str | None = None, expression_m
         report(line)
     return {"n_files": len(files), "n_used": len(poses), "n_expression": len(exps), "n_lighting": len(lights),
             "skipped": skipped}
-
-
-def _gaussian(x: np.ndarray, **extra) -> dict:
-    mean = x.mean(0)
-    cov = np.cov(x.T, ddof=1).reshape(x.shape[1], x.shape[1])
-    cov = (cov + cov.T) / 2
-    out = {"mean": [float(v) for v in mean], "cov": [[float(v) for v in row] for row in cov]}
-    for k, v in extra.items():
-        out[k] = [float(t) for t in v] if isinstance(v, np.ndarray) else v
-    return out

@@ -248,3 +248,15 @@ def _vector(x, where: str, d: int | None = None) -> np.ndarray:
     if d is not None and v.shape[0] != d:
         raise UserError(f"{where}: has {v.shape[0]} values, expected {d}.")
     return v
+
+
+def gaussian_entry(x: np.ndarray, **extra) -> dict:
+    """A priors-YAML group fitted to samples x (N, D): their mean and (unbiased) covariance, plus
+    ``extra`` keys (bounds as arrays, ``basis``, ``fitted_from``)."""
+    mean = x.mean(0)
+    cov = np.cov(x.T, ddof=1).reshape(x.shape[1], x.shape[1])
+    cov = (cov + cov.T) / 2
+    out = {"mean": [float(v) for v in mean], "cov": [[float(v) for v in row] for row in cov]}
+    for k, v in extra.items():
+        out[k] = [float(t) for t in v] if isinstance(v, np.ndarray) else v
+    return out

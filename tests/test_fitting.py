@@ -1,0 +1,51 @@
+"""morph.fitting.landmarks: the model fitted to the 68 points of its own renders gives back their pose.
+
+Renders of the default model at 512 px, not cropped (``RenderSettings(align=False)``), under the
+default priors (yaw up to 60 degrees): the points are the projected landmark vertices of a
+perspective camera at 400-1500 mm, which the scaled orthographic fit approximates. Measured
+(40 faces): reprojection error 2.2 px, mean pose error 3.2 (pitch), 4.4 (yaw), 1.6 (roll) degrees.
+Mutants caught: y not flipped (the pose comes out mirrored), the rotation transposed, no
+iterations (the mean shape's pose only; error over 3 px).
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from morph.fitting.landmarks import LandmarkFitter, rotation_to_pose
+
+
+@pytest.fixture(scope="module")
+def renders():
+    from morph.formats.named import load_model
+    from morph.model.priors import load_priors
+    from morph.model.sample import sample_block
+    from morph.render import RenderSettings, render_batch
+
+    model = load_model("default")
+    params = sample_block(model, load_priors(None), 3, range(40), 1).render_params()
+    out = render_batch(model, params, RenderSettings(image_size=512, align=False, outputs=("landmarks",)))
+    return model, params, out.landmarks.numpy()
+
+
+def test_pose_of_renders_is_recovered(renders):
+    model, params, points = renders
+    fit = LandmarkFitter(model).fit(points)
+    err = np.abs(fit.pose - params["pose"])
+    assert np.all(err.mean(0) < [5.0, 6.0, 3.0]), err.mean(0)
+    assert np.percentile(err[:, 1], 90) < 10
+    assert np.median(fit.error) < 3.0
+    assert fit.alpha.shape == (40, model.n_shape) and fit.beta.shape == (40, model.n_expression)
+    # the fitted model's projected points are where the fit says: those it used lie near the given ones
+    used = list(range(17, 68))
+    assert np.abs(fit.points[:, used] - points[:, used]).mean() < 3.0
+
+
+def test_rotation_to_pose_inverts_the_renderer_convention():
+    import torch
+
+    from morph.render.camera import compute_rotation
+
+    pose = np.array([[10.0, -35.0, 5.0], [-20.0, 50.0, -12.0]])
+    back = rotation_to_pose(torch.from_numpy(compute_rotation(pose).astype(np.float64))).numpy()
+    np.testing.assert_allclose(back, pose, atol=1e-4)
