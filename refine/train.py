@@ -119,9 +119,11 @@ def _train(cfg: TrainConfig, synthetic: Path, real: Path, pairs: Path | None, ru
                                 tb.add_scalar(_tb_name(k), v, step)
                     if step % cfg.grid_every == 0:
                         save_grid(trainer, run_dir / "grids" / f"step_{step:08d}.png", tb)
-                    if "L_G" in values:
+                    if "M_R" in values:
                         bar.set_postfix(L_G=f"{values['L_G']:.3f}", k_R=f"{values['k_R']:.3f}",
                                         M=f"{values['M_R']:.3f}", refresh=False)
+                    elif "L_G" in values:  # a patch discriminator: no balance term
+                        bar.set_postfix(L_G=f"{values['L_G']:.3f}", L_DR=f"{values['L_DR']:.3f}", refresh=False)
                     else:  # refiner warm-up
                         bar.set_postfix(warm_up=f"{values['L_warm_G']:.3f}", refresh=False)
                     bar.update(1)
