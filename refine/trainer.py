@@ -209,7 +209,7 @@ class Trainer:
         discriminator (``discriminator: patch``) scores patches by logits: non-saturating, L_G =
         E softplus(-D(f)), L_D = E softplus(D(f)) + E softplus(-D(y)), or hinge, L_G = -E D(f),
         L_D = E relu(1 + D(f)) + E relu(1 - D(y)); plus, with ``r1``, (r1 / 2) E ||grad_y D(y)||^2
-        (Mescheder et al. 2018) on its real inputs. With ``augment``, D sees both inputs through
+        (Mescheder et al. 2018) on its real inputs, D(y) being the mean of y's patch logits. With ``augment``, D sees both inputs through
         ``refine.augment.diff_augment``. ``past``: refined images of earlier steps (``history``),
         which take the place of the second half of ``fake`` in D's objective only."""
         cfg, n = self.cfg, fake.shape[0]
@@ -236,7 +236,8 @@ class Trainer:
             l_g = sp(-lf).mean()
             l_d = sp(lf_d).mean() + sp(-ly).mean()
         if cfg.r1 > 0:
-            (grad,) = torch.autograd.grad(ly.sum(), parts[1], create_graph=True)
+            # the gradient of each image's mean patch logit, as R1 takes it of one logit per image
+            (grad,) = torch.autograd.grad(ly.flatten(1).mean(1).sum(), parts[1], create_graph=True)
             l_d = l_d + 0.5 * cfg.r1 * grad.float().pow(2).flatten(1).sum(1).mean()
         return l_g, l_d, None
 
