@@ -6,7 +6,7 @@ import click
 from cli.common import BATCH, THREADS, FiniteRange, Group
 from morph.model.sample import MAX_IDENTITIES, MAX_IDENTITY, MAX_IMAGES, MAX_SEED
 from morph.align.template import DEFAULT_TEMPLATE, TEMPLATES
-from refine.gan.config import VARIANTS
+from refine.gan.config import CHOICES, VARIANTS
 from refine.export.sinks import FORMATS
 
 
@@ -44,8 +44,26 @@ def main():
 @click.option("--threads", type=THREADS, default=None,
               help="CPU threads (default: OMP_NUM_THREADS, else all cores). A resumed run repeats the "
                    "uninterrupted one bit for bit with the same threads (README, Reproducibility).")
+@click.option("--lambda-adv", type=FiniteRange(0, 1e6), default=None,
+              help="Weight of G's adversarial term L_G in Eq. 8 [1]; 0 is a control (G ignores D_R).")
+@click.option("--residual/--no-residual", default=None,
+              help="G and G' output their input plus a bounded correction, starting as copies [off: the authors'].")
+@click.option("--lr-schedule", type=click.Choice(CHOICES["lr_schedule"]), default=None,
+              help="paper: halvings at the paper's steps scaled to --steps; constant; tail: constant, then "
+                   "linear decay to 0 over the last 20% of the steps [paper].")
+@click.option("--augment", type=click.Choice(CHOICES["augment"]), default=None,
+              help="DiffAugment (colour, translation, cutout) on both inputs of D_R and D_S [none].")
+@click.option("--discriminator", type=click.Choice(CHOICES["discriminator"]), default=None,
+              help="D_R and D_S: the authors' BEGAN auto-encoders, or patch discriminators [began].")
+@click.option("--gan-loss", type=click.Choice(CHOICES["gan_loss"]), default=None,
+              help="A patch discriminator's loss [nonsaturating].")
+@click.option("--r1", type=FiniteRange(0, 1e6), default=None,
+              help="R1 penalty gamma on a patch discriminator's real inputs [0: none].")
+@click.option("--history", type=click.IntRange(0, 1_000_000), default=None,
+              help="Refined images kept for a patch D_R; half its generated inputs come from them (SimGAN) [0].")
 def train(synthetic, real, pairs, run_dir, config_path, steps, batch_size, lr, variant, embedder, device, seed,
-          checkpoint_every, resume, amp, threads):
+          checkpoint_every, resume, amp, threads, lambda_adv, residual, lr_schedule, augment, discriminator,
+          gan_loss, r1, history):
     """Train G, G', D_R and D_S (paper Eq. 1-10). Ctrl-C saves a checkpoint; --resume continues
     exactly where it stopped. Under 'torchrun --nproc_per_node K' each process trains on its
     own batches and only rank 0 writes."""
@@ -53,7 +71,9 @@ def train(synthetic, real, pairs, run_dir, config_path, steps, batch_size, lr, v
     from refine.jobs.train import train as run
 
     cfg = load_config(config_path, steps=steps, batch_size=batch_size, lr=lr, variant=variant,
-                      embedder=embedder, device=device, seed=seed, checkpoint_every=checkpoint_every, amp=amp)
+                      embedder=embedder, device=device, seed=seed, checkpoint_every=checkpoint_every, amp=amp,
+                      lambda_adv=lambda_adv, residual=residual, lr_schedule=lr_schedule, augment=augment,
+                      discriminator=discriminator, gan_loss=gan_loss, r1=r1, history=history)
     last = run(cfg, synthetic, real, pairs, run_dir, resume=resume, threads=threads)
     if last is not None:
         click.echo(f"{run_dir}: trained to step {cfg.steps}; checkpoint {last}")

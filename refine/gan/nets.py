@@ -126,10 +126,17 @@ class Generator(nn.Module):
       keeps dropout on when it generates, ``trainer.generate_dataset``); in ``eval()`` mode
       without seeds it is off;
     - normalisation: see ``NORMS`` (default ``authors``); convolutions have no biases.
+
+    ``residual`` (not the authors'; ``TrainConfig.residual``): the output is the input plus a
+    bounded correction, ``x + 2 tanh(h)`` where ``tanh(h)`` is the authors' output layer, whose
+    convolution starts at zero - so the net starts as an exact copy of its input and learns only
+    the change (SimGAN's refiner learns a correction of its input, Shrivastava et al. 2017; the
+    zero start replaces the refiner warm-up). The factor 2 lets the correction reach any value
+    in [-1, 1] from any input; the output is not clipped (``refine.images.to_uint8`` clips).
     """
 
     def __init__(self, skips: bool = True, dropout: float = 0.1, channels: int = 3, norm: str = "authors",
-                 width: int = 32, n_blocks: int = 3):
+                 width: int = 32, n_blocks: int = 3, residual: bool = False):
         super().__init__()
         if norm not in NORMS:
             raise ValueError(f"norm must be one of {NORMS}, got {norm!r}")
@@ -145,6 +152,9 @@ class Generator(nn.Module):
         self.u32 = _Up((4 if skips else 2) * width, width, outer)
         self.c7s1_3 = _Conv((2 if skips else 1) * width, channels, 7, 1, False, "tanh")
         init_weights(self)
+        self.residual = bool(residual)
+        if self.residual:
+            nn.init.zeros_(self.c7s1_3.conv.weight)
 
     def code_shape(self, image_hw) -> tuple[int, int, int]:
         """(C, H, W) of the residual blocks' activations for images of ``image_hw``: two "SAME"
@@ -180,7 +190,8 @@ class Generator(nn.Module):
                 h = F.dropout(h, self.dropout, self.training)
         h = self.u64(h, e2.shape[-2:])
         h = self.u32(torch.cat([h, e2], 1) if self.skips else h, e1.shape[-2:])
-        return self.c7s1_3(torch.cat([h, e1], 1) if self.skips else h)
+        out = self.c7s1_3(torch.cat([h, e1], 1) if self.skips else h)
+        return x + 2.0 * out if self.residual else out
 
 
 class BEGANDiscriminator(nn.Module):
@@ -255,14 +266,39 @@ class _SameStride2(nn.Conv2d):
 def build_nets(cfg) -> dict[str, nn.Module]:
     """The networks a ``TrainConfig`` (or a checkpoint's config dict) trains, by their checkpoint
     names: ``G``, ``ema`` (its moving average, for generation) and ``D_R``; with a cycle, also
-    ``Gp`` (G') and ``D_S``. Weights are freshly initialised (torch's global generator)."""
+    ``Gp`` (G') and ``D_S``. Weights are freshly initialised (torch's global generator).
+    ``residual`` makes G and G' residual; ``discriminator: patch`` makes D_R and D_S patch
+    discriminators (defaults: the authors' networks)."""
     get = cfg.get if isinstance(cfg, dict) else lambda k, d=None: getattr(cfg, k, d)
     size, width, norm = int(get("image_size", 108)), int(get("g_width", 32)), get("norm", "authors")
-    hidden = int(get("d_hidden", 64))
-    nets = {"G": Generator(skips=True, dropout=0.1, norm=norm, width=width),
-            "D_R": BEGANDiscriminator(size, hidden=hidden)}
+    hidden, residual = int(get("d_hidden", 64)), bool(get("residual", False))
+    disc = (lambda: PatchDiscriminator(hidden)) if get("discriminator", "began") == "patch" else \
+        (lambda: BEGANDiscriminator(size, hidden=hidden))
+    nets = {"G": Generator(skips=True, dropout=0.1, norm=norm, width=width, residual=residual), "D_R": disc()}
     if get("variant", "ours") != "simgan":
-        nets["Gp"] = Generator(skips=False, dropout=0.0, norm=norm, width=width)
-        nets["D_S"] = BEGANDiscriminator(size, hidden=hidden)
+        nets["Gp"] = Generator(skips=False, dropout=0.0, norm=norm, width=width, residual=residual)
+        nets["D_S"] = disc()
     nets["ema"] = copy.deepcopy(nets["G"]).eval().requires_grad_(False)
     return nets
+
+
+class PatchDiscriminator(nn.Module):
+    """A patch discriminator (not the authors'; ``TrainConfig.discriminator = 'patch'``): a
+    fully convolutional classifier that scores every ~30 px patch of its input as real or
+    generated - the PatchGAN of Isola et al. 2017 (pix2pix) and SimGAN's local adversarial loss
+    (Shrivastava et al. 2017, section 2.2), with far fewer parameters than the BEGAN auto-encoder
+    and no way to win by reconstructing blur. 4x4 convolutions, stride 2, 2, 1, with ``hidden``,
+    2 ``hidden``, 4 ``hidden`` channels and LeakyReLU(0.2), no normalisation (an R1 penalty
+    needs none), then a 3x3 convolution to one logit per patch: (B, 1, H / 4 - 1, W / 4 - 1)."""
+
+    def __init__(self, hidden: int = 64, channels: int = 3):
+        super().__init__()
+        c = hidden
+        self.net = nn.Sequential(
+            nn.Conv2d(channels, c, 4, 2, 1), nn.LeakyReLU(0.2),
+            nn.Conv2d(c, 2 * c, 4, 2, 1), nn.LeakyReLU(0.2),
+            nn.Conv2d(2 * c, 4 * c, 4, 1, 1), nn.LeakyReLU(0.2),
+            nn.Conv2d(4 * c, 1, 3, 1, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)

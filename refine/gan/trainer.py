@@ -57,7 +57,7 @@ class NonFiniteLoss(RuntimeError):
 
 def objectives(terms: dict[str, torch.Tensor], cfg: TrainConfig) -> dict[str, torch.Tensor]:
     """Eq. 8-10 from the step's loss terms: each network's objective, by its optimiser's name."""
-    g = terms["L_G"]
+    g = terms["L_G"] if cfg.lambda_adv == 1.0 else cfg.lambda_adv * terms["L_G"]
     if "L_cyc" in terms:
         g = g + cfg.lambda_cyc * terms["L_cyc"]
     if "L_C" in terms:
@@ -127,13 +127,20 @@ class Trainer:
         self.opt = {"G": opt(self.G.parameters()), "D": opt(self.d_params())}
         if self.Gp is not None:
             self.opt["Gp"] = opt(self.Gp.parameters())
-        self.sched = {k: torch.optim.lr_scheduler.MultiStepLR(o, cfg.milestones(), gamma=0.5)
-                      for k, o in self.opt.items()}
+        if cfg.lr_schedule == "paper":
+            self.sched = {k: torch.optim.lr_scheduler.MultiStepLR(o, cfg.milestones(), gamma=0.5)
+                          for k, o in self.opt.items()}
+        else:  # constant, or constant with a linear tail (TrainConfig.lr_factor)
+            self.sched = {k: torch.optim.lr_scheduler.LambdaLR(o, lambda step: cfg.lr_factor(step))
+                          for k, o in self.opt.items()}
         self.k = {"R": 0.0, "S": 0.0, "P": 0.0}
         dim = self.C.dim if self.C is not None else 0
         self.centroids = torch.zeros(len(self.id_values), dim, device=self.device)
         self.data_gen = torch.Generator().manual_seed(cfg.seed * 1000 + self.ddp.rank)
         self.aug_gen = torch.Generator().manual_seed(cfg.seed * 1000 + 500 + self.ddp.rank)
+        # the discriminators' input augmentation and the history buffer's draws (issue 24's options)
+        self.d_aug_gen = torch.Generator().manual_seed(cfg.seed * 1000 + 600 + self.ddp.rank)
+        self.history = torch.zeros(0, 3, cfg.image_size, cfg.image_size, device=self.device)
         self.step = 0
 
     def d_params(self):
@@ -168,17 +175,17 @@ class Trainer:
         n = x.shape[0]
         t: dict[str, torch.Tensor] = {}
         gx = self.G(x)
-        d_gx, d_y = self.D_R(torch.cat([gx, y])).split([n, y.shape[0]])
-        t["L_G"] = L.began_generator_loss(gx, d_gx)                                   # Eq. 2
-        t["L_DR"], t["L_real_R"] = L.began_discriminator_loss(y, d_y, t["L_G"], k["R"])  # Eq. 4
+        t["L_G"], t["L_DR"], real_r = self.adversarial(self.D_R, gx, y, k["R"], self.history_sample(gx))  # Eq. 2, 4
+        if real_r is not None:
+            t["L_real_R"] = real_r
         if self.Gp is not None:
             paired = cfg.uses_pairs
             out = self.Gp(torch.cat([gx, b["r"]]) if paired else gx)
             gpgx = out[:n]
             t["L_cyc"] = L.cycle_loss(x, gpgx)                                         # Eq. 1
-            d_gp, d_x = self.D_S(torch.cat([gpgx, x])).split([n, n])
-            t["L_Gp"] = L.began_generator_loss(gpgx, d_gp)                             # Eq. 3
-            t["L_DS"], t["L_real_S"] = L.began_discriminator_loss(x, d_x, t["L_Gp"], k["S"])  # Eq. 5
+            t["L_Gp"], t["L_DS"], real_s = self.adversarial(self.D_S, gpgx, x, k["S"])  # Eq. 3, 5
+            if real_s is not None:
+                t["L_real_S"] = real_s
             if paired:
                 t["L_DP"], t["L_real_P"] = L.pair_matching_loss(b["s"], out[n:], k["P"], t["L_cyc"])  # Eq. 6
         if cfg.variant == "simgan":
@@ -192,6 +199,67 @@ class Trainer:
             emb = self.C(self.transform(gx, self.aug_gen))
             t["L_C"] = L.identity_set_loss(emb, b["labels"], self.centroids, eta=cfg.eta)  # Eq. 7
         return t, emb
+
+    def adversarial(self, D, fake: torch.Tensor, real: torch.Tensor, k: float, past: torch.Tensor | None = None
+                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """One game of D against a generator: (the generator's term, D's objective, L_real for
+        BEGAN's balance term or None), D run once on the concatenation of its inputs.
+
+        The authors' BEGAN game (Eq. 2-5): L_G = |f - D(f)|, L_D = |y - D(y)| - k L_G. A patch
+        discriminator (``discriminator: patch``) scores patches by logits: non-saturating, L_G =
+        E softplus(-D(f)), L_D = E softplus(D(f)) + E softplus(-D(y)), or hinge, L_G = -E D(f),
+        L_D = E relu(1 + D(f)) + E relu(1 - D(y)); plus, with ``r1``, (r1 / 2) E ||grad_y D(y)||^2
+        (Mescheder et al. 2018) on its real inputs, D(y) being the mean of y's patch logits. With ``augment``, D sees both inputs through
+        ``refine.gan.augment.diff_augment``. ``past``: refined images of earlier steps (``history``),
+        which take the place of the second half of ``fake`` in D's objective only."""
+        cfg, n = self.cfg, fake.shape[0]
+        parts = [fake, real] + ([past] if past is not None else [])
+        if cfg.augment == "diffaugment":
+            from refine.gan.augment import diff_augment
+            parts = [diff_augment(p, self.d_aug_gen) for p in parts]
+        if cfg.discriminator == "began":
+            f, y = parts
+            d_f, d_y = D(torch.cat([f, y])).split([n, y.shape[0]])
+            l_g = L.began_generator_loss(f, d_f)
+            l_d, l_real = L.began_discriminator_loss(y, d_y, l_g, k)
+            return l_g, l_d, l_real
+        if cfg.r1 > 0:
+            parts[1] = parts[1].detach().requires_grad_(True)
+        logits = D(torch.cat(parts)).float()
+        lf, ly = logits[:n], logits[n:n + real.shape[0]]
+        lf_d = lf if past is None else torch.cat([lf[:n - past.shape[0]], logits[n + real.shape[0]:]])
+        if cfg.gan_loss == "hinge":
+            l_g = -lf.mean()
+            l_d = torch.relu(1 + lf_d).mean() + torch.relu(1 - ly).mean()
+        else:
+            sp = torch.nn.functional.softplus
+            l_g = sp(-lf).mean()
+            l_d = sp(lf_d).mean() + sp(-ly).mean()
+        if cfg.r1 > 0:
+            # the gradient of each image's mean patch logit, as R1 takes it of one logit per image
+            (grad,) = torch.autograd.grad(ly.flatten(1).mean(1).sum(), parts[1], create_graph=True)
+            l_d = l_d + 0.5 * cfg.r1 * grad.float().pow(2).flatten(1).sum(1).mean()
+        return l_g, l_d, None
+
+    def history_sample(self, gx: torch.Tensor) -> torch.Tensor | None:
+        """SimGAN's history of refined images (Shrivastava et al. 2017, section 2.3; ``history``
+        images): returns half a batch of earlier refined images for D_R (None while the buffer
+        holds fewer, or without a buffer), then puts half of this batch's G(x) (detached) in
+        their place, or appends them while the buffer is not full. Draws from ``d_aug_gen``."""
+        size = self.cfg.history
+        if size == 0:
+            return None
+        h = gx.shape[0] // 2
+        past = None
+        if len(self.history) >= h:
+            pick = torch.randperm(len(self.history), generator=self.d_aug_gen)[:h].to(self.device)
+            past = self.history[pick].to(gx.dtype)
+        new = gx.detach()[torch.randperm(gx.shape[0], generator=self.d_aug_gen)[:h].to(self.device)].float()
+        if len(self.history) < size:
+            self.history = torch.cat([self.history, new])[:size]
+        else:
+            self.history[torch.randperm(size, generator=self.d_aug_gen)[:h].to(self.device)] = new[:size]
+        return past
 
     def gradients(self, objs: dict[str, torch.Tensor]) -> dict[str, tuple[torch.Tensor, ...]]:
         """Each network's gradient of its own objective only (Eq. 8-10), on one shared graph."""
@@ -333,8 +401,13 @@ class Trainer:
             "train_seed": self.train_seed, "train_model": self.train_model,
             "train_model_files": self.train_model_files,
             "rng": {"data": self.data_gen.get_state(), "aug": self.aug_gen.get_state(),
-                    "torch": torch.get_rng_state()},
+                    "torch": torch.get_rng_state(),
+                    **({"d_aug": self.d_aug_gen.get_state()} if self._uses_d_aug_gen() else {})},
+            **({"history": self.history.cpu()} if self.cfg.history else {}),
         }
+
+    def _uses_d_aug_gen(self) -> bool:
+        return self.cfg.augment != "none" or self.cfg.history > 0
 
     def load_state(self, st: dict, source: Path) -> None:
         if st.get("architecture") != self.cfg.architecture_key():
@@ -351,5 +424,9 @@ class Trainer:
         self.centroids = st["centroids"].to(self.device)
         self.data_gen.set_state(st["rng"]["data"])
         self.aug_gen.set_state(st["rng"]["aug"])
+        if "d_aug" in st["rng"]:
+            self.d_aug_gen.set_state(st["rng"]["d_aug"])
+        if "history" in st:
+            self.history = st["history"].to(self.device)
         torch.set_rng_state(st["rng"]["torch"])
         self.step = int(st["step"])

@@ -51,8 +51,10 @@ def _train(cfg: TrainConfig, synthetic: Path, real: Path, pairs: Path | None, ru
             save_grid(trainer, run_dir / "grids" / f"step_{step:08d}.png", tb)
 
     def postfix(values: dict) -> dict:
-        if "L_G" in values:
+        if "M_R" in values:
             return {"L_G": f"{values['L_G']:.3f}", "k_R": f"{values['k_R']:.3f}", "M": f"{values['M_R']:.3f}"}
+        if "L_G" in values:  # a patch discriminator: no balance term
+            return {"L_G": f"{values['L_G']:.3f}", "L_DR": f"{values['L_DR']:.3f}"}
         return {"warm_up": f"{values['L_warm_G']:.3f}"}  # refiner warm-up
 
     config = {**cfg.to_dict(), "synthetic": str(synthetic), "real": str(real),

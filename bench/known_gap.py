@@ -1,0 +1,320 @@
+"""Does `refine train` learn a gap whose answer is known? (issue 24)
+
+Real photos never show what a render "should" have looked like, so ``bench/learn.py`` can only
+judge realism statistically. Here the "real" set is made of renders of OTHER identities passed
+through a known transform T; for held-out renders x of yet other identities the truth T(x) is
+known, and is never used in training. A refiner that learns the gap moves G(x) onto T(x):
+
+    gap closed = 1 - E|G(x) - T(x)| / E|x - T(x)|
+
+separately on the rendered face (the render's mask) and on the background, in 8-bit levels
+(1: G found T exactly; 0: G left the render as it was, or moved it as far in another direction;
+negative: G moved away from the truth). Identity: the mean cosine between C's embeddings
+(``refine.embedders.load_embedder('dlib')``, on its face chip) of x and of G(x).
+
+Levels of T (in [0, 1] colour units, applied to the 8-bit render and quantised back to 8 bits):
+- ``T1``: per channel gain, gamma and offset, ``gain * v ** gamma + offset`` (``T1_GAIN``,
+  ``T1_GAMMA``, ``T1_OFFSET``), over the whole image (the black background becomes the offset);
+- ``T2``: T1, then a textured background where the render's mask is 0 (``background``: a
+  per-image colour near ``BG_COLOUR``, smooth random waves and fine grain);
+- ``T3``: T2, then a Gaussian blur, sensor noise and JPEG (``T3_BLUR``, ``T3_NOISE``,
+  ``T3_JPEG``);
+- ``identity``: T is the identity (a control: G must stay a copy, so E|G(x) - x| is reported
+  in levels instead of the gap, which is 0);
+- any level with ``:lambda_adv=0`` (e.g. ``T1:lambda_adv=0``): the adversarial weight is 0, a
+  control in which nothing may close. Other ``key=value`` after the colon override the recipe's
+  training settings for that level only.
+Every random draw of T comes from a numpy generator seeded by (``--seed``, set, image).
+
+The toolkit's own pieces make the sets: ``morph sample-identities --model default`` and ``morph
+render --size S`` for three disjoint identity ranges (seed 0): the training renders (identities
+0-39, 8 images each), the renders that become the "real" set (40-79, 8 each) and the held-out
+renders (80-99, 4 each). Training is ``refine.gan.trainer.Trainer`` (what ``refine train`` runs),
+stepped in this process; the images judged are those of G's moving average, with each image's
+dropout seeded by its index as ``refine export-dataset`` does.
+
+Recipes (``--recipe``; ``--set key=value`` adds TrainConfig keys to every level):
+- ``authors``: the authors' networks and losses as ``bench/learn.py`` runs them on a CPU (lr 2e-4,
+  refiner warm-up for the first quarter of the steps, lambda_k 0.01, lambda_C 0.01);
+- ``learns``: the options of issue 24 that measured best here (``RECIPES``).
+Both: variant ``no_pairs``, G width 16, D width 16, batch 16 (4 identities x 4), ``--steps``.
+
+    python bench/known_gap.py [--recipe learns] [--levels identity,T1,T2,T3,T2:lambda_adv=0]
+                              [--steps 300] [--size 64] [--set residual=true ...] [--out DIR]
+
+Prints progress and, as its last line, one JSON object: per level the gap closed on face and
+background, the identity cosine (and that of x with T(x) itself), the training loss at the end,
+CPU-minutes (this process's CPU time: training and judging) and the targets. ``TAG_LEVEL.png`` in
+``--out``: rows x, G(x), T(x) of ten held-out renders.
+"""
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as the CLI does (cli/common.py)
+
+import h5py
+import numpy as np
+import torch
+import yaml
+
+T1_GAIN = np.array([1.10, 0.95, 0.85])
+T1_GAMMA = np.array([0.80, 1.00, 1.20])
+T1_OFFSET = np.array([0.06, 0.04, 0.08])
+BG_COLOUR = np.array([0.55, 0.50, 0.42])
+T3_BLUR = 0.6  # Gaussian sigma in px at 64 px (scaled with the image size)
+T3_NOISE = 0.015  # sensor noise: Gaussian sigma in [0, 1] units
+T3_JPEG = 50  # JPEG quality
+#: the renders: (name, first identity, identities, images each)
+SETS = (("train", 0, 40, 8), ("real", 40, 40, 8), ("heldout", 80, 20, 4))
+SET_CODE = {"real": 1, "heldout": 2}
+TARGETS = {"T1": 0.7, "T2": 0.5, "T3": 0.3, "identity_cosine": 0.9}
+
+BASE = {"variant": "no_pairs", "g_width": 16, "d_hidden": 16, "batch_size": 16, "images_per_identity": 4,
+        "log_every": 10 ** 9, "checkpoint_every": 10 ** 9, "grid_every": 10 ** 9}
+RECIPES = {
+    "authors": {"lr": 2e-4, "lambda_k": 0.01, "lambda_c": 0.01, "warmup_fraction": 0.25},
+    "learns": {"lr": 2e-4, "lambda_k": 0.01, "lambda_c": 0.01, "residual": True, "lr_schedule": "tail"},
+}
+
+
+# ------------------------------------------------------------------------------- the transforms --
+
+def t1(v: np.ndarray) -> np.ndarray:
+    """Per-channel gain, gamma and offset of (..., 3) colours in [0, 1]."""
+    return np.clip(T1_GAIN * np.power(v, T1_GAMMA) + T1_OFFSET, 0.0, 1.0)
+
+
+def blur(img: np.ndarray, sigma: float) -> np.ndarray:
+    """Separable Gaussian blur of (H, W, C), edges repeated."""
+    r = max(1, int(np.ceil(3 * sigma)))
+    k = np.exp(-0.5 * (np.arange(-r, r + 1) / sigma) ** 2)
+    k /= k.sum()
+    p = np.pad(img, ((r, r), (r, r), (0, 0)), mode="edge")
+    p = sum(k[i] * p[i:i + img.shape[0]] for i in range(2 * r + 1))
+    return sum(k[i] * p[:, i:i + img.shape[1]] for i in range(2 * r + 1))
+
+
+def background(rng: np.random.Generator, size: int) -> np.ndarray:
+    """(size, size, 3) in [0, 1]: a colour near ``BG_COLOUR`` (+-0.08 per channel), four random
+    plane waves of 1-4 cycles per image (amplitude 0.05 each, own colour weights) and fine grain
+    (noise of sigma 0.06 blurred by 1 px)."""
+    yy, xx = np.mgrid[0:size, 0:size] / size
+    out = np.broadcast_to(BG_COLOUR + rng.uniform(-0.08, 0.08, 3), (size, size, 3)).copy()
+    for _ in range(4):
+        f = rng.uniform(1, 4)
+        a = rng.uniform(0, 2 * np.pi)
+        wave = np.cos(2 * np.pi * f * (np.cos(a) * xx + np.sin(a) * yy) + rng.uniform(0, 2 * np.pi))
+        out += 0.05 * wave[..., None] * rng.uniform(0.5, 1.0, 3)
+    out += blur(rng.normal(0, 0.06, (size, size, 3)), 1.0)
+    return np.clip(out, 0.0, 1.0)
+
+
+def transform(level: str, image: np.ndarray, mask: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """T of one (H, W, 3) uint8 render with its (H, W) face mask; uint8."""
+    if level == "identity":
+        return image.copy()
+    v = t1(image / 255.0)
+    if level in ("T2", "T3"):
+        v = np.where(mask[..., None], v, background(rng, image.shape[0]))
+    if level == "T3":
+        v = blur(v, T3_BLUR * image.shape[0] / 64)
+        v = np.clip(v + rng.normal(0, T3_NOISE, v.shape), 0, 1)
+        from PIL import Image
+
+        buf = io.BytesIO()
+        Image.fromarray(np.round(v * 255).astype(np.uint8)).save(buf, format="JPEG", quality=T3_JPEG)
+        return np.asarray(Image.open(io.BytesIO(buf.getvalue())).convert("RGB"))
+    return np.round(v * 255).astype(np.uint8)
+
+
+def transform_set(level: str, images: np.ndarray, masks: np.ndarray, seed: int, which: str) -> np.ndarray:
+    return np.stack([transform(level, im, m, np.random.default_rng([seed, SET_CODE[which], i]))
+                     for i, (im, m) in enumerate(zip(images, masks))])
+
+
+# -------------------------------------------------------------------------------------- the sets --
+
+def morph(*args) -> None:
+    cmd = [sys.executable, "-m", "cli.morph", *map(str, args)]
+    p = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+    if p.returncode:
+        raise SystemExit(f"morph {args[0]} failed (exit {p.returncode}):\n{p.stdout}\n{p.stderr}")
+
+
+def renders(d: Path, size: int, threads: int, sets=SETS) -> dict[str, Path]:
+    """The three render sets of ``sets`` ((name, first identity, identities, images each)) at
+    ``size`` px in ``d``, made once by the morph commands and reused."""
+    out = {}
+    for name, first, n, k in sets:
+        ids, path = d / f"ids_{name}.h5", d / f"{name}_{size}.h5"
+        if not path.exists():
+            print(f"morph sample-identities + render: {name} (identities {first}-{first + n - 1}, {k} each)",
+                  flush=True)
+            morph("sample-identities", "--model", "default", "--n-identities", n, "--images-per-identity", k,
+                  "--seed", 0, "--first-identity", first, "-o", ids)
+            morph("render", ids, "--size", size, "--threads", threads, "-o", path)
+        out[name] = path
+    return out
+
+
+def read(path: Path) -> tuple[np.ndarray, np.ndarray, str]:
+    with h5py.File(path, "r") as f:
+        return f["images"][()], f["masks"][()], f.attrs.get("crop_template", "ganfaces108")
+
+
+def write_real(path: Path, images: np.ndarray, template: str, level: str) -> None:
+    tmp = path.with_name(path.name + ".partial")
+    with h5py.File(tmp, "w") as f:
+        f["images"] = images
+        f.attrs["crop_template"] = template
+        f.attrs["source"] = f"bench/known_gap.py: renders of other identities through T = {level}"
+        f.attrs["complete"] = True
+    os.replace(tmp, path)
+
+
+# ----------------------------------------------------------------------------- train and judge --
+
+def parse_value(text: str):
+    return yaml.safe_load(text)
+
+
+def level_spec(spec: str) -> tuple[str, dict]:
+    level, _, rest = spec.partition(":")
+    if level not in ("identity", "T1", "T2", "T3"):
+        raise SystemExit(f"unknown level {level!r}; choose identity, T1, T2 or T3 (with :key=value overrides).")
+    extra = {}
+    for kv in filter(None, rest.split(",")):
+        k, _, v = kv.partition("=")
+        extra[k] = parse_value(v)
+    return level, extra
+
+
+@torch.no_grad()
+def judge(trainer, x_u8: np.ndarray, masks: np.ndarray, truth_u8: np.ndarray, level: str) -> tuple[dict, np.ndarray]:
+    from refine.images import to_tensor, to_uint8
+    from refine.embedders import load_embedder
+
+    ema = trainer.ema.eval()
+    refined = np.concatenate([to_uint8(ema(to_tensor(x_u8[i:i + 32]), noise_seeds=list(range(i, i + len(x_u8[i:i + 32])))))
+                              for i in range(0, len(x_u8), 32)])
+    x, g, t = (a.astype(np.float64) for a in (x_u8, refined, truth_u8))
+    face, bg = masks, ~masks
+    out = {}
+    for name, m in (("face", face), ("background", bg)):
+        before, after = np.abs(x - t)[m].mean(), np.abs(g - t)[m].mean()
+        out[f"{name}_gap_levels"] = round(float(before), 2)
+        out[f"{name}_error_levels"] = round(float(after), 2)
+        out[f"{name}_change_levels"] = round(float(np.abs(g - x)[m].mean()), 2)
+        if level != "identity":
+            out[f"gap_closed_{name}"] = round(float(1 - after / before), 3)
+    c = trainer.C if trainer.C is not None else load_embedder("dlib")
+    tf = c.transform(x_u8.shape[1])
+    emb = lambda a: torch.cat([c(tf.centre(to_tensor(a[i:i + 32]))) for i in range(0, len(a), 32)])  # noqa: E731
+    e_x, e_g, e_t = emb(x_u8), emb(refined), emb(truth_u8)
+    out["identity_cosine"] = round(float((e_x * e_g).sum(1).mean()), 4)
+    out["truth_identity_cosine"] = round(float((e_x * e_t).sum(1).mean()), 4)
+    return out, refined
+
+
+def picture(rows: list[np.ndarray], path: Path, n: int = 10) -> None:
+    from PIL import Image
+
+    Image.fromarray(np.concatenate([np.concatenate(list(r[:n]), 1) for r in rows], 0)).save(path)
+
+
+def run_level(spec: str, sets: dict[str, Path], d: Path, cfg_values: dict, seed: int, tag: str = "run") -> dict:
+    from refine.gan.config import TrainConfig
+    from refine.gan.trainer import Trainer
+
+    level, extra = level_spec(spec)
+    values = {**cfg_values, **extra}
+    warm = values.pop("warmup_fraction", 0.0)
+    values["warmup_steps"] = int(round(warm * values["steps"]))
+    x_real, m_real, template = read(sets["real"])
+    real = d / f"real_{level}_{x_real.shape[1]}.h5"
+    if not real.exists():
+        write_real(real, transform_set(level, x_real, m_real, seed, "real"), template, level)
+    x_h, m_h, _ = read(sets["heldout"])
+    truth = transform_set(level, x_h, m_h, seed, "heldout")
+
+    c0, w0 = time.process_time(), time.perf_counter()
+    cfg = TrainConfig(**values)
+    with tempfile.TemporaryDirectory() as run:
+        tr = Trainer(cfg, sets["train"], real, None, Path(run))
+        last = {}
+        for _ in range(cfg.steps):
+            last = tr.train_step()
+            if tr.step % 50 == 0:
+                print(f"  {spec} step {tr.step}: " + ", ".join(f"{k} {v:.3g}" for k, v in last.items()
+                                                            if k.startswith(("L_", "k_R"))), flush=True)
+        tr.syn.close()
+        tr.real.close()
+        result, refined = judge(tr, x_h, m_h, truth, level)
+    result["cpu_minutes"] = round((time.process_time() - c0) / 60, 2)
+    result["wall_minutes"] = round((time.perf_counter() - w0) / 60, 2)
+    result["last_losses"] = {k: round(v, 4) for k, v in last.items() if k.startswith("L_")}
+    result["settings"] = {k: v for k, v in values.items() if k not in BASE or k in ("g_width", "d_hidden")}
+    name = tag + "_" + spec.replace(":", "_").replace("=", "").replace(",", "_")
+    picture([x_h, refined, truth], d / f"{name}.png")
+    result["picture"] = str(d / f"{name}.png")
+    print(f"  {spec}: {json.dumps({k: v for k, v in result.items() if k not in ('settings', 'picture')})}", flush=True)
+    return result
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--recipe", choices=sorted(RECIPES), default="learns")
+    ap.add_argument("--levels", default="identity,T1,T2,T3,T2:lambda_adv=0",
+                    help="levels, each with optional :key=value,key=value training overrides (see above)")
+    ap.add_argument("--steps", type=int, default=300)
+    ap.add_argument("--size", type=int, default=64)
+    ap.add_argument("--seed", type=int, default=0, help="T's draws and the training seed")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
+                    help="a TrainConfig setting for every level (repeatable)")
+    ap.add_argument("--tag", default=None, help="prefix of the pictures' names [the recipe]")
+    ap.add_argument("--out", type=Path, default=ROOT / "out" / "known_gap",
+                    help="renders, real sets and pictures (kept; renders are reused)")
+    a = ap.parse_args()
+    torch.set_num_threads(a.threads)
+    a.out.mkdir(parents=True, exist_ok=True)
+    sets = renders(a.out, a.size, a.threads)
+    values = {**BASE, **RECIPES[a.recipe], "steps": a.steps, "image_size": a.size, "seed": a.seed}
+    for kv in a.sets:
+        k, _, v = kv.partition("=")
+        values[k] = parse_value(v)
+    specs = split_levels(a.levels)
+    out = {"recipe": a.recipe, "settings": {k: v for k, v in values.items() if not k.endswith("_every")},
+           "levels": {}}
+    for spec in specs:
+        out["levels"][spec] = run_level(spec, sets, a.out, values, a.seed, a.tag or a.recipe)
+    out["targets"] = {f"gap_closed_{k}_at_least": v for k, v in TARGETS.items() if k.startswith("T")}
+    out["targets"]["identity_cosine_at_least"] = TARGETS["identity_cosine"]
+    print(json.dumps(out))
+
+
+def split_levels(text: str) -> list[str]:
+    """``identity,T1,T2:lambda_adv=0,r1=2,T3`` -> each level with its overrides (a comma starts a new
+    level only before a level's name)."""
+    specs: list[str] = []
+    for part in text.split(","):
+        if part.split(":")[0] in ("identity", "T1", "T2", "T3") or not specs:
+            specs.append(part)
+        else:
+            specs[-1] += "," + part
+    return specs
+
+
+if __name__ == "__main__":
+    main()
