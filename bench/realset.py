@@ -149,14 +149,14 @@ def measure_priors(real_h5: Path, out: Path, model: str = "default") -> dict:
     written over the default priors into ``out``; returns their summary."""
     import yaml
 
-    from morph.fitting.landmarks import LandmarkFitter
+    from morph.fitting.landmarks import INNER, LandmarkFitter
     from morph.formats.named import load_model
     from morph.model.priors import gaussian_entry, load_priors, parse_priors
 
     with h5py.File(real_h5, "r") as f:
         points = f["landmarks68"][()]
     m = load_model(model)
-    fit = LandmarkFitter(m).fit(points)
+    fit = LandmarkFitter(m, points=INNER).fit(points)  # the jaw outline is the least reliable
     good = fit.error < np.percentile(fit.error, 95)  # the worst fits (bad landmarks) are left out
     pose, beta = fit.pose[good], fit.beta[good]
     doc = yaml.safe_load(load_priors(None).text)

@@ -3,7 +3,8 @@
 Renders of the default model at 512 px, not cropped (``RenderSettings(align=False)``), under the
 default priors (yaw up to 60 degrees): the points are the projected landmark vertices of a
 perspective camera at 400-1500 mm, which the scaled orthographic fit approximates. Measured
-(40 faces): reprojection error 2.2 px, mean pose error 3.2 (pitch), 4.4 (yaw), 1.6 (roll) degrees.
+(40 faces, all 68 points, the jaw on its vertices as these points are): median reprojection error
+2.6 px, mean pose error 2.0 (pitch), 3.7 (yaw), 0.8 (roll) degrees, yaw within 7.3 for 90%.
 Mutants caught: y not flipped (the pose comes out mirrored), the rotation transposed, no
 iterations (the mean shape's pose only; error over 3 px).
 """
@@ -32,13 +33,12 @@ def test_pose_of_renders_is_recovered(renders):
     model, params, points = renders
     fit = LandmarkFitter(model).fit(points)
     err = np.abs(fit.pose - params["pose"])
-    assert np.all(err.mean(0) < [5.0, 6.0, 3.0]), err.mean(0)
+    assert np.all(err.mean(0) < [4.0, 5.5, 2.0]), err.mean(0)
     assert np.percentile(err[:, 1], 90) < 10
     assert np.median(fit.error) < 3.0
     assert fit.alpha.shape == (40, model.n_shape) and fit.beta.shape == (40, model.n_expression)
     # the fitted model's projected points are where the fit says: those it used lie near the given ones
-    used = list(range(17, 68))
-    assert np.abs(fit.points[:, used] - points[:, used]).mean() < 3.0
+    assert np.abs(fit.points - points).mean() < 3.0
 
 
 def test_rotation_to_pose_inverts_the_renderer_convention():
