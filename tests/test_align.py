@@ -152,3 +152,23 @@ def test_empty_or_missing_folder_is_one_line(tmp_path, setup, message):
     setup(tmp_path / "photos")
     res = run("align", tmp_path / "photos", "-o", tmp_path / "real.h5")
     assert res.exit_code == 2 and message in res.output and "Traceback" not in res.output
+
+
+def test_a_name_that_is_not_utf8_is_skipped_with_its_reason(tmp_path):
+    """Archives made on other systems hold names in other encodings (here Latin-1 'café.png'): HDF5
+    keeps text as UTF-8, and writing such a name crashed the whole job with a UnicodeEncodeError
+    traceback. The photo is skipped with one line naming it; its folder-mates are aligned."""
+    import os
+    import shutil
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    shutil.copy(REAL / "takeo.ppm", photos / "ok.ppm")
+    shutil.copy(REAL / "takeo.ppm", os.fsdecode(os.fsencode(photos) + b"/caf\xe9.ppm"))
+    res = run("align", photos, "-o", tmp_path / "r.h5")
+    assert res.exit_code == 0, res.output
+    with h5py.File(tmp_path / "r.h5", "r") as f:
+        assert list(f["source"].asstr()[()]) == ["ok.ppm"]
+        assert list(f["skipped"].asstr()[()]) == [
+            "caf\\xe9.ppm\tits name is not valid UTF-8; rename the file (and its folders) to align it"]
+    assert "caf\\xe9.ppm" in (tmp_path / "r.h5.report.tsv").read_text()

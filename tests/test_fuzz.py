@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import shutil
 from pathlib import Path
 
 import h5py
@@ -183,6 +185,11 @@ def cases(inputs) -> list[tuple[str, object, list]]:
     for name, p in (("missing", d / "nowhere"), ("a file", d / "text.h5"), ("empty", d / "folder"),
                     ("no faces", TESTDATA / "nonface")):
         add(f"align photos {name}", morph, *_set(align, 1, p))
+    latin1 = d / "latin1"  # a Latin-1 file name beside a good one (archives made on other systems)
+    latin1.mkdir(exist_ok=True)
+    shutil.copy(TESTDATA / "real" / "takeo.ppm", latin1 / "ok.ppm")
+    shutil.copy(TESTDATA / "real" / "takeo.ppm", os.fsdecode(os.fsencode(latin1) + b"/caf\xe9.ppm"))
+    add("align photos with a name that is not UTF-8", morph, *_set(align, 1, latin1))
 
     for name, p in (("missing", d / "nowhere"), ("empty", d / "folder"), ("a file", d / "text.h5")):
         add(f"render-pairs {name}", morph, "render-pairs", p, "-o", o / "p.h5", "--model", "default")

@@ -72,7 +72,10 @@ def align_folder(photos_dir: Path, output: Path, all_faces: bool = False, size: 
     photos_dir, output = Path(photos_dir), Path(output)
     photos = list_photos(photos_dir)
     rel = [p.relative_to(photos_dir).as_posix() for p in photos]
-    classes = sorted({str(Path(r).parent) for r in rel})
+    # HDF5 keeps text as UTF-8: a name that is not (common in archives made on other systems) is
+    # skipped with its reason rather than crashing the write of every name
+    not_utf8 = {i for i, r in enumerate(rel) if not _is_utf8(r)}
+    classes = sorted({str(Path(r).parent) for i, r in enumerate(rel) if i not in not_utf8})
     label_of = {c: i for i, c in enumerate(classes)}
     # keyed by the photos' contents, not only their names: a photo replaced under the same name
     # makes another job, never a mix of old and new faces
@@ -105,6 +108,10 @@ def align_folder(photos_dir: Path, output: Path, all_faces: bool = False, size: 
                 stop = min(start + batch_size, len(photos))
                 images, ok, skipped = [], [], []
                 for i in range(start, stop):
+                    if i in not_utf8:
+                        skipped.append(f"{_printable(rel[i])}\tits name is not valid UTF-8; rename the file "
+                                       "(and its folders) to align it")
+                        continue
                     try:
                         images.append(read_rgb(photos[i]))
                         ok.append(i)
@@ -161,3 +168,17 @@ def align_folder(photos_dir: Path, output: Path, all_faces: bool = False, size: 
             bar.close()  # also on failure: an open bar garbles every later message
             writer.close()
         return {"n_faces": rows, "n_photos": len(photos), "skipped": skipped_all, "report": str(report_path)}
+
+
+def _is_utf8(name: str) -> bool:
+    """Whether a path read from the file system (undecodable bytes as surrogates) is valid UTF-8."""
+    try:
+        name.encode("utf-8")
+        return True
+    except UnicodeEncodeError:
+        return False
+
+
+def _printable(name: str) -> str:
+    """The name with its undecodable bytes written as \\xNN, for reports."""
+    return name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
