@@ -125,6 +125,32 @@ def align(photos, output, all_faces, size, template, device, batch_size, min_fac
     click.echo(f"{output}: {r['n_faces']} faces; {len(r['skipped'])} photos skipped (see {r.get('report', '')}).")
 
 
+@main.command("fit")
+@click.argument("photos", type=click.Path(path_type=Path))
+@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), required=True)
+@click.option("--model", "model_spec", default="default", show_default=True,
+              help="The 3DMM to fit: 'default', 'menpo3d', a model file or a YAML spec (it needs 68 landmarks).")
+@click.option("--priors", default=None, help="Priors YAML whose lighting and camera distance the fits take [default].")
+@click.option("--size", type=click.IntRange(16, 1024), default=None, help="Crop size in pixels [the template's].")
+@click.option("--template", type=click.Choice(TEMPLATES), default=DEFAULT_TEMPLATE, show_default=True,
+              help="Crop template: where the 5 points land (morph/align/template.py); --size scales it.")
+@click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
+@click.option("--batch-size", type=BATCH, default=16, show_default=True, help="Photos per detector batch.")
+@click.option("--min-face-size", type=FiniteRange(1, 10000), default=20.0, show_default=True,
+              help="Smallest face in pixels.")
+def fit(photos, output, model_spec, priors, size, template, device, batch_size, min_face_size):
+    """Fit the model to every face of a folder of photos by its 68 points: pose, identity shape
+    and expression (morph/jobs/fit.py). OUTPUT holds the aligned faces as 'morph align' writes
+    them and the fits in the layout 'morph render' reads: 'morph render OUTPUT' renders each fit.
+    Faceless photos are listed in OUTPUT.report.tsv. Resumes after a kill."""
+    from morph.jobs.fit import fit_folder
+
+    r = fit_folder(photos, output, model_spec=model_spec, priors=priors, size=size, device=device,
+                   batch_size=batch_size, min_face_size=min_face_size,
+                   report=lambda line: click.echo(line, err=True), template=template)
+    click.echo(f"{output}: {r['n_faces']} faces fitted; {len(r['skipped'])} photos skipped (see {r.get('report', '')}).")
+
+
 @main.command("preview")
 @click.argument("file", type=click.Path(path_type=Path))
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), required=True)

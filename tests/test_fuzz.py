@@ -190,6 +190,13 @@ def cases(inputs) -> list[tuple[str, object, list]]:
     shutil.copy(TESTDATA / "real" / "takeo.ppm", latin1 / "ok.ppm")
     shutil.copy(TESTDATA / "real" / "takeo.ppm", os.fsdecode(os.fsencode(latin1) + b"/caf\xe9.ppm"))
     add("align photos with a name that is not UTF-8", morph, *_set(align, 1, latin1))
+    fit = ["fit", TESTDATA / "real", "-o", o / "f.h5"]
+    for name, p in (("missing", d / "nowhere"), ("a file", d / "text.h5"), ("no faces", TESTDATA / "nonface")):
+        add(f"fit photos {name}", morph, *_set(fit, 1, p))
+    for bad in ("missing.mat", d / "text.h5", d / "broken.yaml"):
+        add(f"fit model {bad}", morph, *fit, "--model", bad)
+    for name, pr in inputs["bad_priors"].items():
+        add(f"fit priors {name}", morph, *fit, "--priors", pr)
 
     for name, p in (("missing", d / "nowhere"), ("empty", d / "folder"), ("a file", d / "text.h5")):
         add(f"render-pairs {name}", morph, "render-pairs", p, "-o", o / "p.h5", "--model", "default")
