@@ -186,12 +186,14 @@ def fit_priors(annotations, output, base, expression_model):
 
 
 @main.command("render-pairs")
-@click.argument("annotated", type=click.Path(path_type=Path))
+@click.argument("annotated", type=click.Path(path_type=Path), required=False)
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), required=True,
               help="pairs.h5 to write.")
-@click.option("--model", "model_spec", required=True,
-              help="The 3DMM the annotations were fitted with (300W-LP / AFLW2000-3D: face3d's BFM.mat). "
-                   + MODEL_HELP)
+@click.option("--fits", type=click.Path(path_type=Path), default=None,
+              help="Instead of ANNOTATED: fits.h5 of 'morph fit' (any photos, any model with 68 landmarks).")
+@click.option("--model", "model_spec", default=None,
+              help="The 3DMM the annotations were fitted with (300W-LP / AFLW2000-3D: face3d's BFM.mat; "
+                   "with --fits: the fits' own by default). " + MODEL_HELP)
 @click.option("--size", type=click.IntRange(16, 1024), default=None, help="Crop size in pixels [the template's].")
 @click.option("--template", type=click.Choice(TEMPLATES), default=DEFAULT_TEMPLATE, show_default=True,
               help="Crop template: where the 5 points land (morph/align/template.py); --size scales it.")
@@ -199,15 +201,27 @@ def fit_priors(annotations, output, base, expression_model):
               help="Flag pairs whose mean landmark error exceeds this many photo pixels "
                    "[default: 10% of the annotation's inter-ocular distance].")
 @click.option("--batch-size", type=BATCH, default=32, show_default=True)
-def render_pairs(annotated, output, model_spec, size, template, max_landmark_error, batch_size):
+def render_pairs(annotated, output, fits, model_spec, size, template, max_landmark_error, batch_size):
     """Pair real photos with renders of their fitted 3DMM parameters (paper section 3.2: the
     paired data of G'). ANNOTATED is a folder in 300W-LP / AFLW2000-3D layout: NAME.jpg (or .png)
     next to NAME.mat (Pose_Para, Shape_Para, Exp_Para, Tex_Para, Color_Para, Illum_Para, pt2d).
     Each photo's parameters are rendered in the photo's own frame (the dataset's weak perspective
     and Phong lighting) and photo and render are cropped by the same 5-point similarity, so each
     pair is pixel-aligned. Files that cannot be used are skipped with one line each. Resumes
-    after a kill."""
-    from morph.jobs.render_pairs import render_pairs as run
+    after a kill. With --fits instead of ANNOTATED: the photos 'morph fit' aligned, each beside the
+    render of its fit in the same crop (the pairs of the paper's full method from your own photos)."""
+    from morph.base.errors import UserError
+    from morph.jobs.render_pairs import render_fit_pairs, render_pairs as run
+
+    if (annotated is None) == (fits is None):
+        raise UserError("give either ANNOTATED (a 300W-LP / AFLW2000-3D folder, with --model) or --fits fits.h5.")
+    if fits is not None:
+        r = render_fit_pairs(fits, output, model_spec, batch_size=batch_size)
+        click.echo(f"{output}: {r['n_pairs']} pairs of photos and renders of their fits.")
+        return
+    if model_spec is None:
+        raise UserError(f"{annotated}: give --model, the 3DMM its annotations were fitted with "
+                        "(300W-LP / AFLW2000-3D: face3d's BFM.mat).")
 
     r = run(annotated, output, model_spec, size=size, max_landmark_error=max_landmark_error,
             batch_size=batch_size, template=template)

@@ -148,6 +148,19 @@ class LandmarkFitter:
 
     def fit(self, points68: np.ndarray) -> LandmarkFit:
         """Fit (B, 68, 2) landmarks in the pixel frame (pixel centres at integer + 0.5)."""
+        if self.device.type != "cpu":
+            return self._fit(points68)
+        # On a CPU, batched LAPACK calls inside torch's parallel loop over the batch open MKL's own
+        # OpenMP team within torch's: after a render in the same process such a solve spun for
+        # minutes in MKL (seen under pytest). One thread fits about 300 faces a second.
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            return self._fit(points68)
+        finally:
+            torch.set_num_threads(threads)
+
+    def _fit(self, points68: np.ndarray) -> LandmarkFit:
         dd = dict(dtype=torch.float64, device=self.device)
         given = torch.as_tensor(np.asarray(points68, np.float64), **dd)
         if given.ndim != 3 or given.shape[1:] != (68, 2):

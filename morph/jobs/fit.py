@@ -14,6 +14,8 @@ face's fit aligned like the photo's crop:
     fit_landmarks68 (N, 68, 2) float32   the fitted model's 68 points projected into the photo
                                          (MTCNN's 1-based pixel coordinates, as landmarks68)
     landmark_error (N,) float32          mean distance in photo pixels between fitted and detected points
+    fit_scale (N,), fit_translation (N, 2) float32   the camera: photo pixel (pixel centres at + 0.5)
+                                         = (s (R v)_x + t_x, t_y - s (R v)_y) for v in millimetres
 
 plus ``morph align``'s ``source``, ``boxes``, ``landmarks5`` (the points the crop was made from),
 ``landmarks68`` and the rest. Root attributes: ``model`` (the spec), ``model_name``,
@@ -46,7 +48,8 @@ def fit_folder(photos_dir: Path, output: Path, model_spec: str = "default", prio
              "image/identity": ((), np.int64), "image/index": ((), np.int64),
              "image/beta": ((model.n_expression,), np.float32), "image/pose": ((3,), np.float32),
              "image/sh": ((9, 3), np.float32), "image/camera_distance": ((), np.float32),
-             "fit_landmarks68": ((68, 2), np.float32), "landmark_error": ((), np.float32)}
+             "fit_landmarks68": ((68, 2), np.float32), "landmark_error": ((), np.float32),
+             "fit_scale": ((), np.float32), "fit_translation": ((2,), np.float32)}
 
     def per_batch(faces, first_row: int) -> dict[str, np.ndarray]:
         points = np.stack([found.points68[j] for _, found, j in faces]) + LANDMARK_CENTRE_OFFSET
@@ -59,7 +62,8 @@ def fit_folder(photos_dir: Path, output: Path, model_spec: str = "default", prio
                 "image/pose": fit.pose.astype(np.float32), "image/sh": np.repeat(sh[None], n, 0),
                 "image/camera_distance": np.full(n, distance, np.float32),
                 "fit_landmarks68": (fit.points - LANDMARK_CENTRE_OFFSET).astype(np.float32),
-                "landmark_error": fit.error.astype(np.float32)}
+                "landmark_error": fit.error.astype(np.float32), "fit_scale": fit.scale.astype(np.float32),
+                "fit_translation": fit.translation.astype(np.float32)}
 
     return align_photos(photos_dir, output, size=size, device=device, batch_size=batch_size,
                         min_face_size=min_face_size, progress=progress, report=report, template=template,

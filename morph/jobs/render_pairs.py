@@ -203,3 +203,56 @@ def render_pairs(annotated: Path, output: Path, model_spec: str, size: int | Non
 
 def _strings(a) -> list[str]:
     return [x.decode() if isinstance(x, bytes) else str(x) for x in np.asarray(a).reshape(-1)]
+
+
+def render_fit_pairs(fits: Path, output: Path, model_spec: str | None = None, batch_size: int = 32,
+                     progress: bool = True) -> dict:
+    """pairs.h5 from a ``morph fit`` file: each aligned photo beside the render of its fit in the
+    same crop (``morph.fitting.pairs``), with the model the fits were made with unless given."""
+    from morph.base.h5io import ImageWriter, completed_output, open_h5, provenance, require
+    from morph.fitting.pairs import FitRenderer
+    from morph.formats.named import load_model
+
+    keys = ("images", "landmarks5", "source", "identity/alpha", "identity/gamma", "image/beta", "image/pose",
+            "image/sh", "fit_scale", "fit_translation")
+    with open_h5(fits, "fits file") as f:
+        require(f, keys, "fits file", "make one with 'morph fit PHOTOS -o fits.h5'.")
+        n, size = f["images"].shape[0], f["images"].shape[1]
+        spec = model_spec or str(f.attrs.get("model", "default"))
+        template = str(f.attrs.get("crop_template", "ganfaces108"))
+        sha = job_key(*(f[k][()] for k in keys if k != "source"))
+        dims = (f["identity/alpha"].shape[1], f["image/beta"].shape[1])
+    model = load_model(spec)
+    if (model.n_shape, model.n_expression) != dims:
+        raise UserError(f"{fits}: was fitted with another model than {spec} (its coefficients do not match); "
+                        "give the model it was fitted with (--model).")
+    renderer = FitRenderer(model, size, template)
+    key = job_key(sha, spec, model.name, size, template)
+    output = Path(output)
+    with output_lock(output, "pairs file"):
+        if completed_output(output, key, "pairs file"):
+            return {"n_pairs": n, "complete": True}
+        extra = {"real": ((size, size, 3), np.uint8), "render": ((size, size, 3), np.uint8),
+                 "mask": ((size, size), bool), "landmarks": ((68, 2), np.float32),
+                 "names": ((), h5py.string_dtype()), "transform": ((2, 3), np.float64)}
+        attrs = provenance(model=str(spec), model_name=model.name, model_sources=model.sources, fits=str(fits),
+                           size=size, crop_template=template)
+        writer = ImageWriter(output, n, size, attrs, key, extra, images=False)
+        bar = tqdm(total=n, initial=writer.n_done, unit="img", desc="render-pairs", disable=not progress)
+        try:
+            with open_h5(fits, "fits file") as f:
+                for start in range(writer.n_done, n, batch_size):
+                    sl = slice(start, min(start + batch_size, n))
+                    rows = {k: f[k][sl] for k in keys if k != "source"}
+                    out = renderer.render(rows)
+                    writer.write(start, {"real": rows["images"], "render": out["render"], "mask": out["mask"],
+                                         "landmarks": out["landmarks"], "transform": out["transform"],
+                                         "names": np.array(f["source"].asstr()[sl], dtype=object)})
+                    bar.update(sl.stop - sl.start)
+            bar.close()
+            writer.finish()
+        finally:
+            bar.close()
+            writer.close()
+    return {"n_pairs": n, "complete": False}
+
