@@ -33,6 +33,7 @@ sys.path.insert(0, str(ROOT))
 
 import numpy as np
 import torch
+from realset import embed  # noqa: E402  (bench/ is not a package; unit-length dlib embeddings)
 
 
 def render(model, priors, n_identities: int, n_images: int, seed: int, batch: int = 64) -> tuple[np.ndarray, np.ndarray]:
@@ -47,19 +48,6 @@ def render(model, priors, n_identities: int, n_images: int, seed: int, batch: in
     images = [to_uint8(render_batch(model, {k: v[i:i + batch] for k, v in params.items()}, settings).image.numpy())
               for i in range(0, len(s.identity), batch)]
     return np.concatenate(images), s.identity
-
-
-@torch.inference_mode()
-def embed(images: np.ndarray, batch: int = 64) -> np.ndarray:
-    """(B, D) L2-normalised dlib embeddings of aligned crops."""
-    from refine.images import to_tensor
-    from refine.embedders import load_embedder
-
-    c = load_embedder("dlib")
-    t = c.transform(images.shape[1])
-    e = np.concatenate([c(t.centre(to_tensor(images[i:i + batch]))).double().numpy()
-                        for i in range(0, len(images), batch)])
-    return e / np.linalg.norm(e, axis=1, keepdims=True)
 
 
 def verification(e: np.ndarray, labels: np.ndarray, n_pairs: int, seed: int) -> dict:

@@ -97,17 +97,28 @@ def mesh(identities, image_index, neutral, model_spec, output):
     click.echo(f"{output}")
 
 
+def _photo_options(f):
+    """The crop and detector options of the commands that read photos (align, fit)."""
+    opts = [
+        click.option("--size", type=click.IntRange(16, 1024), default=None,
+                     help="Crop size in pixels [the template's]."),
+        click.option("--template", type=click.Choice(TEMPLATES), default=DEFAULT_TEMPLATE, show_default=True,
+                     help="Crop template: where the 5 points land (morph/align/template.py); --size scales it."),
+        click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True),
+        click.option("--batch-size", type=BATCH, default=16, show_default=True, help="Photos per detector batch."),
+        click.option("--min-face-size", type=FiniteRange(1, 10000), default=20.0, show_default=True,
+                     help="Smallest face in pixels."),
+    ]
+    for opt in reversed(opts):
+        f = opt(f)
+    return f
+
+
 @main.command("align")
 @click.argument("photos", type=click.Path(path_type=Path))
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), required=True)
 @click.option("--all-faces", is_flag=True, help="Keep every face, not just the most confident one near the centre.")
-@click.option("--size", type=click.IntRange(16, 1024), default=None, help="Crop size in pixels [the template's].")
-@click.option("--template", type=click.Choice(TEMPLATES), default=DEFAULT_TEMPLATE, show_default=True,
-              help="Crop template: where the 5 points land (morph/align/template.py); --size scales it.")
-@click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
-@click.option("--batch-size", type=BATCH, default=16, show_default=True, help="Photos per detector batch.")
-@click.option("--min-face-size", type=FiniteRange(1, 10000), default=20.0, show_default=True,
-              help="Smallest face in pixels.")
+@_photo_options
 @click.option("--thresholds", type=(float, float, float), default=(0.6, 0.7, 0.7), show_default=True,
               help="P-Net, R-Net, O-Net face probability thresholds.")
 @click.option("--landmarks", type=click.Choice(["ibug68", "mtcnn"]), default="ibug68", show_default=True,
@@ -131,13 +142,7 @@ def align(photos, output, all_faces, size, template, device, batch_size, min_fac
 @click.option("--model", "model_spec", default="default", show_default=True,
               help="The 3DMM to fit: 'default', 'menpo3d', a model file or a YAML spec (it needs 68 landmarks).")
 @click.option("--priors", default=None, help="Priors YAML whose lighting and camera distance the fits take [default].")
-@click.option("--size", type=click.IntRange(16, 1024), default=None, help="Crop size in pixels [the template's].")
-@click.option("--template", type=click.Choice(TEMPLATES), default=DEFAULT_TEMPLATE, show_default=True,
-              help="Crop template: where the 5 points land (morph/align/template.py); --size scales it.")
-@click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
-@click.option("--batch-size", type=BATCH, default=16, show_default=True, help="Photos per detector batch.")
-@click.option("--min-face-size", type=FiniteRange(1, 10000), default=20.0, show_default=True,
-              help="Smallest face in pixels.")
+@_photo_options
 def fit(photos, output, model_spec, priors, size, template, device, batch_size, min_face_size):
     """Fit the model to every face of a folder of photos by its 68 points: pose, identity shape
     and expression (morph/jobs/fit.py). OUTPUT holds the aligned faces as 'morph align' writes
