@@ -57,7 +57,9 @@ class NonFiniteLoss(RuntimeError):
 
 def objectives(terms: dict[str, torch.Tensor], cfg: TrainConfig) -> dict[str, torch.Tensor]:
     """Eq. 8-10 from the step's loss terms: each network's objective, by its optimiser's name."""
-    g = terms["L_G"] if cfg.lambda_adv == 1.0 else cfg.lambda_adv * terms["L_G"]
+    g = terms["L_G"]
+    if cfg.lambda_adv != 1.0:  # G's adversarial weight (issue 24; 1 is the paper's Eq. 8)
+        g = cfg.lambda_adv * g
     if "L_cyc" in terms:
         g = g + cfg.lambda_cyc * terms["L_cyc"]
     if "L_C" in terms:
