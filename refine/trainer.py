@@ -405,7 +405,7 @@ class Trainer:
             "rng": {"data": self.data_gen.get_state(), "aug": self.aug_gen.get_state(),
                     "torch": torch.get_rng_state(),
                     **({"d_aug": self.d_aug_gen.get_state()} if self._uses_d_aug_gen() else {})},
-            **({"history": self.history.cpu()} if self.cfg.history else {}),
+            **({"history": self.history.detach().cpu().clone()} if self.cfg.history else {}),
         }
 
     def _uses_d_aug_gen(self) -> bool:
