@@ -36,7 +36,8 @@ dropout seeded by its index as ``refine export-dataset`` does.
 Recipes (``--recipe``; ``--set key=value`` adds TrainConfig keys to every level):
 - ``authors``: the authors' networks and losses as ``bench/learn.py`` runs them on a CPU (lr 2e-4,
   refiner warm-up for the first quarter of the steps, lambda_k 0.01, lambda_C 0.01);
-- ``learns``: the options of issue 24 that measured best here (``RECIPES``).
+- ``learns``: the options of issue 24 that measured best here: the same with ``residual`` G, no
+  warm-up, and ``lr_schedule: tail`` (bench/README.md has the table).
 Both: variant ``no_pairs``, G width 16, D width 16, batch 16 (4 identities x 4), ``--steps``.
 
     python bench/known_gap.py [--recipe learns] [--levels identity,T1,T2,T3,T2:lambda_adv=0]
