@@ -187,7 +187,14 @@ def write_real(path: Path, images: np.ndarray, template: str, level: str) -> Non
 # ----------------------------------------------------------------------------- train and judge --
 
 def parse_value(text: str):
-    return yaml.safe_load(text)
+    """A YAML value, with numbers such as ``5e-4`` read as floats (YAML 1.1 wants ``5.0e-4``)."""
+    value = yaml.safe_load(text)
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            pass
+    return value
 
 
 def level_spec(spec: str) -> tuple[str, dict]:
