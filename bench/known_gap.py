@@ -36,7 +36,8 @@ dropout seeded by its index as ``refine export-dataset`` does.
 Recipes (``--recipe``; ``--set key=value`` adds TrainConfig keys to every level):
 - ``authors``: the authors' networks and losses as ``bench/learn.py`` runs them on a CPU (lr 2e-4,
   refiner warm-up for the first quarter of the steps, lambda_k 0.01, lambda_C 0.01);
-- ``learns``: the options of issue 24 that measured best here (``RECIPES``).
+- ``learns``: the options of issue 24 that measured best here: the same with ``residual`` G, no
+  warm-up, and ``lr_schedule: tail`` (bench/README.md has the table).
 Both: variant ``no_pairs``, G width 16, D width 16, batch 16 (4 identities x 4), ``--steps``.
 
     python bench/known_gap.py [--recipe learns] [--levels identity,T1,T2,T3,T2:lambda_adv=0]
@@ -186,7 +187,14 @@ def write_real(path: Path, images: np.ndarray, template: str, level: str) -> Non
 # ----------------------------------------------------------------------------- train and judge --
 
 def parse_value(text: str):
-    return yaml.safe_load(text)
+    """A YAML value, with numbers such as ``5e-4`` read as floats (YAML 1.1 wants ``5.0e-4``)."""
+    value = yaml.safe_load(text)
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            pass
+    return value
 
 
 def level_spec(spec: str) -> tuple[str, dict]:
@@ -218,6 +226,8 @@ def judge(trainer, x_u8: np.ndarray, masks: np.ndarray, truth_u8: np.ndarray, le
         out[f"{name}_change_levels"] = round(float(np.abs(g - x)[m].mean()), 2)
         if level != "identity":
             out[f"gap_closed_{name}"] = round(float(1 - after / before), 3)
+    out["face_structure_gap_levels"] = round(structure_error(x, t, face), 2)
+    out["face_structure_error_levels"] = round(structure_error(g, t, face), 2)
     c = trainer.C if trainer.C is not None else load_embedder("dlib")
     tf = c.transform(x_u8.shape[1])
     emb = lambda a: torch.cat([c(tf.centre(to_tensor(a[i:i + 32]))) for i in range(0, len(a), 32)])  # noqa: E731
@@ -225,6 +235,19 @@ def judge(trainer, x_u8: np.ndarray, masks: np.ndarray, truth_u8: np.ndarray, le
     out["identity_cosine"] = round(float((e_x * e_g).sum(1).mean()), 4)
     out["truth_identity_cosine"] = round(float((e_x * e_t).sum(1).mean()), 4)
     return out, refined
+
+
+def structure_error(a: np.ndarray, t: np.ndarray, masks: np.ndarray) -> float:
+    """What no per-image colour change explains: E|a - (p t + q)| over the masked pixels, p and q
+    fitted per image and channel by least squares (levels). Colour and brightness changes
+    cost nothing here; blur, artefacts and changed shapes do."""
+    errs = []
+    for ai, ti, m in zip(a, t, masks):
+        for c in range(a.shape[-1]):
+            u, v = ti[..., c][m], ai[..., c][m]
+            p, q = np.polyfit(u, v, 1) if u.std() > 0 else (0.0, v.mean())
+            errs.append(np.abs(v - (p * u + q)))
+    return float(np.concatenate(errs).mean())
 
 
 def picture(rows: list[np.ndarray], path: Path, n: int = 10) -> None:
@@ -242,7 +265,7 @@ def run_level(spec: str, sets: dict[str, Path], d: Path, cfg_values: dict, seed:
     warm = values.pop("warmup_fraction", 0.0)
     values["warmup_steps"] = int(round(warm * values["steps"]))
     x_real, m_real, template = read(sets["real"])
-    real = d / f"real_{level}_{x_real.shape[1]}.h5"
+    real = d / f"real_{level}_{x_real.shape[1]}px_seed{seed}.h5"
     if not real.exists():
         write_real(real, transform_set(level, x_real, m_real, seed, "real"), template, level)
     x_h, m_h, _ = read(sets["heldout"])

@@ -25,7 +25,8 @@ ROOT = Path(__file__).resolve().parents[1]
 TESTS = ["tests/test_method.py", "tests/test_losses.py", "tests/test_nets.py", "tests/test_train.py"]
 
 T, LOSS, NETS = "refine/gan/trainer.py", "refine/gan/losses.py", "refine/gan/nets.py"
-#: (name, file, original text, mutated text)
+KNOWN_GAP = "tests/test_known_gap.py"
+#: (name, file, original text, mutated text[, the tests to run instead of --tests])
 MUTANTS = [
     ("Eq. 8: -L_G", T, 'g = terms["L_G"]\n', 'g = -terms["L_G"]\n'),
     ("Eq. 8: -L_cyc", T, 'g = g + cfg.lambda_cyc * terms["L_cyc"]', 'g = g - cfg.lambda_cyc * terms["L_cyc"]'),
@@ -43,8 +44,8 @@ MUTANTS = [
     ("one gradient of all objectives (no restriction: a missing detach)", T,
      "out[name] = torch.autograd.grad(objs[name], groups[name]",
      "out[name] = torch.autograd.grad(sum(objs.values()), groups[name]"),
-    ("D_R's reconstruction detached in L_G", T, 't["L_G"] = L.began_generator_loss(gx, d_gx)',
-     't["L_G"] = L.began_generator_loss(gx, d_gx.detach())'),
+    ("D's reconstruction detached in L_G and L_G'", T, "l_g = L.began_generator_loss(f, d_f)",
+     "l_g = L.began_generator_loss(f, d_f.detach())"),
     ("k_R frozen", T, 'for key, real, fake in (("R", "L_real_R", "L_G"),', 'for key, real, fake in ('),
     ("k_P frozen", T, '("S", "L_real_S", "L_Gp"), ("P", "L_real_P", "L_cyc")):', '("S", "L_real_S", "L_Gp")):'),
     ("k moves by L_fake - gamma L_real", LOSS, "lambda_k * (gamma * float(l_real) - float(l_fake))",
@@ -58,7 +59,14 @@ MUTANTS = [
     ("L_id unmasked", LOSS, "mask = (x > -1.0).to(torch.float32)", "mask = torch.ones_like(x, dtype=torch.float32)"),
     ("batches not grouped by identity", T, "if cfg.images_per_identity > 1:", "if False:"),
     ("seeded dropout drawn from the global generator", NETS,
-     "torch.rand(h.shape[1:], generator=g) < keep for g in generators", "torch.rand(h.shape[1:]) < keep for g in generators"),
+     "torch.rand(shape, generator=g) < keep for _ in self.res", "torch.rand(shape) < keep for _ in self.res"),
+    # issue 24: what tests/test_known_gap.py (a refiner closing a known gap) must catch - run on it alone
+    ("known gap: D ascends L_DR + L_DS", T, '"D": terms["L_DR"] + terms.get("L_DS", 0.0)',
+     '"D": -(terms["L_DR"] + terms.get("L_DS", 0.0))', [KNOWN_GAP]),
+    ("known gap: G not updated", T, "            o.step()\n", '            o.step() if name != "G" else None\n',
+     [KNOWN_GAP]),
+    ("known gap: L_id left out of Eq. 8", T, 'g = g + cfg.lambda_id * terms["L_id"]', 'g = g + 0.0 * terms["L_id"]',
+     [KNOWN_GAP]),
 ]
 
 
@@ -81,7 +89,7 @@ def main():
     ap.add_argument("--only", nargs="*", help="run the mutants whose name contains one of these")
     ap.add_argument("--tests", nargs="*", default=TESTS)
     a = ap.parse_args()
-    for name, f, old, new in MUTANTS:
+    for name, f, old, new, *_ in MUTANTS:
         n = (ROOT / f).read_text().count(old)
         if n != 1:
             raise SystemExit(f"mutant '{name}': its original text occurs {n} times in {f}; update the mutant.")
@@ -94,18 +102,18 @@ def main():
                                capture_output=True, text=True, check=True).stdout.strip()
         if not where.startswith(str(repo)):
             raise SystemExit(f"the copy's package is not the one imported ({where}); cannot test mutants")
-        for name, f, old, new in todo:
+        for name, f, old, new, *tests in todo:
             path = repo / f
             original = path.read_text()
             path.write_text(original.replace(old, new, 1))
             t = time.perf_counter()
-            p = subprocess.run([sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", *a.tests],
+            p = subprocess.run([sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", *(tests[0] if tests else a.tests)],
                                cwd=repo, env=env, capture_output=True, text=True)
             path.write_text(original)
             failed = [line.split(" ")[1] for line in p.stdout.splitlines() if line.startswith(("FAILED", "ERROR"))]
             caught = p.returncode != 0
             rows.append({"mutant": name, "caught": caught, "by": failed[0] if failed else None,
-                         "seconds": round(time.perf_counter() - t)})
+                         "tests": tests[0] if tests else a.tests, "seconds": round(time.perf_counter() - t)})
             print(f"{'caught  ' if caught else 'SURVIVED'}  {name:60s}  {failed[0] if failed else ''}", flush=True)
     survived = [r["mutant"] for r in rows if not r["caught"]]
     print(json.dumps({"mutants": len(rows), "caught": len(rows) - len(survived), "survived": survived,

@@ -57,7 +57,9 @@ class NonFiniteLoss(RuntimeError):
 
 def objectives(terms: dict[str, torch.Tensor], cfg: TrainConfig) -> dict[str, torch.Tensor]:
     """Eq. 8-10 from the step's loss terms: each network's objective, by its optimiser's name."""
-    g = terms["L_G"] if cfg.lambda_adv == 1.0 else cfg.lambda_adv * terms["L_G"]
+    g = terms["L_G"]
+    if cfg.lambda_adv != 1.0:  # G's adversarial weight (issue 24; 1 is the paper's Eq. 8)
+        g = cfg.lambda_adv * g
     if "L_cyc" in terms:
         g = g + cfg.lambda_cyc * terms["L_cyc"]
     if "L_C" in terms:
@@ -403,7 +405,7 @@ class Trainer:
             "rng": {"data": self.data_gen.get_state(), "aug": self.aug_gen.get_state(),
                     "torch": torch.get_rng_state(),
                     **({"d_aug": self.d_aug_gen.get_state()} if self._uses_d_aug_gen() else {})},
-            **({"history": self.history.cpu()} if self.cfg.history else {}),
+            **({"history": self.history.detach().cpu().clone()} if self.cfg.history else {}),
         }
 
     def _uses_d_aug_gen(self) -> bool:

@@ -1,0 +1,107 @@
+"""The training options of issue 24 (``refine/gan/config.py``): each does what it says, and at their
+defaults nothing of the authors' training changes (``test_method.py`` holds the method itself)."""
+import copy
+import math
+
+import pytest
+import torch
+
+from morph.base.errors import UserError
+from refine.gan.augment import cutout, diff_augment
+from refine.gan.config import TrainConfig
+from refine.gan.nets import Generator, PatchDiscriminator, build_nets
+from refine.gan.trainer import Trainer
+
+
+def test_default_architecture_key_is_the_one_earlier_checkpoints_hold():
+    # measured on learn24 before the options existed: checkpoints of the authors' networks resume
+    assert TrainConfig().architecture_key() == "4a367cf482477421"
+    assert TrainConfig(lr_schedule="tail", augment="diffaugment").architecture_key() == "4a367cf482477421"
+    assert TrainConfig(residual=True).architecture_key() != "4a367cf482477421"
+
+
+def test_residual_generator_starts_as_an_exact_copy_and_learns_a_correction():
+    g = Generator(width=8, residual=True)
+    x = torch.rand(2, 3, 32, 32) * 2 - 1
+    assert torch.equal(g.eval()(x), x)
+    torch.manual_seed(0)
+    assert not torch.equal(Generator(width=8)(x), x)  # the authors' G does not
+    g.train()
+    (g(x) - 0.5).abs().mean().backward()
+    assert g.c7s1_3.conv.weight.grad.abs().sum() > 0
+
+
+def test_defaults_build_the_authors_networks_with_the_same_initial_weights():
+    torch.manual_seed(5)
+    a = build_nets(TrainConfig(g_width=8, d_hidden=8, image_size=32))
+    torch.manual_seed(5)
+    b = build_nets({"g_width": 8, "d_hidden": 8, "image_size": 32})
+    for k in a:
+        for (n, p), q in zip(a[k].state_dict().items(), b[k].state_dict().values()):
+            assert torch.equal(p, q), (k, n)
+    assert isinstance(build_nets({"discriminator": "patch", "image_size": 32})["D_R"], PatchDiscriminator)
+
+
+@pytest.mark.parametrize("kw, words", [
+    ({"r1": 1.0}, "apply to patch discriminators"),
+    ({"history": 8}, "apply to patch discriminators"),
+    ({"gan_loss": "hinge"}, "apply to patch discriminators"),
+    ({"lr_schedule": "cosine"}, "lr_schedule 'cosine' is unknown"),
+    ({"augment": "ada"}, "augment 'ada' is unknown"),
+    ({"lambda_adv": -1.0}, "lambda_adv must be a finite number"),
+    ({"residual": "yes"}, "residual must be true or false"),
+])
+def test_bad_option_values_are_refused_in_one_sentence(kw, words):
+    with pytest.raises(UserError, match=words):
+        TrainConfig(**kw)
+
+
+def test_tail_schedule_is_constant_then_linear_to_zero():
+    c = TrainConfig(steps=100, lr_schedule="tail")
+    assert [c.lr_factor(s) for s in (0, 79, 80, 90, 100)] == [1.0, 1.0, 1.0, 0.5, 0.0]
+    assert TrainConfig(steps=100, lr_schedule="constant").lr_factor(99) == 1.0
+
+
+def test_diff_augment_draws_from_its_generator_and_passes_gradients():
+    x = (torch.rand(4, 3, 32, 32) * 2 - 1).requires_grad_(True)
+    a = diff_augment(x, torch.Generator().manual_seed(1))
+    b = diff_augment(x, torch.Generator().manual_seed(1))
+    assert torch.equal(a, b)
+    assert not torch.equal(a, diff_augment(x, torch.Generator().manual_seed(2)))
+    # cutout alone: a square of half the side (a quarter of the image), less where it reaches past the edge
+    zero = (cutout(torch.rand(16, 3, 32, 32) + 1, torch.Generator().manual_seed(3)) == 0).all(1)
+    zero = zero.flatten(1).float().mean(1)
+    assert ((zero >= 0.25 * 0.25) & (zero <= 0.25)).all() and (zero == 0.25).any()
+    a.sum().backward()
+    assert x.grad.abs().sum() > 0
+
+
+def test_patch_game_with_every_option_trains_and_resumes_its_state(sets, tmp_path):
+    cfg = dict(g_width=8, d_hidden=8, batch_size=4, images_per_identity=2, steps=10, seed=1, variant="no_pairs",
+               residual=True, discriminator="patch", gan_loss="hinge", r1=1.0, history=4, augment="diffaugment",
+               lr_schedule="tail", lambda_adv=0.5)
+    tr = Trainer(TrainConfig(**cfg), sets / "synthetic.h5", sets / "real.h5", None, tmp_path / "a")
+    for _ in range(3):
+        v = tr.train_step()
+    assert all(math.isfinite(x) for x in v.values()) and "L_real_R" not in v and v["k_R"] == 0.0
+    assert len(tr.history) == 4
+    st = copy.deepcopy(tr.state())  # as a checkpoint holds it: a copy
+    again = Trainer(TrainConfig(**cfg), sets / "synthetic.h5", sets / "real.h5", None, tmp_path / "b")
+    again.load_state(st, tmp_path / "a")
+    assert torch.equal(again.history, tr.history)
+    assert torch.equal(again.d_aug_gen.get_state(), tr.d_aug_gen.get_state())
+    resumed = again.train_step()["L_G"]
+    torch.set_rng_state(st["rng"]["torch"])  # dropout draws from the global generator, which both share here
+    assert resumed == tr.train_step()["L_G"]
+
+
+def test_lambda_adv_zero_leaves_g_without_d_rs_gradient(sets, tmp_path):
+    from refine.gan.trainer import objectives
+
+    cfg = TrainConfig(g_width=8, d_hidden=8, batch_size=4, images_per_identity=2, steps=10, variant="no_pairs",
+                      lambda_adv=0.0)
+    tr = Trainer(cfg, sets / "synthetic.h5", sets / "real.h5", None, tmp_path / "c")
+    terms, _ = tr.forward(tr.next_batch())
+    g = objectives(terms, cfg)["G"]
+    want = cfg.lambda_cyc * terms["L_cyc"] + cfg.lambda_c * terms["L_C"] + cfg.lambda_id * terms["L_id"]
+    assert torch.allclose(g, want)
