@@ -7,10 +7,11 @@ deviations, so their prior is N(0, I)):
 
     q_i = s P R X_i + t,    P = [[1, 0, 0], [0, 1, 0]]
 
-Each iteration alternates two closed-form steps, as eos's ``fit_shape_and_pose`` alternates its
-camera estimate with linear shape and blendshape fits (patrikhuber/eos,
-``include/eos/fitting/fitting.hpp``; the regularised linear solve of
-``linear_shape_fitting.hpp``, ``fit_shape_to_landmarks_linear``, after Aldrian and Smith 2013):
+Each iteration alternates two closed-form steps, as eos's ``fit_shape_and_pose`` alternates a
+scaled orthographic pose estimate with blendshape (non-negative least squares there) and linear
+shape fits (patrikhuber/eos, read in ``include/eos/fitting/multi_image_fitting.hpp``; the
+regularised linear solve of ``linear_shape_fitting.hpp``, ``fit_shape_to_landmarks_linear``,
+after Aldrian and Smith 2013):
 
 1. the camera: the affine map from X to q by least squares, its 2 x 3 part projected onto the
    nearest scaled rotation (SVD), then t by least squares;
@@ -19,15 +20,17 @@ camera estimate with linear shape and blendshape fits (patrikhuber/eos,
    under landmark noise ``sigma_mm`` and the N(0, I) prior solves
    (A^T A + sigma_mm^2 I) c = A^T b, shape and expression jointly.
 
-The jaw contour (iBUG 0-16) is not fixed to vertices: a detector marks the face's outline, which
-on the side turned away from the camera is the silhouette of the cheek, not the jaw vertices.
-As eos re-matches that side's contour landmarks to the model's contour at every iteration
-(``contour_correspondence.hpp``: ``select_contour`` picks the side by the sign of the yaw,
-``get_nearest_contour_correspondences`` the nearest projected vertex of a fixed contour list), we
-re-match each of that side's points to the outermost projected vertex of a band of the mesh at
-its height (the "landmark marching" of Zhu et al., CVPR 2015, which needs no hand-made contour
-list): ``contour_candidates``. It is off by default: on 40 renders of the default model at 256 px
-whose 68 points ``morph align``'s detector found (yaw within 60 degrees, 4 beyond 30), the mean
+The jaw contour (iBUG 0-16) need not stay on its vertices: a detector marks the face's outline,
+which on the side turned away from the camera is the silhouette of the cheek, not the jaw vertices.
+eos re-matches contour landmarks at every iteration: one side's to the nearest projected vertex
+of a fixed, hand-made contour list (``contour_correspondence.hpp``: ``select_contour`` picks the
+side by the sign of the yaw, ``get_nearest_contour_correspondences`` the vertex), the away-facing
+side's to the mesh's occluding edges (``find_occluding_edge_correspondences``, called in
+``multi_image_fitting.hpp``). Needing neither a contour list nor an edge topology, we re-match
+each point of the away-facing side to the outermost projected vertex of a band of the mesh at its
+height (the "landmark marching" of Zhu et al., CVPR 2015): ``contour_candidates``. It is off by
+default (``contour=False``): on 40 renders of the default model at 256 px whose 68 points
+``morph align``'s detector found (yaw within 60 degrees, 4 beyond 30), the mean
 yaw error was 5.3 degrees with the jaw points on their vertices, 6.6 with the contour re-matched
 and 6.1 with the inner points alone (the contour needs measuring on photos of turned heads).
 The pose is reported in the renderer's convention (``morph.render.camera``:
