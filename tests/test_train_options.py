@@ -50,6 +50,8 @@ def test_defaults_build_the_authors_networks_with_the_same_initial_weights():
     ({"augment": "ada"}, "augment 'ada' is unknown"),
     ({"lambda_adv": -1.0}, "lambda_adv must be a finite number"),
     ({"residual": "yes"}, "residual must be true or false"),
+    ({"face_weight": 4.0, "discriminator": "patch"}, "face_weight applies to the BEGAN"),
+    ({"face_weight": 0.0}, "face_weight must be"),
 ])
 def test_bad_option_values_are_refused_in_one_sentence(kw, words):
     with pytest.raises(UserError, match=words):
@@ -93,6 +95,41 @@ def test_patch_game_with_every_option_trains_and_resumes_its_state(sets, tmp_pat
     resumed = again.train_step()["L_G"]
     torch.set_rng_state(st["rng"]["torch"])  # dropout draws from the global generator, which both share here
     assert resumed == tr.train_step()["L_G"]
+
+
+def test_face_weight_map_covers_the_template_face_and_weights_d_rs_reconstruction(sets, tmp_path):
+    """Mutants: the box built from the wrong points (not around eyes and mouth), the weight left
+    out of D_R's loss (L_G equals the plain mean), the weight applied as a plain scale."""
+    from morph.align.template import crop_template
+    from refine.gan import losses as L
+
+    pts = crop_template(None).points(108)
+    w = L.face_weight_map(108, pts, 4.0)[0, 0]
+    assert w.shape == (108, 108) and set(w.unique().tolist()) == {1.0, 4.0}
+    for x, y in pts.round().astype(int):  # eyes, nose, mouth inside; corners outside
+        assert w[y, x] == 4.0
+    assert w[0, 0] == w[-1, -1] == w[54, 2] == w[2, 54] == 1.0
+    assert 0.3 < (w == 4.0).float().mean() < 0.5  # about 40% of the crop: the face, not the whole image
+    a, b = torch.zeros(2, 3, 108, 108), torch.zeros(2, 3, 108, 108)
+    a[..., w == 4.0] = 1.0  # errors on the face only: the weighted mean is 4x as large a share
+    plain, weighted = L.l1(a, b), L.l1(a, b, weight=w[None, None])
+    share = (w == 4.0).float().mean()
+    assert math.isclose(float(weighted), float(4 * share / (4 * share + 1 - share)), rel_tol=1e-5)
+    assert math.isclose(float(L.l1(a, b, weight=torch.ones(1, 1, 108, 108))), float(plain), rel_tol=1e-6)
+    cfg = dict(g_width=8, d_hidden=8, batch_size=4, images_per_identity=2, steps=10, variant="no_pairs")
+    tr = Trainer(TrainConfig(**cfg, face_weight=4.0), sets / "synthetic.h5", sets / "real.h5", None, tmp_path / "f")
+    b = tr.next_batch()
+    torch.manual_seed(0)
+    terms, _ = tr.forward(b)
+    gx = tr.G(b["x"])
+    fw = tr.face_weight
+    assert fw.shape[-1] == tr.cfg.image_size and fw.max() == 4.0
+    # the trainer's L_G is D_R's face-weighted reconstruction error of G(x)
+    torch.manual_seed(0)
+    gx = tr.G(b["x"])
+    want = L.l1(gx, tr.D_R(torch.cat([gx, b["y"]]))[:4], weight=fw)
+    assert torch.allclose(terms["L_G"], want, rtol=1e-4)
+    assert not torch.allclose(terms["L_G"], L.l1(gx, tr.D_R(torch.cat([gx, b["y"]]))[:4]), rtol=1e-4)
 
 
 def test_lambda_adv_zero_leaves_g_without_d_rs_gradient(sets, tmp_path):

@@ -32,7 +32,10 @@ each of them on renders whose realistic version is known:
   PatchDiscriminator``) for D_R and D_S [began]; ``gan_loss``: a patch discriminator's loss,
   ``nonsaturating`` or ``hinge`` [nonsaturating]; ``r1``: the R1 penalty's gamma on a patch
   discriminator's real inputs [0]; ``history``: SimGAN's buffer of refined images, half of each
-  batch of D_R's generated inputs drawn from it [0: none].
+  batch of D_R's generated inputs drawn from it [0: none];
+- ``face_weight``: the weight of the crop template's face box in the BEGAN discriminators'
+  reconstruction (``refine.gan.losses.face_weight_map``), the background's being 1 [1: the
+  authors' plain mean].
 """
 from __future__ import annotations
 
@@ -63,6 +66,7 @@ RANGES = {
     "lambda_k": ("float", 0.0, 1.0, ""), "eta": ("float", 0.0, 1e3, ""),
     "centroid_momentum": ("float", 0.0, 1.0, ")"), "ema_decay": ("float", 0.0, 1.0, ")"),
     "lambda_adv": ("float", 0.0, 1e6, ""), "r1": ("float", 0.0, 1e6, ""), "history": ("int", 0, 1_000_000, ""),
+    "face_weight": ("float", 0.0, 1e3, "("),
 }
 #: choices of the string settings, the authors' first
 CHOICES = {"variant": VARIANTS, "norm": ("authors", "instance"), "lr_schedule": ("paper", "constant", "tail"),
@@ -115,6 +119,7 @@ class TrainConfig:
     gan_loss: str = "nonsaturating"  # a patch discriminator's loss: nonsaturating, hinge
     r1: float = 0.0  # R1 penalty gamma on a patch discriminator's real inputs
     history: int = 0  # refined images kept for D_R (SimGAN's history buffer); 0: none
+    face_weight: float = 1.0  # weight of the face box in the BEGAN D's reconstruction; 1: authors'
 
     def __post_init__(self):
         for name, (kind, low, high, open_ends) in RANGES.items():
@@ -136,6 +141,8 @@ class TrainConfig:
         for name in ("amp", "residual"):
             if not isinstance(getattr(self, name), bool):
                 raise UserError(f"{name} must be true or false (got {getattr(self, name)!r}).")
+        if self.discriminator != "began" and self.face_weight != 1.0:
+            raise UserError("face_weight applies to the BEGAN discriminators; drop it or use discriminator: began.")
         if self.discriminator == "began" and (self.r1 > 0 or self.gan_loss != "nonsaturating" or self.history):
             raise UserError("r1, gan_loss and history apply to patch discriminators; add discriminator: patch or "
                             "drop them (the BEGAN auto-encoders have their own loss, Eq. 4-5).")

@@ -40,6 +40,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from morph.align.template import crop_template
 from morph.base.errors import UserError
 from morph.formats.named import model_files
 from morph.base.numerics import numerics
@@ -143,6 +144,8 @@ class Trainer:
         # the discriminators' input augmentation and the history buffer's draws (issue 24's options)
         self.d_aug_gen = torch.Generator().manual_seed(cfg.seed * 1000 + 600 + self.ddp.rank)
         self.history = torch.zeros(0, 3, cfg.image_size, cfg.image_size, device=self.device)
+        self.face_weight = None if cfg.face_weight == 1.0 else L.face_weight_map(
+            cfg.image_size, crop_template(cfg.crop_template).points(cfg.image_size), cfg.face_weight).to(self.device)
         self.step = 0
 
     def d_params(self):
@@ -222,8 +225,8 @@ class Trainer:
         if cfg.discriminator == "began":
             f, y = parts
             d_f, d_y = D(torch.cat([f, y])).split([n, y.shape[0]])
-            l_g = L.began_generator_loss(f, d_f)
-            l_d, l_real = L.began_discriminator_loss(y, d_y, l_g, k)
+            l_g = L.began_generator_loss(f, d_f, weight=self.face_weight)
+            l_d, l_real = L.began_discriminator_loss(y, d_y, l_g, k, self.face_weight)
             return l_g, l_d, l_real
         if cfg.r1 > 0:
             parts[1] = parts[1].detach().requires_grad_(True)
