@@ -116,15 +116,19 @@ def _photo_options(f):
 
 @main.command("align")
 @click.argument("photos", type=click.Path(path_type=Path))
-@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), required=True)
-@click.option("--all-faces", is_flag=True, help="Keep every face, not just the most confident one near the centre.")
+@click.option("-o", "--output", type=click.Path(path_type=Path), required=True,
+              help="The HDF5 set, or with --format folder the folder of crops (its set beside it, OUTPUT.h5).")
+@click.option("--format", "fmt", type=click.Choice(["hdf5", "folder"]), default="hdf5", show_default=True,
+              help="hdf5: one file with the points; folder: also OUTPUT/<sub-folder>/<photo>.png, the image-folder "
+                   "tree other tools read (torchvision's ImageFolder, 'refine verify --lfw-pairs').")
+@click.option("--all-faces", is_flag=True, help="Keep every face, not just the largest, most confident one near the centre.")
 @_photo_options
 @click.option("--thresholds", type=(float, float, float), default=(0.6, 0.7, 0.7), show_default=True,
               help="P-Net, R-Net, O-Net face probability thresholds.")
 @click.option("--landmarks", type=click.Choice(["ibug68", "mtcnn"]), default="ibug68", show_default=True,
               help="Crop points: MTCNN's refined to the 68 iBUG points and taken as the renders take them "
                    "(dlib's 300-W model: iBUG 300-W excludes commercial use), or MTCNN's own.")
-def align(photos, output, all_faces, size, template, device, batch_size, min_face_size, thresholds, landmarks):
+def align(photos, output, fmt, all_faces, size, template, device, batch_size, min_face_size, thresholds, landmarks):
     """Detect faces in a folder of photos with MTCNN and crop them with the renders' 5-point
     template (sub-folders = identity labels). Unreadable or faceless photos are listed in
     OUTPUT.report.tsv. Resumes after a kill."""
@@ -132,7 +136,7 @@ def align(photos, output, all_faces, size, template, device, batch_size, min_fac
 
     r = align_folder(photos, output, all_faces=all_faces, size=size, device=device, batch_size=batch_size,
                      min_face_size=min_face_size, thresholds=thresholds, landmarks=landmarks,
-                     report=lambda line: click.echo(line, err=True), template=template)
+                     report=lambda line: click.echo(line, err=True), template=template, format=fmt)
     click.echo(f"{output}: {r['n_faces']} faces; {len(r['skipped'])} photos skipped (see {r.get('report', '')}).")
 
 

@@ -133,7 +133,11 @@ def evaluate(dataset, prefix, against, embedder, n_pairs, seed, max_images, min_
 @click.option("--lfw-pairs", type=click.Path(path_type=Path), default=None,
               help="LFW's pairs.txt (or a file in its layout); the images are in --images.")
 @click.option("--images", type=click.Path(path_type=Path), default=None,
-              help="With --lfw-pairs: the folder of NAME/NAME_0001.jpg ..., faces aligned by --template.")
+              help="With --lfw-pairs: the folder of NAME/NAME_0001.jpg ...: photos (LFW as distributed), "
+                   "or crops aligned by --template.")
+@click.option("--align", type=click.Choice(("auto", "always", "never")), default="auto", show_default=True,
+              help="With --lfw-pairs: align the photos as 'morph align' does (always), take them as aligned crops "
+                   "(never), or tell which from a sample (auto).")
 @click.option("--bin", "bin_path", type=click.Path(path_type=Path), default=None,
               help="An insightface verification file (lfw.bin, cfp_fp.bin, agedb_30.bin ...).")
 @click.option("--set", "labelled_set", type=click.Path(path_type=Path), default=None,
@@ -154,13 +158,14 @@ def evaluate(dataset, prefix, against, embedder, n_pairs, seed, max_images, min_
               help="Add each image's mirror image's embedding, as insightface reports its accuracy.")
 @click.option("--batch-size", type=BATCH, default=64, show_default=True, help="Images per embedder call.")
 @click.option("--device", default="cpu", show_default=True, help="cpu, cuda, cuda:1 ...")
-def verify(lfw_pairs, images, bin_path, labelled_set, prefix, embedder, template, folds, n_pairs, seed, flip,
+def verify(lfw_pairs, images, align, bin_path, labelled_set, prefix, embedder, template, folds, n_pairs, seed, flip,
            batch_size, device):
     """Face verification on a standard protocol: k-fold accuracy (mean +- std), AUC, EER and TAR at
     FAR 1e-3 / 1e-2, as insightface's verification reports them; PREFIX.json and the ROC in PREFIX.png.
 
     \b
     Examples:
+      refine verify --lfw-pairs lfw/pairs.txt --images lfw -o reports/lfw
       refine verify --lfw-pairs lfw/pairs.txt --images lfw-aligned --template arcface112 -o reports/lfw
       refine verify --bin faces_emore/agedb_30.bin -o reports/agedb30
       refine verify --set export/ -o reports/export
@@ -169,7 +174,7 @@ def verify(lfw_pairs, images, bin_path, labelled_set, prefix, embedder, template
 
     r = verify(prefix, lfw_pairs=lfw_pairs, images=images, template=template, bin_path=bin_path,
                labelled_set=labelled_set, n_pairs=n_pairs, seed=seed, folds=folds, embedder=embedder, flip=flip,
-               batch_size=batch_size, device=device)
+               batch_size=batch_size, device=device, align=align)
     a = r["accuracy"]
     tar = ", ".join(f"TAR@FAR={k} {v['tar']:.4f}" for k, v in r["tar_at_far"].items() if v)
     click.echo(f"{r['source']}: accuracy {100 * a['mean']:.2f}% +- {100 * a['std']:.2f} over {a['folds']} folds of "

@@ -91,6 +91,26 @@ def test_all_faces_keeps_every_face_of_a_group_photo(tmp_path):
         assert b["images"].shape[0] >= 6  # six people (the detector also finds two doubtful faces)
 
 
+def test_one_face_per_photo_is_the_largest_near_the_centre(tmp_path):
+    """A photo framed for its subject (tongue.jpg, a large face left of centre) with a smaller face
+    behind it nearer the centre (takeo.ppm pasted there), both detected at 0.999: the subject is
+    kept. Mutant caught: the box size left out of ``pick_face`` (confidence and centrality alone
+    keep the small face)."""
+    canvas = Image.new("RGB", (700, 600), (128, 128, 128))
+    canvas.paste(Image.open(REAL / "tongue.jpg").convert("RGB").resize((470, 470)), (0, 60))
+    canvas.paste(Image.open(REAL / "takeo.ppm").convert("RGB").resize((75, 112)), (433, 244))
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    canvas.save(photos / "subject.png")
+    assert run("align", photos, "-o", tmp_path / "one.h5").exit_code == 0
+    assert run("align", photos, "-o", tmp_path / "all.h5", "--all-faces").exit_code == 0
+    with h5py.File(tmp_path / "one.h5", "r") as a, h5py.File(tmp_path / "all.h5", "r") as b:
+        boxes = b["boxes"][()]
+        assert len(boxes) == 2
+        side = np.sqrt((boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1]))
+        assert np.array_equal(a["boxes"][0], boxes[np.argmax(side)])
+
+
 def test_aligned_landmarks_land_on_the_template(tmp_path):
     from morph.align.mtcnn import MTCNN
 

@@ -24,11 +24,15 @@ LANDMARK_RULES = ("ibug68", "mtcnn")
 
 
 def pick_face(boxes: np.ndarray, scores: np.ndarray, hw: tuple[int, int]) -> int:
-    """Index of the most confident face near the centre: score * (1 - d / half-diagonal)."""
+    """Index of the largest, most confident face near the centre: score * (box side / the largest
+    box side) * (1 - d / half-diagonal). Photos collected for one person (CelebA's uncropped
+    photos, LFW's) frame that person large and central; a face behind them is smaller, and often
+    as confidently detected, so confidence and centrality alone can pick it."""
     h, w = hw
     centre = (boxes[:, :2] + boxes[:, 2:]) / 2
     d = np.linalg.norm(centre - np.array([w / 2, h / 2]), axis=1) / (0.5 * np.hypot(w, h))
-    return int(np.argmax(scores * (1 - np.clip(d, 0, 1) + 1e-6)))
+    side = np.sqrt(np.clip(boxes[:, 2] - boxes[:, 0], 0, None) * np.clip(boxes[:, 3] - boxes[:, 1], 0, None))
+    return int(np.argmax(scores * (side / max(float(side.max()), 1e-6) + 1e-6) * (1 - np.clip(d, 0, 1) + 1e-6)))
 
 
 def crop_transform(five, size: int, template: str | None = None) -> np.ndarray:

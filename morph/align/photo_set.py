@@ -11,9 +11,9 @@ MTCNN's points, as the paper's code did.
 
 - Labels: each photo's folder relative to PHOTOS is its identity (CASIA-WebFace's layout,
   ``PHOTOS/0000045/001.jpg``); ``label_names`` lists them, labels index into it in sorted order.
-- One face per photo by default: the most confident face near the centre (score weighted by
-  closeness of the box centre to the image centre; identity-labelled collections are cropped
-  around their subject, group photos are not). ``all_faces`` keeps every face.
+- One face per photo by default: the largest, most confident face near the centre
+  (``morph.align.faces.pick_face``; identity-labelled collections frame their subject large and
+  central, group photos do not). ``all_faces`` keeps every face.
 - Unreadable files and photos without a face are skipped and listed (``skipped`` dataset and a
   ``.report.tsv`` beside the output): nothing else of the run is lost.
 - Resumable: ``NAME.partial`` carries ``cursor = [photos done, faces written]``, updated after

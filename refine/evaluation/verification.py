@@ -6,8 +6,11 @@ Pair lists, each read into ``PairList`` (images, the two images of each pair, sa
 - **LFW** ``pairs.txt`` (Huang et al. 2007, "View 2"): a first line ``F N`` (folds, pairs of each
   kind per fold; LFW's is ``10 300``), then per fold N same-person lines ``name i j`` and N
   different-person lines ``name1 i name2 j``, tab-separated, image numbers 1-based; the images are
-  ``DIR/name/name_%04d.EXT``. The images must already be aligned by a crop template of
-  ``morph.align.template`` (``--template``; for example our exports, or ``morph align`` of the photos).
+  ``DIR/name/name_%04d.EXT``: LFW's photos as distributed (250x250, not aligned), which are then
+  aligned here as ``morph align`` aligns photos (``align_lfw_photos``), or crops already aligned by
+  the crop template ``--template`` (``morph align --format folder``, our exports). ``align="auto"``
+  tells the two apart on a sample (``looks_aligned``); a photo in which no face is found stops the
+  run with its name, never a figure computed on an unaligned photo.
 - **insightface** ``.bin`` verification files (lfw.bin, cfp_fp.bin, agedb_30.bin, calfw.bin,
   cplfw.bin): a pickle of ``(bins, issame_list)`` whose ``bins`` are 2N encoded images (112x112
   ArcFace crops) and pair i is images 2i and 2i+1 (insightface's
@@ -64,13 +67,24 @@ class PairList:
     same: np.ndarray  # (P,) bool
     folds: int
     template: str
+    aligned_here: bool = False  # photos aligned on reading (LFW photos as distributed)
 
 
 # ----------------------------------------------------------------------------------- readers
-def read_lfw_pairs(pairs_txt: str | Path, images: str | Path, template: str) -> PairList:
-    """LFW's ``pairs.txt`` over the image folder ``images`` (see the module docstring)."""
+#: ``read_lfw_pairs``'s choices: tell aligned crops from photos, always align, never align
+ALIGN_CHOICES = ("auto", "always", "never")
+#: a sample's median distance of the found 5 points from the template's, in eye distances, under
+#: which its images count as aligned crops: aligned crops measure about 0.02, LFW's photos about 1
+ALIGNED_TOLERANCE = 0.15
+
+
+def read_lfw_pairs(pairs_txt: str | Path, images: str | Path, template: str, align: str = "auto") -> PairList:
+    """LFW's ``pairs.txt`` over the image folder ``images`` (see the module docstring); ``align``:
+    one of ``ALIGN_CHOICES``."""
     pairs_txt, root = Path(pairs_txt), Path(images)
     crop_template(template)
+    if align not in ALIGN_CHOICES:
+        raise UserError(f"align '{align}' is unknown; choose one of {', '.join(ALIGN_CHOICES)}.")
     if not pairs_txt.is_file():
         raise UserError(f"{pairs_txt}: no such pairs file; give LFW's pairs.txt (or one in its layout).")
     if not root.is_dir():
@@ -108,6 +122,12 @@ def read_lfw_pairs(pairs_txt: str | Path, images: str | Path, template: str) -> 
         second.append(files[_lfw_image(root, *b)])
         same.append(matched)
     paths = list(files)
+    if align == "auto":
+        align = "never" if looks_aligned(paths, template) else "always"
+    if align == "always":
+        read = align_lfw_photos(paths, template, str(pairs_txt))
+        return PairList(str(pairs_txt), "lfw-pairs", read, len(paths), np.array(first), np.array(second),
+                        np.array(same), folds, template, aligned_here=True)
     size = read_rgb(paths[0]).shape[0]
 
     def read(idx):
@@ -122,6 +142,51 @@ def read_lfw_pairs(pairs_txt: str | Path, images: str | Path, template: str) -> 
 
     return PairList(str(pairs_txt), "lfw-pairs", read, len(paths), np.array(first), np.array(second),
                     np.array(same), folds, template)
+
+
+def looks_aligned(paths: list[Path], template: str, sample: int = 8) -> bool:
+    """Whether the images at ``paths`` are crops aligned by ``template``: square, of one size, and
+    the 5 points ``morph align`` finds in an evenly spread sample lie on the template's at that
+    size (median distance under ``ALIGNED_TOLERANCE`` eye distances). Unaligned photos, LFW's
+    250x250 among them, hold a smaller face off the template's points. ``UserError`` when no face is
+    found in any image of the sample: such images are neither aligned crops nor alignable."""
+    from morph.align.faces import FaceLocator
+    from morph.align.mtcnn import LANDMARK_CENTRE_OFFSET
+
+    picks = [paths[i] for i in np.unique(np.linspace(0, len(paths) - 1, min(sample, len(paths))).astype(int))]
+    images = [read_rgb(p) for p in picks]
+    sizes = {im.shape[:2] for im in images}
+    found = FaceLocator().locate(images)
+    if all(f is None for f in found):
+        raise UserError(f"{picks[0].parent.parent}: no face found in {len(picks)} of its images ({picks[0].name} "
+                        "...); verification needs face photos, or crops aligned by --template.")
+    if len(sizes) != 1 or images[0].shape[0] != images[0].shape[1]:
+        return False
+    target = crop_template(template).points(images[0].shape[0])
+    eye = float(np.linalg.norm(target[1] - target[0]))
+    errors = [np.linalg.norm(f.five[0] + LANDMARK_CENTRE_OFFSET - target, axis=1).mean() / eye
+              for f in found if f is not None]
+    return float(np.median(errors)) < ALIGNED_TOLERANCE
+
+
+def align_lfw_photos(paths: list[Path], template: str, source: str):
+    """``read(idx)`` of photos aligned on the fly by ``morph align``'s rule (MTCNN, the face
+    ``pick_face`` chooses, its 68-point refinement, the 5-point crop by ``template``), at 108 px."""
+    from morph.align.faces import FaceLocator, align_face
+
+    locator = FaceLocator()
+
+    def read(idx):
+        photos = [read_rgb(paths[i]) for i in idx]
+        out = []
+        for i, img, found in zip(idx, photos, locator.locate(photos)):
+            if found is None:
+                raise UserError(f"{paths[i]}: no face found to align (a photo of {source}); drop its pairs, or "
+                                "give crops aligned by --template (morph align --format folder).")
+            out.append(align_face(img, found.five[0], template=template))
+        return to_source_size(np.stack(out))
+
+    return read
 
 
 def _lfw_image(root: Path, name: str, number: int) -> Path:
@@ -255,7 +320,7 @@ def _kfold_bounds(n: int, folds: int) -> np.ndarray:
 
 # ----------------------------------------------------------------------------------- protocols
 def read_protocol(lfw_pairs=None, images=None, template: str | None = None, bin_path=None, labelled_set=None,
-                  n_pairs: int = 1000, seed: int = 0, folds: int = 10) -> PairList:
+                  n_pairs: int = 1000, seed: int = 0, folds: int = 10, align: str = "auto") -> PairList:
     """The pairs of exactly one of: LFW's pairs.txt (with the folder of its ``images``), an
     insightface .bin, a labelled set."""
     given = [name for name, v in (("--lfw-pairs", lfw_pairs), ("--bin", bin_path), ("--set", labelled_set)) if v]
@@ -264,7 +329,7 @@ def read_protocol(lfw_pairs=None, images=None, template: str | None = None, bin_
     if lfw_pairs is not None:
         if images is None:
             raise UserError(f"{lfw_pairs}: --lfw-pairs needs --images, the folder its names refer to.")
-        return read_lfw_pairs(lfw_pairs, images, template)
+        return read_lfw_pairs(lfw_pairs, images, template, align)
     if bin_path is not None:
         return read_insightface_bin(bin_path, folds)
     return pairs_of_labelled_set(labelled_set, n_pairs, seed, folds)
@@ -279,13 +344,14 @@ class Benchmark:
 
 
 def read_benchmarks(lfw_pairs=None, images=None, template: str | None = None, bins=(), sets=(),
-                    n_pairs: int = 1000, seed: int = 0) -> list[Benchmark]:
+                    n_pairs: int = 1000, seed: int = 0, align: str = "auto") -> list[Benchmark]:
     """Every protocol given, each named by its file (LFW: its folder), names unique."""
     benchmarks = []
     if lfw_pairs is not None:
         if images is None:
             raise UserError(f"{lfw_pairs}: --lfw-pairs needs --images, the folder its names refer to.")
-        benchmarks.append(Benchmark(Path(lfw_pairs).parent.name or "lfw", read_lfw_pairs(lfw_pairs, images, template)))
+        name = Path(lfw_pairs).parent.name or "lfw"
+        benchmarks.append(Benchmark(name, read_lfw_pairs(lfw_pairs, images, template, align)))
     for b in bins:
         benchmarks.append(Benchmark(Path(b).stem, read_insightface_bin(b)))
     for s in sets:
@@ -318,6 +384,7 @@ def verify_pairs(pairs: PairList, prefix: str | Path, *, embedder: str = "dlib",
                for far in FARS}
         report = {
             "protocol": pairs.protocol, "source": pairs.source, "template": pairs.template,
+            "aligned_here": pairs.aligned_here,
             "pairs": {"total": len(distance), "same": int(pairs.same.sum()), "different": n_neg},
             "embedder": {"spec": str(embedder), "name": net.name, "dim": net.dim},
             "flip": flip,
