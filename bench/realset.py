@@ -145,30 +145,19 @@ def split(folder: Path, aligned: dict[str, Path], heldout: float = 0.3, per_pers
 
 
 def measure_priors(real_h5: Path, out: Path, model: str = "default") -> dict:
-    """Pose and expression priors fitted to the faces' 68 points (``morph.fitting.landmarks``),
+    """Pose and expression priors fitted to the faces' 68 points (``morph.fitting.landmarks``, the
+    jaw outline left out: it is the least reliable of the detected points), measured as
+    ``morph fit-priors fits.h5`` measures them (``morph.jobs.fit_priors.priors_from_fits``),
     written over the default priors into ``out``; returns their summary."""
-    import yaml
-
     from morph.fitting.landmarks import INNER, LandmarkFitter
     from morph.formats.named import load_model
-    from morph.model.priors import gaussian_entry, load_priors, parse_priors
+    from morph.jobs.fit_priors import priors_from_fits
 
     with h5py.File(real_h5, "r") as f:
         points = f["landmarks68"][()]
     m = load_model(model)
-    fit = LandmarkFitter(m, points=INNER).fit(points)  # the jaw outline is the least reliable
-    good = fit.error < np.percentile(fit.error, 95)  # the worst fits (bad landmarks) are left out
-    pose, beta = fit.pose[good], fit.beta[good]
-    doc = yaml.safe_load(load_priors(None).text)
-    lo, hi = np.percentile(pose, 0.5, 0), np.percentile(pose, 99.5, 0)
-    doc["pose"] = gaussian_entry(pose, low=lo, high=hi, fitted_from=f"{int(good.sum())} faces of {real_h5.name}")
-    doc["expression"] = gaussian_entry(beta, basis=f"{m.name} expression ({m.n_expression} modes)",
-                                       fitted_from=f"{int(good.sum())} faces of {real_h5.name}")
-    doc["description"] = f"pose and expression fitted to the 68 points of {real_h5.name} (bench/realset.py)"
-    text = yaml.safe_dump(doc, sort_keys=False, width=120)
-    parse_priors(yaml.safe_load(text), text, str(out))
+    fit = LandmarkFitter(m, points=INNER).fit(points)
+    text, summary = priors_from_fits(fit.pose, fit.beta, fit.error, real_h5.name,
+                                     f"{m.name} expression ({m.n_expression} modes)")
     out.write_text(text)
-    return {"faces": int(good.sum()), "pose_mean": pose.mean(0).round(2).tolist(),
-            "pose_std": pose.std(0).round(2).tolist(), "abs_yaw_mean": round(float(np.abs(pose[:, 1]).mean()), 2),
-            "expression_rms": round(float(np.sqrt((beta ** 2).mean())), 3),
-            "fit_error_px_median": round(float(np.median(fit.error)), 2)}
+    return summary

@@ -85,3 +85,53 @@ def test_fit_priors_cli_skips_bad_files_and_fails_on_empty(tmp_path):
     (tmp_path / "empty").mkdir()
     res = CliRunner().invoke(main, ["fit-priors", str(tmp_path / "empty"), "-o", str(tmp_path / "q.yaml")])
     assert res.exit_code == 2 and "holds no .mat" in res.output and "Traceback" not in res.output
+
+
+def test_fit_priors_from_fits_measures_the_users_photos(tmp_path):
+    """``morph fit-priors fits.h5``: pose and expression are the mean and covariance of the fits
+    (the worst 5% by landmark error left out), in the fitted model's expression basis, with the
+    base priors' lighting; ``morph sample-identities`` then draws from them. Mutants caught: the
+    default pose kept, the worst fit kept in, the covariance of another set."""
+    import h5py
+    import yaml
+
+    from conftest import TESTDATA
+
+    def run(*args):
+        return CliRunner().invoke(main, [str(a) for a in args])
+
+    assert run("fit", TESTDATA / "real", "-o", tmp_path / "fits.h5").exit_code == 0
+    res = run("fit-priors", tmp_path / "fits.h5", "-o", tmp_path / "p.yaml")
+    assert res.exit_code == 0, res.output
+    with h5py.File(tmp_path / "fits.h5", "r") as f:
+        pose, beta, error = f["image/pose"][()], f["image/beta"][()], f["landmark_error"][()]
+    keep = error < error.max()  # 6 faces: the 95th percentile leaves out the worst one
+    doc = yaml.safe_load((tmp_path / "p.yaml").read_text())
+    np.testing.assert_allclose(doc["pose"]["mean"], pose[keep].mean(0), rtol=1e-5)
+    np.testing.assert_allclose(doc["pose"]["cov"], np.cov(pose[keep].T.astype(np.float64)), rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(doc["expression"]["mean"], beta[keep].mean(0), rtol=1e-4, atol=1e-6)
+    default = load_priors(None)
+    assert doc["sh"]["mean"] == default.groups["sh"].mean.tolist()
+    assert len(doc["expression"]["mean"]) == beta.shape[1]
+    res = run("sample-identities", "--priors", tmp_path / "p.yaml", "--n-identities", 2, "--images-per-identity", 50,
+              "-o", tmp_path / "ids.h5")
+    assert res.exit_code == 0, res.output
+    with h5py.File(tmp_path / "ids.h5", "r") as f:
+        drawn = f["image/pose"][()]
+    # 100 draws: their mean within 4 standard errors of the fitted one
+    se = np.sqrt(np.diag(doc["pose"]["cov"]) / len(drawn))
+    assert np.all(np.abs(drawn.mean(0) - doc["pose"]["mean"]) < 4 * se + 1e-6)
+
+
+def test_fit_priors_refuses_an_unfinished_or_foreign_h5(tmp_path):
+    import h5py
+
+    with h5py.File(tmp_path / "x.h5", "w") as f:
+        f["images"] = np.zeros((1, 8, 8, 3), np.uint8)
+        f.attrs["complete"] = True
+    res = CliRunner().invoke(main, ["fit-priors", str(tmp_path / "x.h5"), "-o", str(tmp_path / "p.yaml")])
+    assert res.exit_code == 2 and "written by 'morph fit'" in res.output, res.output
+    with h5py.File(tmp_path / "x.h5", "a") as f:
+        f.attrs["complete"] = False
+    res = CliRunner().invoke(main, ["fit-priors", str(tmp_path / "x.h5"), "-o", str(tmp_path / "p.yaml")])
+    assert res.exit_code == 2 and "not complete" in res.output, res.output

@@ -1,4 +1,5 @@
-"""`morph fit-priors`: expression, pose and lighting priors fitted to real annotations.
+"""`morph fit-priors`: expression, pose and lighting priors fitted to real annotations, or
+pose and expression priors measured on a user's own photos through their fits (``morph fit``).
 
 The paper samples expression, lighting and pose "with the same Gaussian distribution as that of
 synthetic samples of 300W-3D and AFLW2000-3D" (section 4, Data): a mean and a covariance fitted
@@ -18,6 +19,12 @@ to the datasets' per-image 3DMM annotations. Each annotation ``.mat`` holds
 - lighting: the Lambertian part of the Phong light (ambient + directional, rotated with the head
   into the camera frame) is projected onto our 9 SH functions by least squares over the sphere;
   the specular term and the colour transform have no SH counterpart and are left out.
+
+From fits.h5 (``morph fit``, ``fit_priors_from_fits``): the fitted pose (degrees, already our
+convention) and expression (std units of the fitted model's own basis, so the priors go with that
+model), bounded by the 0.5th and 99.5th percentiles; the 5% of faces with the largest landmark
+error are left out (their points, not their faces, are what is unusual). Lighting stays the base
+priors': a landmark fit does not measure it.
 """
 from __future__ import annotations
 
@@ -31,12 +38,63 @@ from morph.base.files import output_lock, write_atomic
 from morph.model.priors import gaussian_entry, load_priors, parse_priors
 from morph.w300lp import POSE_KEY, matrix_to_pose, phong_to_sh, read_annotation
 
+#: the share of fits, by landmark error, left out of priors measured on fits
+WORST_FITS = 0.05
+
+
+def priors_from_fits(pose: np.ndarray, beta: np.ndarray, error: np.ndarray, source: str, basis: str,
+                     base: str | None = None) -> tuple[str, dict]:
+    """The priors YAML (``base``'s, pose and expression replaced) measured on fits (N, 3) poses in
+    degrees and (N, K) expression coefficients with their landmark errors, and a summary."""
+    good = error <= np.quantile(error, 1 - WORST_FITS)
+    if good.sum() < 2:
+        raise UserError(f"{source}: only {int(good.sum())} usable fit(s); measuring priors needs at least 2.")
+    pose, beta = np.asarray(pose, np.float64)[good], np.asarray(beta, np.float64)[good]
+    doc = yaml.safe_load(load_priors(base).text)
+    fitted_from = f"{int(good.sum())} faces of {source}"
+    doc["pose"] = gaussian_entry(pose, low=np.percentile(pose, 0.5, 0), high=np.percentile(pose, 99.5, 0),
+                                 fitted_from=fitted_from)
+    doc["expression"] = gaussian_entry(beta, basis=basis, fitted_from=fitted_from)
+    doc["description"] = f"pose and expression measured on the fits of {fitted_from}"
+    text = yaml.safe_dump(doc, sort_keys=False, width=120)
+    parse_priors(yaml.safe_load(text), text, source)  # what we write must read back
+    return text, {"faces": int(good.sum()), "pose_mean": pose.mean(0).round(2).tolist(),
+                  "pose_std": pose.std(0).round(2).tolist(), "abs_yaw_mean": round(float(np.abs(pose[:, 1]).mean()), 2),
+                  "expression_rms": round(float(np.sqrt((beta ** 2).mean())), 3),
+                  "fit_error_px_median": round(float(np.median(error)), 2)}
+
+
+def fit_priors_from_fits(fits: Path, output: Path, base: str | None = None) -> dict:
+    """Priors measured on a ``morph fit`` output (module docstring); writes ``output``."""
+    from morph.base.h5io import open_h5, require_complete
+
+    with open_h5(fits, "fits file") as f:
+        require_complete(f, fits)
+        missing = [k for k in ("image/pose", "image/beta", "landmark_error") if k not in f]
+        if missing:
+            raise UserError(f"{fits}: has no {', '.join(missing)}; give fits.h5 written by 'morph fit' (or a folder "
+                            "of 300W-LP / AFLW2000-3D .mat files).")
+        pose, beta, error = f["image/pose"][()], f["image/beta"][()], f["landmark_error"][()]
+        name = f.attrs.get("model_name", "the fitted model")
+    text, summary = priors_from_fits(pose, beta, error, str(fits), f"{name} expression ({beta.shape[1]} modes)", base)
+    with output_lock(Path(output), "priors file"):
+        write_atomic(Path(output), text.encode())
+    return {"n_files": len(pose), "n_used": summary["faces"], "n_expression": summary["faces"], "n_lighting": 0,
+            "skipped": [], **summary}
+
+
 def fit_priors(folder: Path, output: Path, base: str | None = None, expression_model: Path | None = None,
                report=print) -> dict:
-    """Fit and write a priors YAML; return a summary dict (counts and skipped files)."""
+    """Fit and write a priors YAML; return a summary dict (counts and skipped files). ``folder``:
+    300W-LP / AFLW2000-3D annotations, or a fits.h5 file (``fit_priors_from_fits``)."""
     from morph.render.camera import rotation_300wlp
 
     folder = Path(folder)
+    if folder.is_file() and folder.suffix.lower() in (".h5", ".hdf5"):
+        if expression_model is not None:
+            raise UserError(f"{folder}: --expression-model is for .mat annotations; fits hold expression in "
+                            "their own model's basis already.")
+        return fit_priors_from_fits(folder, output, base)
     if not folder.is_dir():
         raise UserError(f"{folder}: no such folder; give a folder of 300W-LP / AFLW2000-3D .mat files.")
     files = sorted(folder.rglob("*.mat"))
