@@ -266,7 +266,8 @@ def train_recognizer(data, proportions, run_dir, checkpoint_every, resume, threa
 @click.option("--refined", type=click.Path(path_type=Path), default=None,
               help="Refined images ('refine export-dataset', ideally of the same draws as --rendered).")
 @click.option("--lfw-pairs", type=click.Path(path_type=Path), default=None, help="A benchmark: LFW's pairs.txt ...")
-@click.option("--images", type=click.Path(path_type=Path), default=None, help="... over this aligned image folder.")
+@click.option("--images", type=click.Path(path_type=Path), default=None,
+              help="... over this folder: LFW's photos as distributed, or crops aligned by --template.")
 @click.option("--template", type=click.Choice(TEMPLATES), default=DEFAULT_TEMPLATE, show_default=True,
               help="The crop template of --images.")
 @click.option("--bin", "bins", multiple=True, type=click.Path(path_type=Path),
