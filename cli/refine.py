@@ -380,8 +380,8 @@ def export_dataset(checkpoint, model_spec, priors_path, n_identities, images_per
                    "resolved against its folder.")
 @click.option("--quiet", is_flag=True, help="No progress bars (stage headers are still printed).")
 def pipeline(config_path, quiet):
-    """Everything in one command: sample-identities -> render -> align -> render-pairs -> train ->
-    export-dataset -> evaluate, all outputs under the YAML's 'out' folder. Each stage is skipped
+    """Everything in one command: sample-identities -> render -> align -> fit -> render-pairs -> train
+    -> export-dataset -> evaluate, all outputs under the YAML's 'out' folder. Each stage is skipped
     when its output is already complete, so re-running the same command resumes after a kill.
 
     \b

@@ -1,9 +1,9 @@
-"""`refine pipeline`: sample -> render -> align -> render-pairs -> train -> export -> evaluate.
+"""`refine pipeline`: sample -> render -> align -> fit -> render-pairs -> train -> export -> evaluate.
 
 One YAML (see ``ganfaces_data/pipeline_example.yaml``) drives every stage; all outputs go under
 ``out``::
 
-    OUT/identities.h5  OUT/synthetic.h5  OUT/real.h5  OUT/pairs.h5
+    OUT/identities.h5  OUT/synthetic.h5  OUT/real.h5  OUT/fits.h5  OUT/pairs.h5
     OUT/run/           (checkpoints, logs, config.yaml)
     OUT/export/FORMAT/ (one folder per export format)
     OUT/report.json  OUT/report.png
@@ -13,6 +13,13 @@ a kill resumes where it stopped: render, align, render-pairs and export resume b
 training is skipped when ``run/checkpoints/step_<steps>.pt`` exists and resumed from the newest
 checkpoint otherwise; sampling is skipped when identities.h5 holds the same sample; evaluation
 is skipped when the report was made from the same export with the same settings.
+
+Pairs for the full method (variant ``ours``) come from 300W-LP-style annotations
+(``pairs: {annotated: FOLDER, model: SPEC}``), from a pairs.h5 (``pairs: {h5: FILE}``), or from the
+real photos themselves (``pairs: {fit: true}``): the fit stage fits the pipeline's model to every
+face of ``real: photos`` (``morph fit`` -> OUT/fits.h5) and render-pairs pairs each aligned photo
+with the render of its fit (``morph render-pairs --fits``), so a folder of photos is all the full
+method needs. Without that, the fit stage is skipped.
 
 Relative paths in the YAML are resolved against the YAML's folder.
 """
@@ -29,11 +36,11 @@ import yaml
 from morph.base.errors import UserError
 from morph.base.files import file_sha256, job_key, output_lock
 
-STAGES = ("sample", "render", "align", "render-pairs", "train", "export", "evaluate")
+STAGES = ("sample", "render", "align", "fit", "render-pairs", "train", "export", "evaluate")
 TOP_KEYS = ("out", "model", "priors", "device", "sample", "real", "pairs", "train", "export", "evaluate")
 SAMPLE_KEYS = ("n_identities", "images_per_identity", "seed")
 REAL_KEYS = ("photos", "h5", "all_faces", "min_face_size", "batch_size")
-PAIRS_KEYS = ("annotated", "model", "h5", "max_landmark_error", "batch_size")
+PAIRS_KEYS = ("annotated", "model", "h5", "fit", "max_landmark_error", "batch_size")
 EXPORT_KEYS = ("n_identities", "images_per_identity", "seed", "format", "quality", "png", "max_dr_error",
                "max_cycle_error", "max_retries", "scores", "dropout", "batch_size", "threads", "precision")
 EVALUATE_KEYS = ("pairs", "against", "seed", "embedder", "max_images", "min_face_size", "batch_size")
@@ -117,10 +124,18 @@ def load_pipeline(path: str | Path) -> PipelineConfig:
     pairs = None
     if raw.get("pairs") is not None:
         pairs = _check_keys(raw["pairs"], PAIRS_KEYS, "pairs", source)
-        if ("annotated" in pairs) == ("h5" in pairs):
-            raise UserError(f"{source}: 'pairs' needs exactly one of annotated: FOLDER (with model: SPEC) "
-                            "or h5: pairs.h5; or leave 'pairs' out to train without pairs.")
-        if "annotated" in pairs:
+        if "fit" in pairs and pairs["fit"] is not True:
+            raise UserError(f"{source}: 'pairs: fit' must be true (fit the model to the real photos) or left out.")
+        if sum(k in pairs for k in ("annotated", "h5", "fit")) != 1:
+            raise UserError(f"{source}: 'pairs' needs exactly one of annotated: FOLDER (with model: SPEC), "
+                            "h5: pairs.h5 or fit: true (fit the model to the real photos); or leave 'pairs' out "
+                            "to train without pairs.")
+        if "fit" in pairs:
+            if "photos" not in real:
+                raise UserError(f"{source}: 'pairs: fit: true' fits the real photos; give real: photos: FOLDER.")
+            if "model" in pairs:
+                raise UserError(f"{source}: 'pairs: fit: true' fits the pipeline's own model; drop pairs: model.")
+        elif "annotated" in pairs:
             if "model" not in pairs:
                 raise UserError(f"{source}: 'pairs' needs model: SPEC, the 3DMM the annotations were fitted with.")
             pairs["annotated"] = _path(pairs["annotated"], base)
@@ -218,7 +233,8 @@ def _file_key(*parts) -> str:
 def run_pipeline(config_path: str | Path, echo: Callable[[str], None] = print, progress: bool = True) -> dict:
     """Run (or resume) every stage; return {stage: status} and the paths written."""
     from morph.jobs.align import align_folder
-    from morph.jobs.render_pairs import render_pairs
+    from morph.jobs.fit import fit_folder
+    from morph.jobs.render_pairs import render_fit_pairs, render_pairs
     from morph.jobs.render import render_identities
     from refine.jobs.evaluate import evaluate
     from refine.export.options import ExportOptions
@@ -265,28 +281,47 @@ def run_pipeline(config_path: str | Path, echo: Callable[[str], None] = print, p
             if not done:
                 echo(f"  {r['n_faces']} faces; {len(r['skipped'])} photos skipped")
 
-        # 4 render-pairs
+        # 4 fit
+        fits = out / "fits.h5"
+        if cfg.pairs is None or "fit" not in cfg.pairs:
+            header(3, "pairs do not come from the real photos' fits", True, skipped=True)
+        else:
+            done = _h5_complete(fits)
+            header(3, f"{cfg.model} to the faces of {cfg.real['photos']} -> {fits}", done)
+            opts = {k: cfg.real[k] for k in ("min_face_size", "batch_size") if k in cfg.real}
+            r = fit_folder(cfg.real["photos"], fits, model_spec=cfg.model, priors=cfg.priors,
+                           progress=progress and not done, report=(lambda line: None) if done else echo, **opts)
+            if not done:
+                echo(f"  {r['n_faces']} faces fitted; {len(r['skipped'])} photos skipped")
+
+        # 5 render-pairs
         pairs = None
         if cfg.pairs is None:
-            header(3, "no 'pairs' section; training without paired data", True, skipped=True)
+            header(4, "no 'pairs' section; training without paired data", True, skipped=True)
         elif "h5" in cfg.pairs:
-            pairs = _given_h5(cfg, "pairs", 3, header)
+            pairs = _given_h5(cfg, "pairs", 4, header)
+        elif "fit" in cfg.pairs:
+            pairs = out / "pairs.h5"
+            done = _h5_complete(pairs)
+            header(4, f"{fits} -> {pairs}", done)
+            opts = {k: cfg.pairs[k] for k in ("batch_size",) if k in cfg.pairs}
+            render_fit_pairs(fits, pairs, progress=progress and not done, **opts)
         else:
             pairs = out / "pairs.h5"
             done = _h5_complete(pairs)
-            header(3, f"{cfg.pairs['annotated']} -> {pairs}", done)
+            header(4, f"{cfg.pairs['annotated']} -> {pairs}", done)
             opts = {k: cfg.pairs[k] for k in ("max_landmark_error", "batch_size") if k in cfg.pairs}
             render_pairs(cfg.pairs["annotated"], pairs, cfg.pairs["model"], progress=progress and not done,
                          report=(lambda line: None) if done else (lambda line: echo(f"  {line}")), **opts)
 
-        # 5 train
+        # 6 train
         run_dir = out / "run"
         ckpt_dir = run_dir / "checkpoints"
         final = ckpt_dir / f"step_{tc.steps:08d}.pt"
         existing = sorted(ckpt_dir.glob("step_*.pt")) if ckpt_dir.is_dir() else []
         done = final.is_file()
         resume = bool(existing) and not done
-        header(4, f"{tc.variant}, {tc.steps} steps, batch {tc.batch_size} -> {run_dir}"
+        header(5, f"{tc.variant}, {tc.steps} steps, batch {tc.batch_size} -> {run_dir}"
                   + (f" (resuming from {existing[-1].name})" if resume else ""), done)
         if not done:
             if existing and int(existing[-1].stem.split("_")[1]) > tc.steps:
@@ -296,13 +331,13 @@ def run_pipeline(config_path: str | Path, echo: Callable[[str], None] = print, p
             if not final.is_file():
                 raise UserError(f"{run_dir}: training ended without {final.name}.")
 
-        # 6 export
+        # 7 export
         exports = {}
         for fmt in cfg.formats:
             exports[fmt] = out / "export" / fmt
         manifests_done = all(_export_complete(p / MANIFEST) for p in exports.values())
         e = cfg.export
-        header(5, f"{e['n_identities']} identities x {e['images_per_identity']} images, seed {e['seed']} -> "
+        header(6, f"{e['n_identities']} identities x {e['images_per_identity']} images, seed {e['seed']} -> "
                   + ", ".join(str(p) for p in exports.values()), manifests_done)
         (out / "export").mkdir(exist_ok=True)
         extra = {k: e[k] for k in ("quality", "png", "max_dr_error", "max_cycle_error", "max_retries", "scores",
@@ -316,11 +351,11 @@ def run_pipeline(config_path: str | Path, echo: Callable[[str], None] = print, p
             if not was:
                 echo(f"  {path}: {m.get('counts', {}).get('flagged', 0)} flagged")
 
-        # 7 evaluate
+        # 8 evaluate
         report_prefix = out / "report"
         report = None
         if cfg.evaluate is None:
-            header(6, "disabled ('evaluate: false')", True, skipped=True)
+            header(7, "disabled ('evaluate: false')", True, skipped=True)
         else:
             ev = dict(cfg.evaluate)
             dataset = exports[cfg.formats[0]]
@@ -334,7 +369,7 @@ def run_pipeline(config_path: str | Path, echo: Callable[[str], None] = print, p
             json_path = out / "report.json"
             done = (json_path.is_file() and (out / "report.png").is_file() and key_file.is_file()
                     and key_file.read_text().strip() == key)
-            header(6, f"{dataset}" + (f" against {against}" if against else "") + f" -> {json_path}", done)
+            header(7, f"{dataset}" + (f" against {against}" if against else "") + f" -> {json_path}", done)
             if done:
                 report = json.loads(json_path.read_text())
             else:
@@ -342,7 +377,8 @@ def run_pipeline(config_path: str | Path, echo: Callable[[str], None] = print, p
                 report = evaluate(dataset, report_prefix, against=against, device=cfg.device, **kwargs)
                 key_file.write_text(key + "\n")
                 echo(f"  AUC {report['auc']:.4f}, EER {100 * report['eer']:.2f}%")
-        return {"status": status, "out": out, "identities": ids, "synthetic": syn, "real": real, "pairs": pairs,
+        return {"status": status, "out": out, "identities": ids, "synthetic": syn, "real": real,
+                "fits": fits if fits.is_file() else None, "pairs": pairs,
                 "run": run_dir, "checkpoint": final, "exports": exports,
                 "report": None if report is None else out / "report.json"}
 
