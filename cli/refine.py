@@ -61,9 +61,15 @@ def main():
               help="R1 penalty gamma on a patch discriminator's real inputs [0: none].")
 @click.option("--history", type=click.IntRange(0, 1_000_000), default=None,
               help="Refined images kept for a patch D_R; half its generated inputs come from them (SimGAN) [0].")
+@click.option("--upsample", type=click.Choice(CHOICES["upsample"]), default=None,
+              help="G's and G''s upsampling: the authors' transposed convolutions, or resize then convolve (no "
+                   "checkerboard) [transpose].")
+@click.option("--face-weight", type=FiniteRange(0, 1e3, min_open=True), default=None,
+              help="Weight of the face box in the BEGAN discriminators' L1 reconstruction, the background's "
+                   "being 1 [1].")
 def train(synthetic, real, pairs, run_dir, config_path, steps, batch_size, lr, variant, embedder, device, seed,
           checkpoint_every, resume, amp, threads, lambda_adv, residual, lr_schedule, augment, discriminator,
-          gan_loss, r1, history):
+          gan_loss, r1, history, upsample, face_weight):
     """Train G, G', D_R and D_S (paper Eq. 1-10). Ctrl-C saves a checkpoint; --resume continues
     exactly where it stopped. Under 'torchrun --nproc_per_node K' each process trains on its
     own batches and only rank 0 writes."""
@@ -73,7 +79,8 @@ def train(synthetic, real, pairs, run_dir, config_path, steps, batch_size, lr, v
     cfg = load_config(config_path, steps=steps, batch_size=batch_size, lr=lr, variant=variant,
                       embedder=embedder, device=device, seed=seed, checkpoint_every=checkpoint_every, amp=amp,
                       lambda_adv=lambda_adv, residual=residual, lr_schedule=lr_schedule, augment=augment,
-                      discriminator=discriminator, gan_loss=gan_loss, r1=r1, history=history)
+                      discriminator=discriminator, gan_loss=gan_loss, r1=r1, history=history, upsample=upsample,
+                      face_weight=face_weight)
     last = run(cfg, synthetic, real, pairs, run_dir, resume=resume, threads=threads)
     if last is not None:
         click.echo(f"{run_dir}: trained to step {cfg.steps}; checkpoint {last}")

@@ -18,6 +18,23 @@ def test_default_architecture_key_is_the_one_earlier_checkpoints_hold():
     assert TrainConfig().architecture_key() == "4a367cf482477421"
     assert TrainConfig(lr_schedule="tail", augment="diffaugment").architecture_key() == "4a367cf482477421"
     assert TrainConfig(residual=True).architecture_key() != "4a367cf482477421"
+    assert TrainConfig(upsample="resize").architecture_key() != "4a367cf482477421"
+
+
+def test_resize_upsampling_paints_no_checkerboard():
+    """On a constant input, the authors' 3x3 stride-2 transposed convolution gives even and odd
+    pixels different sums of kernel taps - a 2-pixel checkerboard in G's output from the start -
+    while resize-then-convolve gives a constant interior. Mutant caught: ``resize`` still building
+    the transposed convolution (or resizing after it)."""
+    torch.manual_seed(0)
+    x = torch.ones(1, 3, 16, 16)
+    for upsample, flat in (("transpose", False), ("resize", True)):
+        g = Generator(width=4, upsample=upsample, skips=False, dropout=0.0).eval()
+        h = g.u64(torch.ones(1, 16, 8, 8), (16, 16))[..., 2:-2, 2:-2]  # the interior
+        assert (h.std(dim=(-2, -1)).max() < 1e-6) == flat, upsample
+        assert g(x).shape == x.shape
+    odd = Generator(width=4, upsample="resize")(torch.rand(2, 3, 27, 27))
+    assert odd.shape == (2, 3, 27, 27)  # odd sizes round-trip as the authors' do
 
 
 def test_residual_generator_starts_as_an_exact_copy_and_learns_a_correction():
@@ -52,6 +69,7 @@ def test_defaults_build_the_authors_networks_with_the_same_initial_weights():
     ({"residual": "yes"}, "residual must be true or false"),
     ({"face_weight": 4.0, "discriminator": "patch"}, "face_weight applies to the BEGAN"),
     ({"face_weight": 0.0}, "face_weight must be"),
+    ({"upsample": "bilinear"}, "upsample 'bilinear' is unknown"),
 ])
 def test_bad_option_values_are_refused_in_one_sentence(kw, words):
     with pytest.raises(UserError, match=words):

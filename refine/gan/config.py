@@ -25,6 +25,10 @@ each of them on renders whose realistic version is known:
   side of the game off (a control: then nothing may move towards the real set);
 - ``residual``: G and G' output their input plus a bounded correction, starting as copies
   (``refine.gan.nets.Generator``) [false];
+- ``upsample``: G's and G''s two upsampling layers, ``transpose`` (the authors' 3x3
+  fractionally-strided convolutions) or ``resize`` (nearest-neighbour resize, then a 3x3
+  convolution: a 3x3 kernel at stride 2 overlaps unevenly and paints a 2-pixel checkerboard,
+  Odena et al. 2016, "Deconvolution and Checkerboard Artifacts") [transpose];
 - ``lr_schedule``: ``paper`` (halvings at the paper's steps, scaled to ``steps``), ``constant``,
   or ``tail`` (constant, then linear decay to 0 over the last 20% of ``steps``) [paper];
 - ``augment``: ``diffaugment`` (``refine.gan.augment``) on both inputs of D_R and D_S [none];
@@ -69,7 +73,7 @@ RANGES = {
     "face_weight": ("float", 0.0, 1e3, "("),
 }
 #: choices of the string settings, the authors' first
-CHOICES = {"variant": VARIANTS, "norm": ("authors", "instance"), "lr_schedule": ("paper", "constant", "tail"),
+CHOICES = {"variant": VARIANTS, "norm": ("authors", "instance"), "upsample": ("transpose", "resize"), "lr_schedule": ("paper", "constant", "tail"),
            "augment": ("none", "diffaugment"), "discriminator": ("began", "patch"),
            "gan_loss": ("nonsaturating", "hinge")}
 #: the share of ``steps`` over which ``lr_schedule: tail`` decays the learning rate to 0
@@ -113,6 +117,7 @@ class TrainConfig:
     # not the authors' (issue 24; the module docstring): defaults keep their training exactly
     lambda_adv: float = 1.0  # weight of L_G in Eq. 8
     residual: bool = False  # G, G' = input + bounded correction, starting as copies
+    upsample: str = "transpose"  # G's upsampling: transpose (authors') or resize (+ conv)
     lr_schedule: str = "paper"  # paper, constant, tail
     augment: str = "none"  # none, diffaugment (D_R's and D_S's inputs)
     discriminator: str = "began"  # began, patch (D_R and D_S)
@@ -186,7 +191,8 @@ class TrainConfig:
         keys = {k: getattr(self, k) for k in ("image_size", "variant", "embedder", "g_width", "d_hidden", "norm",
                                               "crop_template")}
         # the networks' new options enter only when set, so that earlier checkpoints keep their key
-        keys.update({k: getattr(self, k) for k, old in (("residual", False), ("discriminator", "began"))
+        keys.update({k: getattr(self, k) for k, old in (("residual", False), ("discriminator", "began"),
+                                                                ("upsample", "transpose"))
                      if getattr(self, k) != old})
         return hashlib.sha256(json.dumps(keys, sort_keys=True).encode()).hexdigest()[:16]
 

@@ -84,15 +84,23 @@ class _Conv(nn.Module):
 class _Up(nn.Module):
     """uk: 3x3 fractionally-strided convolution (stride 1/2, "SAME", no bias), optional norm,
     ReLU. The output takes the size it is asked for (the authors' ``uk(output_size=...)``), so
-    odd sizes round-trip too: 108 -> 54 -> 27 -> 54 -> 108."""
+    odd sizes round-trip too: 108 -> 54 -> 27 -> 54 -> 108. ``resize`` (not the authors'):
+    nearest-neighbour resize to that size, then a 3x3 convolution (reflection padding, no
+    bias), whose every output pixel sums the same number of kernel taps: no checkerboard."""
 
-    def __init__(self, cin: int, cout: int, norm: bool):
+    def __init__(self, cin: int, cout: int, norm: bool, resize: bool = False):
         super().__init__()
-        self.conv = nn.ConvTranspose2d(cin, cout, 3, stride=2, bias=False)
+        self.resize = bool(resize)
+        self.conv = nn.Conv2d(cin, cout, 3, bias=False) if resize else nn.ConvTranspose2d(cin, cout, 3, stride=2,
+                                                                                         bias=False)
         self.norm = _instance_norm(cout) if norm else nn.Identity()
 
     def forward(self, x, size):
-        return F.relu(self.norm(self.conv(x)[..., :size[0], :size[1]]))
+        if self.resize:
+            h = self.conv(F.pad(F.interpolate(x, size=tuple(size), mode="nearest"), (1, 1, 1, 1), mode="reflect"))
+        else:
+            h = self.conv(x)[..., :size[0], :size[1]]
+        return F.relu(self.norm(h))
 
 
 class _ResidualBlock(nn.Module):
@@ -136,7 +144,7 @@ class Generator(nn.Module):
     """
 
     def __init__(self, skips: bool = True, dropout: float = 0.1, channels: int = 3, norm: str = "authors",
-                 width: int = 32, n_blocks: int = 3, residual: bool = False):
+                 width: int = 32, n_blocks: int = 3, residual: bool = False, upsample: str = "transpose"):
         super().__init__()
         if norm not in NORMS:
             raise ValueError(f"norm must be one of {NORMS}, got {norm!r}")
@@ -148,8 +156,11 @@ class Generator(nn.Module):
         self.d64 = _Conv(width, 2 * width, 3, 2, outer, "relu")
         self.d128 = _Conv(2 * width, 4 * width, 3, 2, outer, "relu")
         self.res = nn.ModuleList(_ResidualBlock(4 * width) for _ in range(n_blocks))
-        self.u64 = _Up(4 * width, 2 * width, outer)
-        self.u32 = _Up((4 if skips else 2) * width, width, outer)
+        if upsample not in ("transpose", "resize"):
+            raise ValueError(f"upsample must be transpose or resize, got {upsample!r}")
+        resize = upsample == "resize"
+        self.u64 = _Up(4 * width, 2 * width, outer, resize)
+        self.u32 = _Up((4 if skips else 2) * width, width, outer, resize)
         self.c7s1_3 = _Conv((2 if skips else 1) * width, channels, 7, 1, False, "tanh")
         init_weights(self)
         self.residual = bool(residual)
@@ -267,16 +278,19 @@ def build_nets(cfg) -> dict[str, nn.Module]:
     """The networks a ``TrainConfig`` (or a checkpoint's config dict) trains, by their checkpoint
     names: ``G``, ``ema`` (its moving average, for generation) and ``D_R``; with a cycle, also
     ``Gp`` (G') and ``D_S``. Weights are freshly initialised (torch's global generator).
-    ``residual`` makes G and G' residual; ``discriminator: patch`` makes D_R and D_S patch
+    ``residual`` makes G and G' residual, ``upsample: resize`` resizes then convolves in their
+    decoders; ``discriminator: patch`` makes D_R and D_S patch
     discriminators (defaults: the authors' networks)."""
     get = cfg.get if isinstance(cfg, dict) else lambda k, d=None: getattr(cfg, k, d)
     size, width, norm = int(get("image_size", 108)), int(get("g_width", 32)), get("norm", "authors")
     hidden, residual = int(get("d_hidden", 64)), bool(get("residual", False))
+    up = str(get("upsample", "transpose"))
     disc = (lambda: PatchDiscriminator(hidden)) if get("discriminator", "began") == "patch" else \
         (lambda: BEGANDiscriminator(size, hidden=hidden))
-    nets = {"G": Generator(skips=True, dropout=0.1, norm=norm, width=width, residual=residual), "D_R": disc()}
+    nets = {"G": Generator(skips=True, dropout=0.1, norm=norm, width=width, residual=residual, upsample=up),
+            "D_R": disc()}
     if get("variant", "ours") != "simgan":
-        nets["Gp"] = Generator(skips=False, dropout=0.0, norm=norm, width=width, residual=residual)
+        nets["Gp"] = Generator(skips=False, dropout=0.0, norm=norm, width=width, residual=residual, upsample=up)
         nets["D_S"] = disc()
     nets["ema"] = copy.deepcopy(nets["G"]).eval().requires_grad_(False)
     return nets
