@@ -62,7 +62,7 @@ def main():
 @click.option("--history", type=click.IntRange(0, 1_000_000), default=None,
               help="Refined images kept for a patch D_R; half its generated inputs come from them (SimGAN) [0].")
 @click.option("--upsample", type=click.Choice(CHOICES["upsample"]), default=None,
-              help="G's and G''s upsampling: the authors' transposed convolutions, or resize then convolve (no "
+              help="How G and G' upsample: the authors' transposed convolutions, or resize then convolve (no "
                    "checkerboard) [transpose].")
 @click.option("--face-weight", type=FiniteRange(0, 1e3, min_open=True), default=None,
               help="Weight of the face box in the BEGAN discriminators' L1 reconstruction, the background's "

@@ -25,7 +25,7 @@ each of them on renders whose realistic version is known:
   side of the game off (a control: then nothing may move towards the real set);
 - ``residual``: G and G' output their input plus a bounded correction, starting as copies
   (``refine.gan.nets.Generator``) [false];
-- ``upsample``: G's and G''s two upsampling layers, ``transpose`` (the authors' 3x3
+- ``upsample``: the two upsampling layers of G and G', ``transpose`` (the authors' 3x3
   fractionally-strided convolutions) or ``resize`` (nearest-neighbour resize, then a 3x3
   convolution: a 3x3 kernel at stride 2 overlaps unevenly and paints a 2-pixel checkerboard,
   Odena et al. 2016, "Deconvolution and Checkerboard Artifacts") [transpose];
