@@ -179,7 +179,7 @@ def test_ctrl_c_saves_a_checkpoint_and_nan_stops_keeping_the_last_good_one(sets,
 
     real_loss = L.began_generator_loss
     monkeypatch.setattr(L, "began_generator_loss",
-                        lambda a, b: real_loss(a, b) * (float("nan") if a.shape[0] and _calls() > 4 else 1.0))
+                        lambda a, b, **kw: real_loss(a, b, **kw) * (float("nan") if a.shape[0] and _calls() > 4 else 1.0))
     res = run(refine, *train_args(sets, out, 10), "--resume")
     assert res.exit_code == 2 and "training diverged" in res.output and "step_00000003.pt" in res.output
     assert sorted(p.name for p in (out / "checkpoints").glob("*.pt")) == ["step_00000003.pt"]
