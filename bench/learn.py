@@ -9,7 +9,10 @@ From scratch, with the installed commands:
    in the JSON), so that renders and photos differ in look, not in pose;
 3. ``morph sample-identities`` + ``morph render`` of training identities (seed 0) under them;
 4. ``refine train`` (variant ``no_pairs``: these photos have no 3DMM fits) for ``--steps``, with
-   the settings of ``--config`` over the defaults below;
+   the settings of ``--config`` over these defaults, the recipe that measured best on 2 CPU cores
+   within 90 minutes (issue 24; bench/README.md): widths 16 (3.8 s a step in float32 on 2 AVX2
+   cores), ``residual`` G and G', no warm-up, ``lr_schedule: tail``, lr 2e-4, BEGAN ``gamma`` 1
+   with a k step of 0.1 (at the authors' 0.5, k stays 0 and D_R never opposes G), 1,000 steps;
 5. ``refine export-dataset`` of new identities (seed 1, hdf5, no scores) -> ``refined.h5``, and the
    raw renders of the very same draws -> ``raw.h5`` (images, identity labels, masks);
 6. judged in the embedding space of dlib's ResNet (through its face chip), raw and refined alike,
@@ -167,7 +170,7 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", type=Path, default=None, help="keep everything here (and resume from it)")
     ap.add_argument("--device", default="cpu")
-    ap.add_argument("--steps", type=int, default=None, help="training steps (default 1200; --paper 20000)")
+    ap.add_argument("--steps", type=int, default=None, help="training steps (default 1000; --paper 20000)")
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--amp", choices=("auto", "on", "off"), default="auto",
                     help="bfloat16 autocast (auto: on CUDA and on CPUs with native bf16)")
@@ -179,9 +182,10 @@ def main():
     ap.add_argument("--paper", action="store_true", help="the paper's widths and a longer run (a GPU)")
     ap.add_argument("--config", type=Path, default=None, help="TrainConfig YAML keys over the defaults")
     a = ap.parse_args()
-    steps = a.steps or (20000 if a.paper else 1200)
+    steps = a.steps or (20000 if a.paper else 1000)
     cfg = {"g_width": 32, "d_hidden": 64, "lr": 8e-5} if a.paper else \
-        {"g_width": 32, "d_hidden": 32, "lr": 2e-4, "warmup_steps": 300, "lambda_k": 0.01, "lambda_c": 0.01}
+        {"g_width": 16, "d_hidden": 16, "lr": 2e-4, "warmup_steps": 0, "lambda_k": 0.1, "lambda_c": 0.01,
+         "residual": True, "lr_schedule": "tail", "gamma": 1.0}
     amp = a.amp == "on" or (a.amp == "auto" and (a.device.startswith("cuda") or
                                                  torch.ops.mkldnn._is_mkldnn_bf16_supported()))
     t0 = time.perf_counter()
