@@ -72,9 +72,10 @@ def main():
     a = ap.parse_args()
     tmp, d = work_dir(a.out)  # noqa: F841 - tmp holds the temporary folder until the end
     log = d / "commands.log"
+    resumed = (d / "fits.h5").is_file()  # then its time is not the whole fit's
     t0 = time.perf_counter()
     sh("morph", "fit", a.photos, "-o", d / "fits.h5", "--model", a.model, log=log)
-    fit_wall = time.perf_counter() - t0
+    fit_wall = None if resumed else time.perf_counter() - t0
     sh("morph", "render-pairs", "--fits", d / "fits.h5", "-o", d / "pairs.h5", log=log)
 
     from morph.align.template import template_of
@@ -105,7 +106,8 @@ def main():
     sheet(real, render, crop_points(fitted[pick], five[pick], size, template),
           crop_points(detected[pick], five[pick], size, template), d / "fit_sheet.png")
     out = {"photos": n_photos, "faces_fitted": n_faces, "fitted_share": round(n_faces / n_photos, 4),
-           "morph_fit_wall_s": round(fit_wall, 1), "morph_fit_photos_per_s": round(n_photos / fit_wall, 2),
+           "morph_fit_wall_s": fit_wall and round(fit_wall, 1),
+           "morph_fit_photos_per_s": fit_wall and round(n_photos / fit_wall, 2),
            "landmark_fit_faces_per_s": round(n_faces / min(times), 1),
            "reprojection_px": {"median": round(float(np.median(error)), 2),
                                "p95": round(float(np.percentile(error, 95)), 2)},
