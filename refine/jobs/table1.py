@@ -21,6 +21,7 @@ from pathlib import Path
 from morph.base.errors import UserError
 from morph.base.files import write_atomic
 from morph.base.h5io import provenance
+from refine.evaluation.image_sets import open_image_set
 from refine.evaluation.verification import read_benchmarks, verify_pairs
 from refine.recognition.model_file import read_model_file
 from refine.jobs.train_recognizer import train_recognizer
@@ -48,8 +49,9 @@ def _trained(run: Path, cfg: RecognizerConfig, data: list[Path], progress: bool,
     if model.is_file():
         state = read_model_file(model) or {}
         done = state.get("trained", {})
+        # an export folder is recorded as the file it holds (``open_image_set``'s path)
         same = (done.get("config") == cfg.recipe()
-                and [s["path"] for s in done.get("sets", [])] == [str(p) for p in data])
+                and [s["path"] for s in done.get("sets", [])] == [str(open_image_set(p).path) for p in data])
         if not same:
             raise UserError(f"{model}: was trained with other settings or sets than this table's; "
                             "delete its folder or write the table elsewhere (-o).")
