@@ -145,18 +145,21 @@ def align(photos, output, fmt, all_faces, size, template, device, batch_size, mi
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), required=True)
 @click.option("--model", "model_spec", default="default", show_default=True,
               help="The 3DMM to fit: 'default', 'menpo3d', a model file or a YAML spec (it needs 68 landmarks).")
-@click.option("--priors", default=None, help="Priors YAML whose lighting and camera distance the fits take [default].")
+@click.option("--priors", default=None,
+              help="Priors YAML whose camera distance the fits take, and whose light they start from [default].")
+@click.option("--photometric/--no-photometric", default=True, show_default=True,
+              help="Fit the colour coefficients and the light to the face's pixels (else: mean colour, the priors' light).")
 @_photo_options
-def fit(photos, output, model_spec, priors, size, template, device, batch_size, min_face_size):
+def fit(photos, output, model_spec, priors, photometric, size, template, device, batch_size, min_face_size):
     """Fit the model to every face of a folder of photos by its 68 points: pose, identity shape
-    and expression (morph/jobs/fit.py). OUTPUT holds the aligned faces as 'morph align' writes
-    them and the fits in the layout 'morph render' reads: 'morph render OUTPUT' renders each fit.
+    and expression; then by its pixels: colour and light (morph/jobs/fit.py). OUTPUT holds the
+    aligned faces as 'morph align' writes them and the fits in the layout 'morph render' reads: 'morph render OUTPUT' renders each fit.
     Faceless photos are listed in OUTPUT.report.tsv. Resumes after a kill."""
     from morph.jobs.fit import fit_folder
 
     r = fit_folder(photos, output, model_spec=model_spec, priors=priors, size=size, device=device,
                    batch_size=batch_size, min_face_size=min_face_size,
-                   report=lambda line: click.echo(line, err=True), template=template)
+                   report=lambda line: click.echo(line, err=True), template=template, photometric=photometric)
     click.echo(f"{output}: {r['n_faces']} faces fitted; {len(r['skipped'])} photos skipped (see {r.get('report', '')}).")
 
 

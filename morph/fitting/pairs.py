@@ -26,6 +26,23 @@ class FitRenderer:
         self.triangles32 = np.ascontiguousarray(model.triangles, np.int32)
         self.triangles = torch.from_numpy(model.triangles)
 
+    def place(self, fits: dict[str, np.ndarray]):
+        """The fitted mesh in the crop: ``pix`` (B, N, 2) pixel positions (centres at + 0.5),
+        ``depth`` (B, N) (> 0, smaller is nearer), unit ``normals`` (B, N, 3) in the camera frame
+        (x right, y up, z towards the camera: ``morph.render.shading``'s frame) and ``transform``
+        (B, 2, 3) float64, photo -> crop. ``fits`` as ``render`` takes them (colour and light unused)."""
+        verts = torch.from_numpy(self.model.vertices(fits["identity/alpha"], fits["image/beta"])).float()
+        rot = torch.from_numpy(camera.compute_rotation(fits["image/pose"]))
+        cam = torch.einsum("bij,bnj->bni", rot, verts)
+        s = torch.from_numpy(np.asarray(fits["fit_scale"])).float()[:, None]
+        t = torch.from_numpy(np.asarray(fits["fit_translation"])).float()
+        photo = torch.stack([s * cam[..., 0] + t[:, None, 0], t[:, None, 1] - s * cam[..., 1]], -1)
+        transform = crop_transform(fits["landmarks5"], self.size, self.template)  # (B, 2, 3) float64
+        m = torch.from_numpy(transform).float()
+        pix = torch.einsum("bij,bnj->bni", m[:, :, :2], photo) + m[:, None, :, 2]
+        depth = cam[..., 2].amax(1, keepdim=True) + 1 - cam[..., 2]  # +z faces the camera: nearer is smaller
+        return pix, depth, shading.compute_norm(cam, self.triangles), transform
+
     def render(self, fits: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """``fits``: rows of fits.h5 (``identity/alpha``, ``identity/gamma``, ``image/beta``,
         ``image/pose``, ``image/sh``, ``fit_scale``, ``fit_translation``, ``landmarks5``). Returns
@@ -34,17 +51,7 @@ class FitRenderer:
         from morph.render import RenderSettings, render_projected
         from morph.render.output import to_uint8
 
-        verts = torch.from_numpy(self.model.vertices(fits["identity/alpha"], fits["image/beta"])).float()
-        rot = torch.from_numpy(camera.compute_rotation(fits["image/pose"]))
-        cam = torch.einsum("bij,bnj->bni", rot, verts)
-        s = torch.from_numpy(fits["fit_scale"]).float()[:, None]
-        t = torch.from_numpy(fits["fit_translation"]).float()
-        photo = torch.stack([s * cam[..., 0] + t[:, None, 0], t[:, None, 1] - s * cam[..., 1]], -1)
-        transform = crop_transform(fits["landmarks5"], self.size, self.template)  # (B, 2, 3) float64
-        m = torch.from_numpy(transform).float()
-        pix = torch.einsum("bij,bnj->bni", m[:, :, :2], photo) + m[:, None, :, 2]
-        depth = cam[..., 2].amax(1, keepdim=True) + 1 - cam[..., 2]  # +z faces the camera: nearer is smaller
-        normals = shading.compute_norm(cam, self.triangles)
+        pix, depth, normals, transform = self.place(fits)
         albedo = torch.from_numpy(self.model.colors(fits["identity/gamma"])).float()
         colors = shading.compute_color(albedo, normals, torch.from_numpy(fits["image/sh"]).float())
         out = render_projected(pix, depth, colors, self.triangles32,
