@@ -53,7 +53,7 @@ def read_aligned(path: Path, source: str) -> dict:
     with h5py.File(path, "r") as f:
         names = [Path(s).name for s in f["source"].asstr()[()]]
         return {"images": f["images"][()], "landmarks68": f["landmarks68"][()], "name": names,
-                "source": [source] * len(names)}
+                "source": [source] * len(names), "row": np.arange(len(names))}
 
 
 def keep_adults(d: dict) -> np.ndarray:
@@ -107,9 +107,12 @@ def people(e: np.ndarray, names: list[str]) -> np.ndarray:
 
 def split(folder: Path, aligned: dict[str, Path], heldout: float = 0.3, per_person: int = 20,
           seed: int = 0) -> dict:
-    """Write ``real_train.h5`` and ``real_heldout.h5`` (images, person labels, landmarks68) into
-    ``folder``, people apart; return the counts."""
+    """Write ``real_train.h5`` and ``real_heldout.h5`` (images, person labels, landmarks68, and
+    ``origin``: per face the index of its file in ``aligned`` and its row there) into ``folder``,
+    people apart; return the counts."""
     parts = [read_aligned(p, name) for name, p in aligned.items()]
+    for i, part in enumerate(parts):
+        part["part"] = np.full(len(part["row"]), i)
     d = {k: (np.concatenate([p[k] for p in parts]) if isinstance(parts[0][k], np.ndarray)
              else sum((p[k] for p in parts), [])) for k in parts[0]}
     n_all = len(d["images"])
@@ -135,6 +138,7 @@ def split(folder: Path, aligned: dict[str, Path], heldout: float = 0.3, per_pers
             f["images"] = d["images"][idx[rows]]
             f["labels"] = label[rows].astype(np.int64)
             f["landmarks68"] = d["landmarks68"][idx[rows]]
+            f["origin"] = np.stack([d["part"][idx[rows]], d["row"][idx[rows]]], 1).astype(np.int64)
             f.attrs["complete"] = True
             f.attrs["source"] = ", ".join(str(p) for p in aligned.values())
         tmp.replace(path)

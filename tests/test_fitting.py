@@ -5,8 +5,12 @@ default priors (yaw up to 60 degrees): the points are the projected landmark ver
 perspective camera at 400-1500 mm, which the scaled orthographic fit approximates. Measured
 (40 faces, all 68 points, the jaw on its vertices as these points are): median reprojection error
 2.6 px, mean pose error 2.0 (pitch), 3.7 (yaw), 0.8 (roll) degrees, yaw within 7.3 for 90%.
+The expression is read back in part (68 points cannot tell 53 expression modes from 100 identity
+modes well): fitted and true coefficients correlate 0.32 per mode on average, and the fitted face's
+68 points lie 2.96 mm (median, centred) from the truth in 3-D against 3.86 for the mean face.
 Mutants caught: y not flipped (the pose comes out mirrored), the rotation transposed, no
-iterations (the mean shape's pose only; error over 3 px).
+iterations (the mean shape's pose only; error over 3 px), the expression model left out of the
+fit (median reprojection 3.6 px against 2.6).
 """
 from __future__ import annotations
 
@@ -37,6 +41,17 @@ def test_pose_of_renders_is_recovered(renders):
     assert np.percentile(err[:, 1], 90) < 10
     assert np.median(fit.error) < 3.0
     assert fit.alpha.shape == (40, model.n_shape) and fit.beta.shape == (40, model.n_expression)
+    corr = [np.corrcoef(params["beta"][:, j], fit.beta[:, j])[0, 1] for j in range(model.n_expression)]
+    assert np.mean(corr) > 0.2, np.mean(corr)
+
+    def centred_landmarks(alpha, beta):
+        x = model.vertices(alpha, beta)[:, model.landmarks]
+        return x - x.mean(1, keepdims=True)
+
+    truth = centred_landmarks(params["alpha"], params["beta"])
+    fitted = np.linalg.norm(centred_landmarks(fit.alpha, fit.beta) - truth, axis=2).mean(1)
+    mean_face = np.linalg.norm(centred_landmarks(0 * fit.alpha, 0 * fit.beta) - truth, axis=2).mean(1)
+    assert np.median(fitted) < 0.85 * np.median(mean_face), (np.median(fitted), np.median(mean_face))
     # the fitted model's projected points are where the fit says: those it used lie near the given ones
     assert np.abs(fit.points - points).mean() < 3.0
 
