@@ -8,7 +8,8 @@ From scratch, with the installed commands:
    pose and expression distribution renders are drawn from (``priors.yaml``; its statistics are
    in the JSON), so that renders and photos differ in look, not in pose;
 3. ``morph sample-identities`` + ``morph render`` of training identities (seed 0) under them;
-4. ``refine train`` (variant ``no_pairs``: these photos have no 3DMM fits) for ``--steps``, with
+4. ``refine train`` (variant ``no_pairs``; ``--variant ours``: the paper's full method, its pairs
+   made from the training photos by ``morph fit`` and ``morph render-pairs --fits``) for ``--steps``, with
    the settings of ``--config`` over these defaults, the recipe that measured best on 2 CPU cores
    within 90 minutes (issue 24; bench/README.md): widths 16 (3.8 s a step in float32 on 2 AVX2
    cores), ``residual`` G and G', no warm-up, ``lr_schedule: tail``, lr 2e-4, BEGAN ``gamma`` 1
@@ -30,7 +31,8 @@ From scratch, with the installed commands:
 Prints progress, then one JSON object as the last line. ``--out DIR`` keeps everything and
 resumes from what is there; without it, a temporary folder is used.
 
-    python bench/learn.py [--out DIR] [--steps N] [--config extra.yaml] [--device cpu|cuda] [--paper]
+    python bench/learn.py [--out DIR] [--steps N] [--config extra.yaml] [--variant no_pairs|ours]
+                          [--device cpu|cuda] [--paper]
 
 ``--paper``: the paper's widths and settings (lr 8e-5, no warm-up) and a longer run, for a GPU.
 """
@@ -154,6 +156,11 @@ def real_domain(d: Path, log: Path, heldout: float) -> tuple[dict, dict]:
         aligned[name] = d / f"aligned_{name}.h5"
         sh("morph", "align", TESTDATA / name, "-o", aligned[name], log=log)
     split_json = d / "real_split.json"
+    if (d / "real_train.h5").exists():
+        with h5py.File(d / "real_train.h5", "r") as f:
+            stale = "origin" not in f  # made before the split recorded its faces' rows
+        if stale:
+            split_json.unlink(missing_ok=True)
     if not split_json.exists():
         split_json.write_text(json.dumps(realset.split(d, aligned, heldout)))
     split = json.loads(split_json.read_text())
@@ -164,6 +171,41 @@ def real_domain(d: Path, log: Path, heldout: float) -> tuple[dict, dict]:
     priors = json.loads(priors_json.read_text())
     print(f"priors measured on the training faces: {priors}", flush=True)
     return split, priors
+
+
+def real_pairs(d: Path, log: Path) -> dict:
+    """The paper's pairs for the full method (variant ``ours``, issue 25): ``morph fit`` of each
+    photo folder (landmarks, then colour and light) and ``morph render-pairs --fits``; the pairs
+    of the training people's faces (``real_train.h5``'s ``origin``) go to ``pairs_train.h5``.
+    ``morph fit`` finds, picks and aligns faces as ``morph align`` does, so its rows are those of
+    ``aligned_NAME.h5``: checked image for image."""
+    with h5py.File(d / "real_train.h5", "r") as f:
+        origin, train_images = f["origin"][()], f["images"][()]
+    out = d / "pairs_train.h5"
+    parts = []
+    for i, name in enumerate(("realfaces", "utkface")):
+        sh("morph", "fit", TESTDATA / name, "-o", d / f"fits_{name}.h5", log=log)
+        sh("morph", "render-pairs", "--fits", d / f"fits_{name}.h5", "-o", d / f"pairs_{name}.h5", log=log)
+        rows = origin[origin[:, 0] == i, 1]
+        with h5py.File(d / f"pairs_{name}.h5", "r") as g:
+            parts.append({k: g[k][()][rows] for k in ("real", "render", "mask")})
+    pairs = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+    order = np.concatenate([np.flatnonzero(origin[:, 0] == i) for i in range(len(parts))])
+    if not np.array_equal(pairs["real"], train_images[order]):
+        raise SystemExit("morph fit's faces are not morph align's (another detector or crop?): pairs not made")
+    if not out.exists():
+        tmp = out.with_name(out.name + ".partial")
+        with h5py.File(tmp, "w") as f:
+            for k, v in pairs.items():
+                f[k] = v
+            f.attrs["complete"] = True
+            f.attrs["source"] = "training people's faces of " + ", ".join(f"pairs_{n}.h5" for n in ("realfaces", "utkface"))
+        tmp.replace(out)
+    with h5py.File(d / "fits_realfaces.h5", "r") as f, h5py.File(d / "fits_utkface.h5", "r") as g:
+        err = np.concatenate([f["photometric_error"][()], g["photometric_error"][()]])
+        lm = np.concatenate([f["landmark_error"][()], g["landmark_error"][()]])
+    return {"pairs": int(len(pairs["real"])), "photometric_error_median": round(float(np.nanmedian(err)), 1),
+            "landmark_error_median_px": round(float(np.median(lm)), 2)}
 
 
 def main():
@@ -181,6 +223,8 @@ def main():
     ap.add_argument("--heldout", type=float, default=0.3, help="share of the real faces held apart (by person)")
     ap.add_argument("--paper", action="store_true", help="the paper's widths and a longer run (a GPU)")
     ap.add_argument("--config", type=Path, default=None, help="TrainConfig YAML keys over the defaults")
+    ap.add_argument("--variant", choices=("no_pairs", "ours"), default="no_pairs",
+                    help="ours: the paper's full method, with pairs of the training photos and renders of their fits")
     a = ap.parse_args()
     steps = a.steps or (20000 if a.paper else 1000)
     cfg = {"g_width": 32, "d_hidden": 64, "lr": 8e-5} if a.paper else \
@@ -200,6 +244,10 @@ def main():
     t = time.perf_counter()
     split, priors = real_domain(d, log, a.heldout)
     t = stage("real_domain_s", t)
+    pairs = real_pairs(d, log) if a.variant == "ours" else None
+    if pairs is not None:
+        print(f"pairs of the training faces: {pairs}", flush=True)
+        t = stage("fit_s", t)
     sh("morph", "sample-identities", "--model", "default", "--priors", d / "priors.yaml", "--n-identities",
        a.train_identities, "--images-per-identity", a.train_images, "--seed", 0, "-o", d / "train_ids.h5", log=log)
     sh("morph", "render", d / "train_ids.h5", "-o", d / "synthetic.h5", log=log)
@@ -214,8 +262,8 @@ def main():
     if not last.exists():
         resume = ["--resume"] if (run / "checkpoints").is_dir() and any((run / "checkpoints").glob("*.pt")) else []
         sh("refine", "train", "--synthetic", d / "synthetic.h5", "--real", d / "real_train.h5", "--out", run,
-           "--variant", "no_pairs", "--steps", steps, "--batch-size", a.batch_size, "--config", d / "train.yaml",
-           *resume, log=log)
+           "--variant", a.variant, *(("--pairs", d / "pairs_train.h5") if pairs else ()), "--steps", steps,
+           "--batch-size", a.batch_size, "--config", d / "train.yaml", *resume, log=log)
     t = stage("train_s", t)
     sh("refine", "export-dataset", "--checkpoint", last, "--model", "default", "--priors", d / "priors.yaml",
        "--n-identities", a.identities, "--images-per-identity", a.images, "--seed", 1, "--format", "hdf5",
@@ -237,9 +285,9 @@ def main():
     assert np.array_equal(raw_labels, ref_labels)
     print("embedding raw, refined and held-apart real faces with dlib's ResNet ...", flush=True)
     e_raw, e_ref, e_real = realset.embed(raw), realset.embed(refined), realset.embed(real)
-    out = {"settings": {"steps": steps, "batch_size": a.batch_size, "variant": "no_pairs", **cfg,
+    out = {"settings": {"steps": steps, "batch_size": a.batch_size, "variant": a.variant, **cfg,
                         "train_identities": a.train_identities, "train_images": a.train_images},
-           "real": split, "priors": priors,
+           "real": split, "priors": priors, **({"pairs": pairs} if pairs else {}),
            "raw": judge("raw renders", raw_labels, e_raw, e_real),
            "refined": judge("refined", ref_labels, e_ref, e_real)}
     diff = np.abs(refined.astype(np.int16) - raw.astype(np.int16)).mean(-1)
