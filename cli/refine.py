@@ -54,11 +54,12 @@ def main():
 @click.option("--augment", type=click.Choice(CHOICES["augment"]), default=None,
               help="DiffAugment (colour, translation, cutout) on both inputs of D_R and D_S [none].")
 @click.option("--discriminator", type=click.Choice(CHOICES["discriminator"]), default=None,
-              help="D_R and D_S: the authors' BEGAN auto-encoders, or patch discriminators [began].")
+              help="D_R and D_S: the authors' BEGAN auto-encoders, patch discriminators, or heads on frozen "
+                   "MTCNN O-Net features (projected, as Projected GAN) [began].")
 @click.option("--gan-loss", type=click.Choice(CHOICES["gan_loss"]), default=None,
-              help="A patch discriminator's loss [nonsaturating].")
+              help="A patch or projected discriminator's loss [nonsaturating].")
 @click.option("--r1", type=FiniteRange(0, 1e6), default=None,
-              help="R1 penalty gamma on a patch discriminator's real inputs [0: none].")
+              help="R1 penalty gamma on a patch or projected discriminator's real inputs [0: none].")
 @click.option("--history", type=click.IntRange(0, 1_000_000), default=None,
               help="Refined images kept for a patch D_R; half its generated inputs come from them (SimGAN) [0].")
 @click.option("--upsample", type=click.Choice(CHOICES["upsample"]), default=None,

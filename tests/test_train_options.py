@@ -190,3 +190,35 @@ def test_an_export_of_a_residual_refiner_starts_from_the_renders(tmp_path, sets)
     with h5py.File(tmp_path / "export" / "ganfaces.h5", "r") as f, h5py.File(tmp_path / "raw.h5", "r") as g:
         diff = np.abs(f["images"][()].astype(int) - g["images"][()].astype(int))
     assert diff.mean() < 3.0, diff.mean()
+
+
+def test_projected_discriminator_trains_its_heads_on_frozen_o_net_features(sets, tmp_path):
+    """``discriminator: projected``: the backbone is MTCNN's pretrained O-Net (its conv1 weights are
+    the detector's), and after training steps the backbone and the random projections are as they
+    were while every head moved; the trainer's D optimiser holds the heads alone. Mutants caught:
+    the backbone left trainable (its weights move, and D's parameter count includes it), a fresh
+    random backbone instead of the detector's weights, a head left out of the logits."""
+    from morph.align.mtcnn_nets import ONet
+    from refine.gan.projected import ProjectedDiscriminator
+
+    d = ProjectedDiscriminator(hidden=8)
+    assert torch.equal(d.backbone.conv1.weight, ONet().conv1.weight)
+    logits = d(torch.rand(2, 3, 108, 108) * 2 - 1)
+    assert logits.shape == (2, 5 * 5 + 5 * 5 + 4 * 4)  # 47 -> 23 -> 11 -> 5, 22 -> 11 -> 5, 9 -> 4 px (96 px input)
+    cfg = dict(g_width=8, d_hidden=8, batch_size=4, images_per_identity=2, steps=10, seed=1, variant="no_pairs",
+               residual=True, discriminator="projected", gan_loss="hinge", r1=1.0, augment="diffaugment",
+               lr_schedule="tail")
+    tr = Trainer(TrainConfig(**cfg), sets / "synthetic.h5", sets / "real.h5", None, tmp_path / "p")
+    before = copy.deepcopy(tr.D_R.state_dict())
+    heads = sum(p.numel() for n in (tr.D_R, tr.D_S) for p in n.heads.parameters())
+    assert sum(p.numel() for p in tr.d_params()) == heads
+    for _ in range(2):
+        v = tr.train_step()
+    assert all(math.isfinite(x) for x in v.values()), v
+    after = tr.D_R.state_dict()
+    for name, w in before.items():
+        moved = not torch.equal(w, after[name])
+        if name.startswith("heads."):  # (a head's last bias may stay: under the hinge, while every logit
+            assert moved or name.endswith("bias"), name  # is within (-1, 1), its gradient is zero)
+        else:
+            assert not moved, name

@@ -32,10 +32,11 @@ each of them on renders whose realistic version is known:
 - ``lr_schedule``: ``paper`` (halvings at the paper's steps, scaled to ``steps``), ``constant``,
   or ``tail`` (constant, then linear decay to 0 over the last 20% of ``steps``) [paper];
 - ``augment``: ``diffaugment`` (``refine.gan.augment``) on both inputs of D_R and D_S [none];
-- ``discriminator``: ``began`` (the authors' auto-encoders) or ``patch`` (``refine.gan.nets.
-  PatchDiscriminator``) for D_R and D_S [began]; ``gan_loss``: a patch discriminator's loss,
-  ``nonsaturating`` or ``hinge`` [nonsaturating]; ``r1``: the R1 penalty's gamma on a patch
-  discriminator's real inputs [0]; ``history``: SimGAN's buffer of refined images, half of each
+- ``discriminator``: ``began`` (the authors' auto-encoders), ``patch`` (``refine.gan.nets.
+  PatchDiscriminator``) or ``projected`` (``refine.gan.projected.ProjectedDiscriminator``: heads on
+  frozen MTCNN O-Net features, Projected GAN) for D_R and D_S [began]; ``gan_loss``: a logit
+  discriminator's (patch, projected) loss, ``nonsaturating`` or ``hinge`` [nonsaturating]; ``r1``:
+  the R1 penalty's gamma on its real inputs [0]; ``history``: SimGAN's buffer of refined images, half of each
   batch of D_R's generated inputs drawn from it [0: none];
 - ``face_weight``: the weight of the crop template's face box in the BEGAN discriminators'
   reconstruction (``refine.gan.losses.face_weight_map``), the background's being 1 [1: the
@@ -74,7 +75,7 @@ RANGES = {
 }
 #: choices of the string settings, the authors' first
 CHOICES = {"variant": VARIANTS, "norm": ("authors", "instance"), "upsample": ("transpose", "resize"), "lr_schedule": ("paper", "constant", "tail"),
-           "augment": ("none", "diffaugment"), "discriminator": ("began", "patch"),
+           "augment": ("none", "diffaugment"), "discriminator": ("began", "patch", "projected"),
            "gan_loss": ("nonsaturating", "hinge")}
 #: the share of ``steps`` over which ``lr_schedule: tail`` decays the learning rate to 0
 TAIL = 0.2
@@ -120,7 +121,7 @@ class TrainConfig:
     upsample: str = "transpose"  # G's upsampling: transpose (authors') or resize (+ conv)
     lr_schedule: str = "paper"  # paper, constant, tail
     augment: str = "none"  # none, diffaugment (D_R's and D_S's inputs)
-    discriminator: str = "began"  # began, patch (D_R and D_S)
+    discriminator: str = "began"  # began, patch, projected (D_R and D_S)
     gan_loss: str = "nonsaturating"  # a patch discriminator's loss: nonsaturating, hinge
     r1: float = 0.0  # R1 penalty gamma on a patch discriminator's real inputs
     history: int = 0  # refined images kept for D_R (SimGAN's history buffer); 0: none

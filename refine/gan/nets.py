@@ -279,14 +279,19 @@ def build_nets(cfg) -> dict[str, nn.Module]:
     names: ``G``, ``ema`` (its moving average, for generation) and ``D_R``; with a cycle, also
     ``Gp`` (G') and ``D_S``. Weights are freshly initialised (torch's global generator).
     ``residual`` makes G and G' residual, ``upsample: resize`` resizes then convolves in their
-    decoders; ``discriminator: patch`` makes D_R and D_S patch
-    discriminators (defaults: the authors' networks)."""
+    decoders; ``discriminator: patch`` makes D_R and D_S patch discriminators, ``projected``
+    Projected GAN's (``refine.gan.projected``) (defaults: the authors' networks)."""
     get = cfg.get if isinstance(cfg, dict) else lambda k, d=None: getattr(cfg, k, d)
     size, width, norm = int(get("image_size", 108)), int(get("g_width", 32)), get("norm", "authors")
     hidden, residual = int(get("d_hidden", 64)), bool(get("residual", False))
     up = str(get("upsample", "transpose"))
-    disc = (lambda: PatchDiscriminator(hidden)) if get("discriminator", "began") == "patch" else \
-        (lambda: BEGANDiscriminator(size, hidden=hidden))
+    kind = get("discriminator", "began")
+    if kind == "projected":
+        from refine.gan.projected import ProjectedDiscriminator
+        disc = lambda: ProjectedDiscriminator(hidden)  # noqa: E731
+    else:
+        disc = (lambda: PatchDiscriminator(hidden)) if kind == "patch" else \
+            (lambda: BEGANDiscriminator(size, hidden=hidden))
     nets = {"G": Generator(skips=True, dropout=0.1, norm=norm, width=width, residual=residual, upsample=up),
             "D_R": disc()}
     if get("variant", "ours") != "simgan":

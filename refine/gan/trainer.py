@@ -149,7 +149,8 @@ class Trainer:
         self.step = 0
 
     def d_params(self):
-        return [p for n in (self.D_R, self.D_S) if n is not None for p in n.parameters()]
+        """D_R's and D_S's trainable parameters (a projected D's frozen backbone is not)."""
+        return [p for n in (self.D_R, self.D_S) if n is not None for p in n.parameters() if p.requires_grad]
 
     def params(self) -> dict[str, list[torch.nn.Parameter]]:
         """Each optimiser's parameters: what its objective's gradient is restricted to."""
