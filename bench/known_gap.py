@@ -37,7 +37,9 @@ Recipes (``--recipe``; ``--set key=value`` adds TrainConfig keys to every level)
 - ``authors``: the authors' networks and losses as ``bench/learn.py`` runs them on a CPU (lr 2e-4,
   refiner warm-up for the first quarter of the steps, lambda_k 0.01, lambda_C 0.01);
 - ``learns``: the options of issue 24 that measured best here: the same with ``residual`` G, no
-  warm-up, and ``lr_schedule: tail`` (bench/README.md has the table).
+  warm-up, ``lr_schedule: tail``, BEGAN's ``gamma`` 1 with a k step (``lambda_k``) of 0.1, and
+  ``upsample: resize`` (bench/README.md has the table; ``bench/learn.py``'s defaults are these but for
+  ``upsample``, not yet measured on real faces).
 Both: variant ``no_pairs``, G width 16, D width 16, batch 16 (4 identities x 4), ``--steps``.
 
     python bench/known_gap.py [--recipe learns] [--levels identity,T1,T2,T3,T2:lambda_adv=0]
@@ -85,7 +87,8 @@ BASE = {"variant": "no_pairs", "g_width": 16, "d_hidden": 16, "batch_size": 16, 
         "log_every": 10 ** 9, "checkpoint_every": 10 ** 9, "grid_every": 10 ** 9}
 RECIPES = {
     "authors": {"lr": 2e-4, "lambda_k": 0.01, "lambda_c": 0.01, "warmup_fraction": 0.25},
-    "learns": {"lr": 2e-4, "lambda_k": 0.01, "lambda_c": 0.01, "residual": True, "lr_schedule": "tail"},
+    "learns": {"lr": 2e-4, "lambda_k": 0.1, "lambda_c": 0.01, "residual": True, "lr_schedule": "tail",
+               "gamma": 1.0, "upsample": "resize"},
 }
 
 

@@ -3,14 +3,17 @@
 A reduced T1 of ``bench/known_gap.py`` (32 px, 16 + 16 + 8 identities, 150 steps, G width 8,
 batch 8; about 1.5 CPU-minutes with the renders): the "real" set is renders of other identities
 through a per-channel gain, gamma and offset; after training with the bench's recipe ``learns``
-(residual G, constant LR with a linear tail), G's moving average must move held-out renders
-towards their known T1 versions on the face and on the background, keep their identity for C,
-and - L_id's part, the term (lambda_id 0.1) that holds the rendered face to the render - move
-the face by less of its gap than the background, which L_id does not cover, moves.
+(residual G, constant LR with a linear tail, BEGAN gamma 1 with a k step of 0.1, resize
+upsampling), G's moving average must move held-out renders towards their known T1 versions on the
+face and on the background, keep their identity for C, and - L_id's part, the term (lambda_id 0.1)
+that holds the rendered face to the render - move the face by less of its gap than the
+background, which L_id does not cover, moves.
 
 Each of these breaks of ``refine/gan/trainer.py`` makes this test fail (``python bench/mutants.py
---only "known gap"`` applies them one at a time); the figures, unbroken first:
-- none: face gap closed 0.472, background 0.840, identity cosine 0.997, face moved 0.53 of its gap;
+--only "known gap"`` applies them one at a time; all three caught with this recipe, 2026-12-06).
+Unbroken, this recipe gives: face gap closed 0.492, background 0.781, identity cosine 0.997, face
+moved 0.60 of its gap. The breaks' figures below were measured with the older recipe (gamma 0.5,
+k step 0.01, transposed convolutions: unbroken 0.472, 0.840, 0.997, 0.53):
 - D's objective negated (``objectives``: ``"D": -(L_DR + L_DS)``): face -6.30, background -9.37;
 - G not updated (``Trainer._step_optimisers`` skips G's optimiser): face 0.0, background 0.0;
 - L_id left out of Eq. 8 (``objectives`` without ``lambda_id * L_id``): face 0.589, background
