@@ -187,9 +187,10 @@ def preview(file, output, max_identities, max_images):
               help="3DDFA Model_Expression.mat or face3d BFM.mat, to fit expression in its basis.")
 def fit_priors(annotations, output, base, expression_model):
     """Fit pose, lighting (and expression) priors to a folder of 300W-LP / AFLW2000-3D .mat
-    annotations: mean and covariance, as the paper does (section 4, Data). Or measure pose and
-    expression priors on your own photos: ANNOTATIONS = fits.h5 of 'morph fit' (the renders then
-    look like that photo set in pose and expression; use them with the same --model)."""
+    annotations: mean and covariance, as the paper does (section 4, Data). Or measure pose,
+    expression and lighting priors on your own photos: ANNOTATIONS = fits.h5 of 'morph fit' (the
+    renders then look like that photo set; use them with the same --model; fits made with
+    --no-photometric keep the base priors' lighting)."""
     from morph.jobs.fit_priors import fit_priors as fit
 
     _check_writable(output)

@@ -88,10 +88,12 @@ def test_fit_priors_cli_skips_bad_files_and_fails_on_empty(tmp_path):
 
 
 def test_fit_priors_from_fits_measures_the_users_photos(tmp_path):
-    """``morph fit-priors fits.h5``: pose and expression are the mean and covariance of the fits
-    (the worst 5% by landmark error left out), in the fitted model's expression basis, with the
-    base priors' lighting; ``morph sample-identities`` then draws from them. Mutants caught: the
-    default pose kept, the worst fit kept in, the covariance of another set."""
+    """``morph fit-priors fits.h5``: pose, expression and lighting are the mean and covariance of the
+    fits (the worst 5% by landmark error left out), the expression in the fitted model's basis, the
+    lighting that of the photometric fit; fits made without it keep the base priors' lighting.
+    ``morph sample-identities`` then draws from them. Mutants caught: the default pose kept, the
+    worst fit kept in, the covariance of another set, the fitted light ignored (or taken from fits
+    that did not measure it)."""
     import h5py
     import yaml
 
@@ -105,13 +107,22 @@ def test_fit_priors_from_fits_measures_the_users_photos(tmp_path):
     assert res.exit_code == 0, res.output
     with h5py.File(tmp_path / "fits.h5", "r") as f:
         pose, beta, error = f["image/pose"][()], f["image/beta"][()], f["landmark_error"][()]
+        sh = f["image/sh"][()].reshape(-1, 27)
     keep = error < error.max()  # 6 faces: the 95th percentile leaves out the worst one
     doc = yaml.safe_load((tmp_path / "p.yaml").read_text())
     np.testing.assert_allclose(doc["pose"]["mean"], pose[keep].mean(0), rtol=1e-5)
     np.testing.assert_allclose(doc["pose"]["cov"], np.cov(pose[keep].T.astype(np.float64)), rtol=1e-4, atol=1e-6)
     np.testing.assert_allclose(doc["expression"]["mean"], beta[keep].mean(0), rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(doc["sh"]["mean"], sh[keep].mean(0), rtol=1e-4, atol=1e-6)
     default = load_priors(None)
-    assert doc["sh"]["mean"] == default.groups["sh"].mean.tolist()
+    assert not np.allclose(doc["sh"]["mean"], default.groups["sh"].mean, atol=1e-3)
+    import shutil
+
+    shutil.copy(tmp_path / "fits.h5", tmp_path / "landmarks_only.h5")
+    with h5py.File(tmp_path / "landmarks_only.h5", "r+") as f:
+        f.attrs["photometric"] = False  # as 'morph fit --no-photometric' writes it
+    assert run("fit-priors", tmp_path / "landmarks_only.h5", "-o", tmp_path / "q.yaml").exit_code == 0
+    assert yaml.safe_load((tmp_path / "q.yaml").read_text())["sh"]["mean"] == default.groups["sh"].mean.tolist()
     assert len(doc["expression"]["mean"]) == beta.shape[1]
     res = run("sample-identities", "--priors", tmp_path / "p.yaml", "--n-identities", 2, "--images-per-identity", 50,
               "-o", tmp_path / "ids.h5")

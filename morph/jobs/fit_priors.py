@@ -1,5 +1,5 @@
 """`morph fit-priors`: expression, pose and lighting priors fitted to real annotations, or
-pose and expression priors measured on a user's own photos through their fits (``morph fit``).
+measured on a user's own photos through their fits (``morph fit``).
 
 The paper samples expression, lighting and pose "with the same Gaussian distribution as that of
 synthetic samples of 300W-3D and AFLW2000-3D" (section 4, Data): a mean and a covariance fitted
@@ -23,8 +23,10 @@ to the datasets' per-image 3DMM annotations. Each annotation ``.mat`` holds
 From fits.h5 (``morph fit``, ``fit_priors_from_fits``): the fitted pose (degrees, already our
 convention) and expression (std units of the fitted model's own basis, so the priors go with that
 model), bounded by the 0.5th and 99.5th percentiles; the 5% of faces with the largest landmark
-error are left out (their points, not their faces, are what is unusual). Lighting stays the base
-priors': a landmark fit does not measure it.
+error are left out (their points, not their faces, are what is unusual). Lighting: the SH light
+of the photometric fit (``morph.fitting.photometric``; fits.h5's ``image/sh`` where its
+``photometric_error`` is a number) of the same faces; it stays the base priors' for fits made with
+``--no-photometric``, which do not measure it.
 """
 from __future__ import annotations
 
@@ -43,9 +45,10 @@ WORST_FITS = 0.05
 
 
 def priors_from_fits(pose: np.ndarray, beta: np.ndarray, error: np.ndarray, source: str, basis: str,
-                     base: str | None = None) -> tuple[str, dict]:
-    """The priors YAML (``base``'s, pose and expression replaced) measured on fits (N, 3) poses in
-    degrees and (N, K) expression coefficients with their landmark errors, and a summary."""
+                     base: str | None = None, sh: np.ndarray | None = None) -> tuple[str, dict]:
+    """The priors YAML (``base``'s, pose and expression replaced; lighting too with ``sh``) measured on fits (N, 3) poses in
+    degrees and (N, K) expression coefficients with their landmark errors, and a summary; with
+    ``sh`` (N, 9, 3) lights (NaN rows: not fitted), the lighting too."""
     good = error <= np.quantile(error, 1 - WORST_FITS)
     if good.sum() < 2:
         raise UserError(f"{source}: only {int(good.sum())} usable fit(s); measuring priors needs at least 2.")
@@ -55,13 +58,22 @@ def priors_from_fits(pose: np.ndarray, beta: np.ndarray, error: np.ndarray, sour
     doc["pose"] = gaussian_entry(pose, low=np.percentile(pose, 0.5, 0), high=np.percentile(pose, 99.5, 0),
                                  fitted_from=fitted_from)
     doc["expression"] = gaussian_entry(beta, basis=basis, fitted_from=fitted_from)
-    doc["description"] = f"pose and expression measured on the fits of {fitted_from}"
+    measured = "pose and expression"
+    n_light = 0
+    if sh is not None:
+        light = np.asarray(sh, np.float64).reshape(len(error), 27)[good]
+        light = light[np.isfinite(light).all(1)]
+        if len(light) >= 2:
+            n_light = len(light)
+            doc["sh"] = gaussian_entry(light, fitted_from=f"{n_light} photometric fits of {source}")
+            measured = "pose, expression and lighting"
+    doc["description"] = f"{measured} measured on the fits of {fitted_from}"
     text = yaml.safe_dump(doc, sort_keys=False, width=120)
     parse_priors(yaml.safe_load(text), text, source)  # what we write must read back
     return text, {"faces": int(good.sum()), "pose_mean": pose.mean(0).round(2).tolist(),
                   "pose_std": pose.std(0).round(2).tolist(), "abs_yaw_mean": round(float(np.abs(pose[:, 1]).mean()), 2),
                   "expression_rms": round(float(np.sqrt((beta ** 2).mean())), 3),
-                  "fit_error_px_median": round(float(np.median(error)), 2)}
+                  "fit_error_px_median": round(float(np.median(error)), 2), "lighting_faces": n_light}
 
 
 def fit_priors_from_fits(fits: Path, output: Path, base: str | None = None) -> dict:
@@ -76,11 +88,16 @@ def fit_priors_from_fits(fits: Path, output: Path, base: str | None = None) -> d
                             "of 300W-LP / AFLW2000-3D .mat files).")
         pose, beta, error = f["image/pose"][()], f["image/beta"][()], f["landmark_error"][()]
         name = f.attrs.get("model_name", "the fitted model")
-    text, summary = priors_from_fits(pose, beta, error, str(fits), f"{name} expression ({beta.shape[1]} modes)", base)
+        sh = None
+        if bool(f.attrs.get("photometric", False)) and "photometric_error" in f:
+            sh = f["image/sh"][()].astype(np.float64)
+            sh[~np.isfinite(f["photometric_error"][()])] = np.nan  # faces the photometric fit left out
+    text, summary = priors_from_fits(pose, beta, error, str(fits), f"{name} expression ({beta.shape[1]} modes)", base,
+                                     sh=sh)
     with output_lock(Path(output), "priors file"):
         write_atomic(Path(output), text.encode())
-    return {"n_files": len(pose), "n_used": summary["faces"], "n_expression": summary["faces"], "n_lighting": 0,
-            "skipped": [], **summary}
+    return {"n_files": len(pose), "n_used": summary["faces"], "n_expression": summary["faces"],
+            "n_lighting": summary["lighting_faces"], "skipped": [], **summary}
 
 
 def fit_priors(folder: Path, output: Path, base: str | None = None, expression_model: Path | None = None,
