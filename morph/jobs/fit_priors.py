@@ -46,7 +46,7 @@ WORST_FITS = 0.05
 
 def priors_from_fits(pose: np.ndarray, beta: np.ndarray, error: np.ndarray, source: str, basis: str,
                      base: str | None = None, sh: np.ndarray | None = None) -> tuple[str, dict]:
-    """The priors YAML (``base``'s, pose and expression replaced; lighting too with ``sh``) measured on fits (N, 3) poses in
+    """The priors YAML (``base``'s, pose and expression replaced) measured on fits (N, 3) poses in
     degrees and (N, K) expression coefficients with their landmark errors, and a summary; with
     ``sh`` (N, 9, 3) lights (NaN rows: not fitted), the lighting too."""
     good = error <= np.quantile(error, 1 - WORST_FITS)
