@@ -210,7 +210,7 @@ def main():
     seeds = []
     for seed in range(1, a.seeds if a.real else 1):
         sh("refine", "table1", "-o", d / f"table1_seed{seed}", *real, "--rendered", d / "train.h5", *recipe,
-           "--seed", seed, log=log)
+           "--seed", seed, "--row", "real", "--row", "real+rendered", log=log)
         seeds.append(d / f"table1_seed{seed}")
     report(d / "table1", a, checkpoint, t0, seeds)
 

@@ -284,8 +284,12 @@ def train_recognizer(data, proportions, run_dir, checkpoint_every, resume, threa
               help="A benchmark: pairs drawn from a labelled set of identities no row trains on; repeatable.")
 @click.option("--pairs", "n_pairs", type=click.IntRange(1), default=3000, show_default=True,
               help="With --set: same- and different-identity pairs, each.")
+@click.option("--row", "only", multiple=True,  # refine.jobs.table1.ROWS, spelt here to keep torch out of --help
+              type=click.Choice(["real", "real+rendered", "real+refined", "rendered", "refined"]),
+              help="Run only this row (repeatable; the untrained row always runs), e.g. the rows to repeat "
+                   "with another --seed.")
 @_recipe_options
-def table1(out, real, rendered, refined, lfw_pairs, images, template, bins, sets, n_pairs, threads, **recipe):
+def table1(out, real, rendered, refined, lfw_pairs, images, template, bins, sets, n_pairs, only, threads, **recipe):
     """The paper's Table 1 at your scale: one recogniser recipe trained on real data, real + raw
     renders, real + refined images (and synthetic data alone), beside the untrained network,
     each verified on your benchmarks; OUT/table1.md and OUT/table1.json.
@@ -298,7 +302,8 @@ def table1(out, real, rendered, refined, lfw_pairs, images, template, bins, sets
     from refine.jobs.table1 import table1 as run
 
     report = run(out, _recipe(**recipe), real=list(real), rendered=rendered, refined=refined, lfw_pairs=lfw_pairs,
-                 images=images, template=template, bins=bins, sets=sets, n_pairs=n_pairs, threads=threads)
+                 images=images, template=template, bins=bins, sets=sets, n_pairs=n_pairs, threads=threads,
+                 only=only)
     click.echo((Path(out) / "table1.md").read_text().rstrip())
     click.echo(f"{out / 'table1.json'} ({len(report['rows'])} rows)")
 

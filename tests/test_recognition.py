@@ -244,7 +244,8 @@ def test_cli_trains_and_table1_prints_a_row_per_set(sets, tmp_path):
     """The CLI end to end at toy scale: train-recognizer writes recognizer.pt; table1 writes a row
     for the untrained network and one per given set, each verified on the benchmark, and reuses
     finished rows. Catches a row trained on the wrong sets or a table not written, and a run folder
-    made for a set that cannot be read."""
+    made for a set that cannot be read. ``--row`` keeps the rows it names beside the untrained one
+    (catches the filter ignored) and names a row the sets cannot make in one line."""
     missing = run("train-recognizer", "--data", tmp_path / "nothing.h5", "--out", tmp_path / "rec", "--steps", 2)
     assert missing.exit_code != 0 and "nothing.h5" in missing.output and not (tmp_path / "rec").exists()
     res = run("train-recognizer", "--data", sets / "synthetic.h5", "--out", tmp_path / "rec", "--steps", 2,
@@ -274,6 +275,12 @@ def test_cli_trains_and_table1_prints_a_row_per_set(sets, tmp_path):
     assert {r: (tmp_path / "t" / r / "recognizer.pt").stat().st_mtime_ns for r in before} == before
     res = run(*args[:-2], "--seed", 1, "--threads", 1)
     assert res.exit_code == 2 and "other settings" in res.output
+    res = run(*args, "--row", "real", "--row", "rendered")
+    assert res.exit_code == 0, res.output
+    assert [r["row"] for r in json.loads((tmp_path / "t" / "table1.json").read_text())["rows"]] == [
+        "untrained", "real", "rendered"]
+    res = run("table1", "-o", tmp_path / "t2", "--real", real, "--set", sets / "synthetic.h5", "--row", "refined")
+    assert res.exit_code == 2 and "--row refined" in res.output and "untrained, real" in res.output
 
 
 def test_torchrun_ranks_draw_their_own_batches(sets, tmp_path):

@@ -28,8 +28,20 @@ from refine.jobs.train_recognizer import train_recognizer
 from refine.recognition.trainer import RecognizerConfig, untrained_model
 
 
-def rows(real: list[Path], rendered: Path | None, refined: Path | None) -> list[tuple[str, list[Path]]]:
-    """(row name, training sets) in the table's order, for the sets given."""
+ROWS = ("untrained", "real", "real+rendered", "real+refined", "rendered", "refined")
+
+
+def rows(real: list[Path], rendered: Path | None, refined: Path | None,
+         only: tuple[str, ...] = ()) -> list[tuple[str, list[Path]]]:
+    """(row name, training sets) in the table's order, for the sets given; ``only`` keeps the rows
+    it names (the untrained row always stays: it is every benchmark's floor and costs no training)."""
+    if only:
+        given = [name for name, _ in rows(real, rendered, refined)]
+        missing = [r for r in only if r not in given]
+        if missing:
+            raise UserError(f"--row {missing[0]}: this table has no such row with the sets given "
+                            f"(its rows: {', '.join(given)}); give the sets that row trains on.")
+        return [(name, data) for name, data in rows(real, rendered, refined) if name == "untrained" or name in only]
     out = [("untrained", [])]
     if real:
         out.append(("real", list(real)))
@@ -63,17 +75,19 @@ def _trained(run: Path, cfg: RecognizerConfig, data: list[Path], progress: bool,
 def table1(out: Path, cfg: RecognizerConfig, real: list[Path] | None = None, rendered: Path | None = None,
            refined: Path | None = None, *, lfw_pairs=None, images=None, template: str | None = None, bins=(),
            sets=(), n_pairs: int = 1000, progress: bool = True, threads: int | None = None,
-           batch_size: int = 64) -> dict:
+           batch_size: int = 64, only: tuple[str, ...] = ()) -> dict:
     """Train and verify every row on every benchmark given (``read_benchmarks``; labelled sets'
-    pairs drawn with the recipe's seed); write OUT/table1.md and OUT/table1.json; return the JSON."""
+    pairs drawn with the recipe's seed), or the rows ``only`` names (``rows``); write OUT/table1.md and
+    OUT/table1.json; return the JSON."""
     benchmarks = read_benchmarks(lfw_pairs, images, template, bins, sets, n_pairs, cfg.seed)
     if not benchmarks:
         raise UserError("give at least one benchmark to verify on (--lfw-pairs, --bin or --set).")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     cfg.check()
+    chosen = rows(list(real or []), rendered, refined, tuple(only))
     results = []
-    for name, data in rows(list(real or []), rendered, refined):
+    for name, data in chosen:
         run = out / name
         if name == "untrained":
             run.mkdir(exist_ok=True)
