@@ -64,9 +64,9 @@ def align_photos(photos_dir: Path, output: Path, all_faces: bool = False, size: 
                  report=print, template: str | None = None, what: str = "image set", desc: str = "align",
                  extra: dict | None = None, per_batch=None, key_extra=(), attrs: dict | None = None) -> dict:
     """Align every face of ``photos_dir`` into ``output`` (module docstring). ``extra``: more
-    per-face datasets ``{name: (shape, dtype)}``, filled by ``per_batch(faces, first_row)`` with
-    ``faces`` the batch's kept faces as (photo, ``Located``, j: which of its kept faces) and
-    ``first_row`` the row of the first; ``key_extra`` and ``attrs`` join the job key and the root
+    per-face datasets ``{name: (shape, dtype)}``, filled by ``per_batch(faces, first_row, crops)`` with
+    ``faces`` the batch's kept faces as (photo, ``Located``, j: which of its kept faces),
+    ``first_row`` the row of the first and ``crops`` their aligned crops (N x size x size x 3, uint8); ``key_extra`` and ``attrs`` join the job key and the root
     attributes."""
     from morph.align.faces import LANDMARK_RULES, FaceLocator, align_face
     from morph.base.numerics import check_device
@@ -149,7 +149,7 @@ def align_photos(photos_dir: Path, output: Path, all_faces: bool = False, size: 
                         out["landmarks5"].append(five[j])
                         out["landmarks5_mtcnn"].append(det.landmarks[k])
                 if per_batch is not None and kept:
-                    out.update(per_batch(kept, rows))
+                    out.update(per_batch(kept, rows, np.stack(out["images"])))
                 n_new = len(out["images"])
                 if rows + n_new > f["images"].shape[0]:  # --all-faces: more faces than photos
                     for name in writer.row_datasets:

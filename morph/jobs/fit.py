@@ -34,7 +34,6 @@ from pathlib import Path
 
 import numpy as np
 
-from morph.align.faces import align_face
 from morph.align.mtcnn import LANDMARK_CENTRE_OFFSET
 from morph.align.template import crop_template
 from morph.align.photo_set import align_photos
@@ -63,7 +62,7 @@ def fit_folder(photos_dir: Path, output: Path, model_spec: str = "default", prio
              "fit_scale": ((), np.float32), "fit_translation": ((2,), np.float32),
              "photometric_error": ((), np.float32)}
 
-    def per_batch(faces, first_row: int) -> dict[str, np.ndarray]:
+    def per_batch(faces, first_row: int, crops: np.ndarray) -> dict[str, np.ndarray]:
         points = np.stack([found.points68[j] for _, found, j in faces]) + LANDMARK_CENTRE_OFFSET
         fit = fitter.fit(points)
         n = len(faces)
@@ -71,7 +70,6 @@ def fit_folder(photos_dir: Path, output: Path, model_spec: str = "default", prio
         error = np.full(n, np.nan, np.float32)
         if colour is not None:
             five = np.stack([found.five[j] for _, found, j in faces])
-            crops = np.stack([align_face(img, found.five[j], crop_size, template=template) for img, found, j in faces])
             geometry = {"identity/alpha": fit.alpha, "image/beta": fit.beta, "image/pose": fit.pose,
                         "fit_scale": fit.scale, "fit_translation": fit.translation, "landmarks5": five}
             pm = colour.fit(crops, geometry, light)
