@@ -1,5 +1,8 @@
 """``bench/gpu.py``, the one script run on a GPU machine, runs here first: on the CPU, small, every
-section (render, detect, train, export) must finish without an error and give sane figures."""
+section (render, detect, train, export) must finish without an error and give sane figures.
+
+Marked slow (about 35 s, which kept the default run over its 15 minutes): run it before any GPU
+session with ``python -m pytest -m slow tests/test_gpu_bench.py``."""
 import json
 import subprocess
 import sys
@@ -8,6 +11,9 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
