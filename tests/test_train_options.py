@@ -197,7 +197,8 @@ def test_projected_discriminator_trains_its_heads_on_frozen_o_net_features(sets,
     the detector's), and after training steps the backbone and the random projections are as they
     were while every head moved; the trainer's D optimiser holds the heads alone. Mutants caught:
     the backbone left trainable (its weights move, and D's parameter count includes it), a fresh
-    random backbone instead of the detector's weights, a head left out of the logits."""
+    random backbone instead of the detector's weights, a head left out of the logits; the heads are
+    spectrally normalised as Projected GAN's (caught: the parametrisation left out)."""
     from morph.align.mtcnn_nets import ONet
     from refine.gan.projected import ProjectedDiscriminator
 
@@ -205,6 +206,8 @@ def test_projected_discriminator_trains_its_heads_on_frozen_o_net_features(sets,
     assert torch.equal(d.backbone.conv1.weight, ONet().conv1.weight)
     logits = d(torch.rand(2, 3, 108, 108) * 2 - 1)
     assert logits.shape == (2, 5 * 5 + 5 * 5 + 4 * 4)  # 47 -> 23 -> 11 -> 5, 22 -> 11 -> 5, 9 -> 4 px (96 px input)
+    convs = [m for h in d.heads for m in h if isinstance(m, torch.nn.Conv2d)]
+    assert convs and all(torch.nn.utils.parametrize.is_parametrized(m, "weight") for m in convs)
     cfg = dict(g_width=8, d_hidden=8, batch_size=4, images_per_identity=2, steps=10, seed=1, variant="no_pairs",
                residual=True, discriminator="projected", gan_loss="hinge", r1=1.0, augment="diffaugment",
                lr_schedule="tail")
@@ -219,6 +222,7 @@ def test_projected_discriminator_trains_its_heads_on_frozen_o_net_features(sets,
     for name, w in before.items():
         moved = not torch.equal(w, after[name])
         if name.startswith("heads."):  # (a head's last bias may stay: under the hinge, while every logit
-            assert moved or name.endswith("bias"), name  # is within (-1, 1), its gradient is zero)
+            # is within (-1, 1), its gradient is zero; and a 1-channel convolution's spectral-norm u is +-1)
+            assert moved or name.endswith(("bias", "._u")), name
         else:
             assert not moved, name

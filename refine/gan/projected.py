@@ -19,7 +19,12 @@ realism is not bought by moving the very features a judge reads). The input is r
 (x - 127.5) / 128; its stages after pooling 1 and 2 and after conv4 (32, 64 and 128 channels at
 47, 22 and 9 px for 96 px) are projected to ``channels`` each by fixed random 1x1 convolutions, and
 each goes through its own head: 4x4 stride-2 convolutions with LeakyReLU(0.2) until at most 6 px,
-then a 3x3 convolution to one logit per place. Output: (B, M), every head's logits side by side.
+then a 3x3 convolution to one logit per place, every convolution spectrally normalised as Projected
+GAN's heads are (``pg_modules/blocks.py``: its ``conv2d`` wraps ``nn.Conv2d`` in ``spectral_norm``;
+its ``DownBlock`` also batch-normalises, left out here because our trainer judges real and refined
+images in one batch, where batch statistics would mix them). Without it the heads, unbounded, won
+the game on the known gap's T1 within 100 steps (``bench/README.md``). Output: (B, M), every
+head's logits side by side.
 The backbone and the projections never train (``requires_grad`` off, held in eval mode), and
 ``trainable_parameters`` lists the heads alone.
 """
@@ -50,11 +55,12 @@ class ONetTrunk(nn.Module):
 
 
 def _head(channels: int, hidden: int, side: int) -> nn.Sequential:
+    sn = nn.utils.parametrizations.spectral_norm
     layers, c = [], channels
     while side > 6:
-        layers += [nn.Conv2d(c, hidden, 4, 2, 1), nn.LeakyReLU(0.2)]
+        layers += [sn(nn.Conv2d(c, hidden, 4, 2, 1)), nn.LeakyReLU(0.2)]
         c, side = hidden, side // 2
-    return nn.Sequential(*layers, nn.Conv2d(c, 1, 3, 1, 1))
+    return nn.Sequential(*layers, sn(nn.Conv2d(c, 1, 3, 1, 1)))
 
 
 class ProjectedDiscriminator(nn.Module):
