@@ -130,6 +130,16 @@ def seed_spread(tables: list[dict]) -> dict:
                         for m in ("accuracy", "auc")}
                     for b in runs[0]["benchmarks"]}
         out[row]["seeds"] = len(runs)
+    # the gain of adding renders, seed by seed (the same seed draws the same real batches' order and
+    # the same verification pairs), so that a gain smaller than its spread reads as noise
+    paired = [t for t in tables if "real" in t and "real+rendered" in t]
+    if len(paired) >= 2:
+        out["real+rendered_minus_real"] = {
+            b: {m: {"mean": round(float(np.mean(d := [t["real+rendered"]["benchmarks"][b][m]
+                                                      - t["real"]["benchmarks"][b][m] for t in paired])), 4),
+                    "std": round(float(np.std(d, ddof=1)), 4), "per_seed": [round(float(x), 4) for x in d]}
+                for m in ("accuracy", "auc")}
+            for b in paired[0]["real"]["benchmarks"]}
     return out
 
 
