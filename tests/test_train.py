@@ -32,27 +32,6 @@ def train_args(sets, out, steps=STEPS, *extra):
             "--config", sets / "small.yaml", *extra]
 
 
-def test_40_steps_all_losses_finite_and_k_in_range(sets, tmp_path):
-    out = tmp_path / "run"
-    res = run(refine, *train_args(sets, out))
-    assert res.exit_code == 0, res.output
-    log = losses(out)
-    assert [r["step"] for r in log] == list(range(1, STEPS + 1))
-    for r in log:
-        for k, v in r.items():
-            assert np.isfinite(v), (r["step"], k)
-        for k in ("k_R", "k_S", "k_P"):
-            assert 0.0 <= r[k] <= 1.0
-    for key in ("L_G", "L_cyc", "L_DP", "L_C", "L_id", "M_R", "M_S", "M_P"):
-        assert key in log[0]
-    assert any(r["k_R"] > 0 for r in log)  # the balance term moves
-    ckpts = sorted((out / "checkpoints").glob("step_*.pt"))
-    assert [c.name for c in ckpts] == ["step_00000020.pt", "step_00000040.pt"]
-    assert (out / "config.yaml").exists() and list((out / "tensorboard").iterdir())
-    state = torch.load(ckpts[-1], weights_only=True)
-    assert state["step"] == STEPS and state["centroids"].abs().sum() > 0
-
-
 def test_amp_flag_trains_under_bf16_autocast_on_the_cpu_and_is_off_by_default(sets, tmp_path):
     """``--amp``: the networks run under bfloat16 autocast on the CPU too (the losses move from
     float32's, a little); without it, float32. Catches the flag not reaching the config and autocast
@@ -71,10 +50,28 @@ def test_amp_flag_trains_under_bf16_autocast_on_the_cpu_and_is_off_by_default(se
         assert amp[k] == pytest.approx(plain[k], rel=0.05), k
 
 
-def test_resume_after_sigkill_logs_the_same_losses(sets, tmp_path):
-    """Same machine, same threads: the resumed run repeats the uninterrupted one bit for bit."""
+def test_40_steps_then_resume_after_sigkill_logs_the_same_losses(sets, tmp_path):
+    """40 steps: every loss finite, every balance term in [0, 1] and k_R moving, checkpoints,
+    config and TensorBoard written. Then, same machine, same threads: the resumed run repeats
+    that uninterrupted one bit for bit."""
     ref = tmp_path / "ref"
-    assert run(refine, *train_args(sets, ref, STEPS, "--threads", 2)).exit_code == 0
+    res = run(refine, *train_args(sets, ref, STEPS, "--threads", 2))
+    assert res.exit_code == 0, res.output
+    log = losses(ref)
+    assert [r["step"] for r in log] == list(range(1, STEPS + 1))
+    for r in log:
+        for k, v in r.items():
+            assert np.isfinite(v), (r["step"], k)
+        for k in ("k_R", "k_S", "k_P"):
+            assert 0.0 <= r[k] <= 1.0
+    for key in ("L_G", "L_cyc", "L_DP", "L_C", "L_id", "M_R", "M_S", "M_P"):
+        assert key in log[0]
+    assert any(r["k_R"] > 0 for r in log)  # the balance term moves
+    ckpts = sorted((ref / "checkpoints").glob("step_*.pt"))
+    assert [c.name for c in ckpts] == ["step_00000020.pt", "step_00000040.pt"]
+    assert (ref / "config.yaml").exists() and list((ref / "tensorboard").iterdir())
+    state = torch.load(ckpts[-1], weights_only=True)
+    assert state["step"] == STEPS and state["centroids"].abs().sum() > 0
     out = tmp_path / "killed"
     cmd = [sys.executable, "-m", "cli.refine", *map(str, train_args(sets, out, STEPS, "--threads", 2))]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
