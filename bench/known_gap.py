@@ -44,6 +44,12 @@ Both: variant ``no_pairs``, G width 16, D width 16, batch 16 (4 identities x 4),
 
     python bench/known_gap.py [--recipe learns] [--levels identity,T1,T2,T3,T2:lambda_adv=0]
                               [--steps 300] [--size 64] [--set residual=true ...] [--out DIR]
+                              [--small] [--seed 0]
+
+``--small`` runs the reduced form of the test (``SMALL``, ``SMALL_SETS``: 32 px, 150 steps, G width 8,
+batch 8, 16 + 16 + 8 identities): a screen for options at about 1.5 CPU-minutes a level. Its
+figures are its own scale's (the seed spread of the ``learns`` recipe there is in bench/README.md);
+an option that screens well must still be run at the full scale the targets are set for.
 
 Prints progress and, as its last line, one JSON object: per level the gap closed on face and
 background, the identity cosine (and that of x with T(x) itself), the training loss at the end,
@@ -81,6 +87,11 @@ T3_JPEG = 50  # JPEG quality
 #: the renders: (name, first identity, identities, images each)
 SETS = (("train", 0, 40, 8), ("real", 40, 40, 8), ("heldout", 80, 20, 4))
 SET_CODE = {"real": 1, "heldout": 2}
+#: ``--small``: the reduced form ``tests/test_known_gap.py`` holds, a screen for options at about
+#: 1.5 CPU-minutes a level (its figures are not comparable with a full level's; bench/README.md has
+#: both): fewer identities, 32 px, 150 steps, G width 8, batch 8 (2 identities x 4)
+SMALL_SETS = (("train", 0, 16, 8), ("real", 40, 16, 8), ("heldout", 80, 8, 4))
+SMALL = {"steps": 150, "image_size": 32, "g_width": 8, "d_hidden": 16, "batch_size": 8, "images_per_identity": 4}
 TARGETS = {"T1": 0.7, "T2": 0.5, "T3": 0.3, "identity_cosine": 0.9}
 
 BASE = {"variant": "no_pairs", "g_width": 16, "d_hidden": 16, "batch_size": 16, "images_per_identity": 4,
@@ -303,8 +314,10 @@ def main():
     ap.add_argument("--recipe", choices=sorted(RECIPES), default="learns")
     ap.add_argument("--levels", default="identity,T1,T2,T3,T2:lambda_adv=0",
                     help="levels, each with optional :key=value,key=value training overrides (see above)")
-    ap.add_argument("--steps", type=int, default=300)
-    ap.add_argument("--size", type=int, default=64)
+    ap.add_argument("--steps", type=int, default=None, help="training steps [300; --small: 150]")
+    ap.add_argument("--size", type=int, default=None, help="image size in px [64; --small: 32]")
+    ap.add_argument("--small", action="store_true",
+                    help="the test's reduced form (SMALL, SMALL_SETS), renders kept in OUT/small")
     ap.add_argument("--seed", type=int, default=0, help="T's draws and the training seed")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
@@ -314,9 +327,13 @@ def main():
                     help="renders, real sets and pictures (kept; renders are reused)")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
+    preset = SMALL if a.small else {"steps": 300, "image_size": 64}
+    steps, size = a.steps or preset["steps"], a.size or preset["image_size"]
+    if a.small:  # its own folder: its sets hold other identity counts under the same file names
+        a.out = a.out / "small"
     a.out.mkdir(parents=True, exist_ok=True)
-    sets = renders(a.out, a.size, a.threads)
-    values = {**BASE, **RECIPES[a.recipe], "steps": a.steps, "image_size": a.size, "seed": a.seed}
+    sets = renders(a.out, size, a.threads, SMALL_SETS if a.small else SETS)
+    values = {**BASE, **RECIPES[a.recipe], **preset, "steps": steps, "image_size": size, "seed": a.seed}
     for kv in a.sets:
         k, _, v = kv.partition("=")
         values[k] = parse_value(v)

@@ -1,7 +1,7 @@
 """The refiner learns a gap whose answer is known, and breaking the method stops it (issue 24).
 
-A reduced T1 of ``bench/known_gap.py`` (32 px, 16 + 16 + 8 identities, 150 steps, G width 8,
-batch 8; about 1.5 CPU-minutes with the renders): the "real" set is renders of other identities
+A reduced T1 of ``bench/known_gap.py``, its ``--small`` form (32 px, 16 + 16 + 8 identities, 150
+steps, G width 8, batch 8; about 1.5 CPU-minutes with the renders): the "real" set is renders of other identities
 through a per-channel gain, gamma and offset; after training with the bench's recipe ``learns``
 (residual G, constant LR with a linear tail, BEGAN gamma 1 with a k step of 0.1, resize
 upsampling), G's moving average must move held-out renders towards their known T1 versions on the
@@ -27,10 +27,6 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-#: (name, first identity, identities, images each): smaller than the bench's sets
-SETS = (("train", 0, 16, 8), ("real", 40, 16, 8), ("heldout", 80, 8, 4))
-SIZE = 32
-STEPS = 150
 
 
 def known_gap():
@@ -44,9 +40,8 @@ def known_gap():
 def t1_result(tmp_path_factory):
     kg = known_gap()
     d = tmp_path_factory.mktemp("known_gap")
-    sets = kg.renders(d, SIZE, 2, SETS)
-    values = {**kg.BASE, **kg.RECIPES["learns"], "steps": STEPS, "image_size": SIZE, "seed": 0,
-              "g_width": 8, "d_hidden": 16, "batch_size": 8, "images_per_identity": 4}
+    sets = kg.renders(d, kg.SMALL["image_size"], 2, kg.SMALL_SETS)  # bench/known_gap.py --small
+    values = {**kg.BASE, **kg.RECIPES["learns"], **kg.SMALL, "seed": 0}
     result = kg.run_level("T1", sets, d, values, 0, "test")
     print(result)
     return result
