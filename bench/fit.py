@@ -90,7 +90,7 @@ def main():
         n_photos, size, template = int(f.attrs["n_photos"]), int(f["images"].shape[1]), template_of(f.attrs)
         n_faces, sources = len(error), list(f["source"].asstr()[()])
     model = load_model(a.model)
-    fitter = LandmarkFitter(model)
+    fitter = LandmarkFitter(model, contour=True)  # as morph fit fits
     from morph.align.mtcnn import LANDMARK_CENTRE_OFFSET
 
     from morph.fitting.photometric import PhotometricFitter

@@ -1,5 +1,5 @@
-"""Mutation check of the method's tests: break the trainer one rule at a time, and show that a
-default-suite test fails for each break.
+"""Mutation check of the method's tests: break the trainer (and the landmark fit) one rule at a
+time, and show that a default-suite test fails for each break.
 
 Each mutant is one exact text substitution in the package (the script refuses to run when a
 substitution's original text is no longer found exactly once, so mutants cannot go stale
@@ -26,6 +26,7 @@ TESTS = ["tests/test_method.py", "tests/test_losses.py", "tests/test_nets.py", "
 
 T, LOSS, NETS = "refine/gan/trainer.py", "refine/gan/losses.py", "refine/gan/nets.py"
 KNOWN_GAP = "tests/test_known_gap.py"
+FIT, FITTING = "morph/fitting/landmarks.py", "tests/test_fitting.py"
 #: (name, file, original text, mutated text[, the tests to run instead of --tests])
 MUTANTS = [
     ("Eq. 8: -L_G", T, 'g = terms["L_G"]\n', 'g = -terms["L_G"]\n'),
@@ -67,6 +68,14 @@ MUTANTS = [
      [KNOWN_GAP]),
     ("known gap: L_id left out of Eq. 8", T, 'g = g + cfg.lambda_id * terms["L_id"]', 'g = g + 0.0 * terms["L_id"]',
      [KNOWN_GAP]),
+    # issue 25: the landmark fit's known answers (tests/test_fitting.py)
+    ("fit: contour re-match dropped", FIT, "        turned = torch.nonzero(yaw.abs() >= CONTOUR_MIN_YAW).flatten()\n",
+     "        turned = torch.nonzero(yaw.abs() > 360).flatten()\n", [FITTING]),
+    ("fit: the near side's jaw re-matched", FIT, "away = right if k > 8 else ~right", "away = ~right if k > 8 else right",
+     [FITTING]),
+    ("fit: contour re-matched at every yaw", FIT, "CONTOUR_MIN_YAW = 30.0", "CONTOUR_MIN_YAW = 0.0", [FITTING]),
+    ("fit: expression left out", FIT, "parts = [p for p in (model.shape, model.expression) if p is not None]",
+     "parts = [p for p in (model.shape,) if p is not None]", [FITTING]),
 ]
 
 

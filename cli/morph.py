@@ -149,8 +149,11 @@ def align(photos, output, fmt, all_faces, size, template, device, batch_size, mi
               help="Priors YAML whose camera distance the fits take, and whose light they start from [default].")
 @click.option("--photometric/--no-photometric", default=True, show_default=True,
               help="Fit the colour coefficients and the light to the face's pixels (else: mean colour, the priors' light).")
+@click.option("--contour/--no-contour", default=True, show_default=True,
+              help="On faces turned 30 degrees or more, re-match the far side's jaw points to the cheek's outline as "
+                   "the pose changes (a detector marks the outline there; morph/fitting/landmarks.py).")
 @_photo_options
-def fit(photos, output, model_spec, priors, photometric, size, template, device, batch_size, min_face_size):
+def fit(photos, output, model_spec, priors, photometric, contour, size, template, device, batch_size, min_face_size):
     """Fit the model to every face of a folder of photos by its 68 points: pose, identity shape
     and expression; then by its pixels: colour and light (morph/jobs/fit.py). OUTPUT holds the
     aligned faces as 'morph align' writes them and the fits in the layout 'morph render' reads: 'morph render OUTPUT' renders each fit.
@@ -159,7 +162,8 @@ def fit(photos, output, model_spec, priors, photometric, size, template, device,
 
     r = fit_folder(photos, output, model_spec=model_spec, priors=priors, size=size, device=device,
                    batch_size=batch_size, min_face_size=min_face_size,
-                   report=lambda line: click.echo(line, err=True), template=template, photometric=photometric)
+                   report=lambda line: click.echo(line, err=True), template=template, photometric=photometric,
+                   contour=contour)
     click.echo(f"{output}: {r['n_faces']} faces fitted; {len(r['skipped'])} photos skipped (see {r.get('report', '')}).")
 
 

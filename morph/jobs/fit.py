@@ -24,7 +24,8 @@ without, they are the model's mean colour and the priors' mean light:
 
 plus ``morph align``'s ``source``, ``boxes``, ``landmarks5`` (the points the crop was made from),
 ``landmarks68`` and the rest. Root attributes: ``model`` (the spec), ``model_name``,
-``model_sources``, ``priors``, ``photometric``. Resumable like ``morph align``; photos without a face are listed
+``model_sources``, ``priors``, ``photometric``, ``contour`` (the far side's jaw points re-matched to the
+cheek's outline on faces turned 30 degrees or more: ``LandmarkFitter(contour=True)``, the default). Resumable like ``morph align``; photos without a face are listed
 with their reason in ``fits.h5.report.tsv``.
 """
 from __future__ import annotations
@@ -44,11 +45,12 @@ from morph.model.priors import load_priors
 
 def fit_folder(photos_dir: Path, output: Path, model_spec: str = "default", priors: str | None = None,
                size: int | None = None, device: str = "cpu", batch_size: int = 16, min_face_size: float = 20.0,
-               progress: bool = True, report=print, template: str | None = None, photometric: bool = True) -> dict:
+               progress: bool = True, report=print, template: str | None = None, photometric: bool = True,
+               contour: bool = True) -> dict:
     from morph.fitting.photometric import PhotometricFitter
 
     model = load_model(model_spec)
-    fitter = LandmarkFitter(model)  # refuses a model without landmarks before any photo is read
+    fitter = LandmarkFitter(model, contour=contour)  # refuses a model without landmarks before any photo is read
     crop_size = size or crop_template(template).size
     pri = load_priors(priors)
     colour = PhotometricFitter(model, crop_size, template, light=pri.groups["sh"]) if photometric else None
@@ -86,8 +88,9 @@ def fit_folder(photos_dir: Path, output: Path, model_spec: str = "default", prio
     return align_photos(photos_dir, output, size=size, device=device, batch_size=batch_size,
                         min_face_size=min_face_size, progress=progress, report=report, template=template,
                         what="fits file", desc="fit", extra=extra, per_batch=per_batch,
-                        key_extra=("fit", model_spec, model.name, pri.text, *(("photometric",) if photometric else ())),
+                        key_extra=("fit", model_spec, model.name, pri.text, *(("photometric",) if photometric else ()),
+                                   *(("contour",) if contour else ())),
                         attrs={"model": str(model_spec), "model_name": model.name,
                                "model_sources": json.dumps({k: str(v) for k, v in model.sources.items()}),
                                "priors": pri.text, "first_identity": 0,
-                               "photometric": bool(photometric)})
+                               "photometric": bool(photometric), "contour": bool(contour)})
