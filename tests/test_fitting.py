@@ -17,6 +17,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from conftest import requires_eos
 from morph.fitting.landmarks import LandmarkFitter, rotation_to_pose
 
 
@@ -108,6 +109,43 @@ def test_contour_rematching_recovers_turned_heads_whose_jaw_points_follow_the_ou
     a, b = (LandmarkFitter(model, contour=c).fit(q) for c in (False, True))
     np.testing.assert_allclose(b.pose, a.pose, atol=1e-9)
     np.testing.assert_allclose(b.points, a.points, atol=1e-9)
+
+
+@requires_eos
+def test_a_second_format_the_surrey_model_is_fitted_back():
+    """Another model format (the Surrey Face Model, eos .bin: 63 shape modes, no expressions, 50 of
+    the 68 points - no jaw): 40 faces of known shape and pose (yaw within 45 degrees), projected by
+    a scaled orthographic camera (2 px per mm) with 1 px of detector noise, fitted on the 50 points
+    it has. Measured: pose error 2.0 / 1.8 / 0.6 degrees (pitch, yaw, roll), median reprojection
+    1.57 px, the fitted points' shape 1.88 mm (median, centred) from the truth against 3.06 for the
+    mean face, the first ten modes read back with correlations 0.5-0.86. Mutants caught: y not
+    flipped (the pose comes out mirrored), no iterations (reprojection 4.1 px)."""
+    from pathlib import Path
+
+    from morph import formats
+    from morph.render.camera import compute_rotation
+
+    model = formats.load(Path(__file__).resolve().parents[2] / "shared" / "testdata" / "models" / "sfm"
+                         / "sfm_shape_3448.bin")
+    have = [k for k in range(68) if model.landmarks[k] >= 0]
+    rng = np.random.default_rng(0)
+    n = 40
+    alpha = rng.standard_normal((n, model.n_shape))
+    pose = np.stack([rng.uniform(-15, 15, n), rng.uniform(-45, 45, n), rng.uniform(-10, 10, n)], 1)
+    v = model.vertices(alpha, np.zeros((n, model.n_expression))).astype(np.float64)[:, np.maximum(model.landmarks, 0)]
+    q = 2.0 * np.einsum("bij,bpj->bpi", compute_rotation(pose).astype(np.float64)[:, :2], v)
+    q = np.stack([q[..., 0] + 256.0, 256.0 - q[..., 1]], 2) + rng.normal(0, 1.0, (n, 68, 2))
+    fit = LandmarkFitter(model, points=have).fit(q)
+    assert np.all(np.abs(fit.pose - pose).mean(0) < [3.0, 3.0, 1.5]), np.abs(fit.pose - pose).mean(0)
+    assert np.median(fit.error) < 2.5, np.median(fit.error)
+
+    def centred(a):
+        x = model.vertices(a, np.zeros((n, model.n_expression)))[:, model.landmarks[have]]
+        return x - x.mean(1, keepdims=True)
+
+    fitted = np.median(np.linalg.norm(centred(fit.alpha) - centred(alpha), axis=2).mean(1))
+    mean_face = np.median(np.linalg.norm(centred(0 * alpha) - centred(alpha), axis=2).mean(1))
+    assert fitted < 0.75 * mean_face, (fitted, mean_face)
 
 
 def test_rotation_to_pose_inverts_the_renderer_convention():
