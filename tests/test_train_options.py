@@ -70,6 +70,7 @@ def test_defaults_build_the_authors_networks_with_the_same_initial_weights():
     ({"face_weight": 4.0, "discriminator": "patch"}, "face_weight applies to the BEGAN"),
     ({"face_weight": 0.0}, "face_weight must be"),
     ({"upsample": "bilinear"}, "upsample 'bilinear' is unknown"),
+    ({"lambda_face": -0.1}, "lambda_face must be a finite number"),
 ])
 def test_bad_option_values_are_refused_in_one_sentence(kw, words):
     with pytest.raises(UserError, match=words):
@@ -226,3 +227,95 @@ def test_projected_discriminator_trains_its_heads_on_frozen_o_net_features(sets,
             assert moved or name.endswith(("bias", "._u")), name
         else:
             assert not moved, name
+
+
+def test_face_discriminator_judges_only_the_face_box_with_the_least_squares_loss(sets, tmp_path):
+    """``lambda_face``: D_F sees the face box of G(x) and of y alone (real pixels outside it change
+    nothing), its least-squares terms enter G's objective weighted by ``lambda_face`` and D's
+    objective as they are, and a step moves D_F's weights. Mutants caught: D_F given the whole
+    image (the shape and the outside pixels), L_GF left out of Eq. 8 or unweighted, D_F's
+    parameters left out of D's optimiser, the least-squares targets swapped."""
+    from morph.align.template import crop_template
+    from refine.gan import losses as L
+    from refine.gan.trainer import objectives
+
+    ones, zeros = torch.ones(2, 1, 3, 3), torch.zeros(2, 1, 3, 3)
+    assert [float(v) for v in L.lsgan_losses(zeros, ones)] == [1.0, 0.0]  # D right: G's term 1, D's 0
+    assert [float(v) for v in L.lsgan_losses(ones, zeros)] == [0.0, 2.0]  # D fooled both ways
+    cfg = TrainConfig(g_width=8, d_hidden=8, batch_size=4, images_per_identity=2, steps=10, variant="no_pairs",
+                      residual=True, lambda_face=0.5)
+    assert cfg.architecture_key() != TrainConfig(**{**cfg.to_dict(), "lambda_face": 0.0}).architecture_key()
+    tr = Trainer(cfg, sets / "synthetic.h5", sets / "real.h5", None, tmp_path / "f")
+    t, b_, l, r = tr.face_box
+    assert (t, b_, l, r) == L.face_box(tr.cfg.image_size, crop_template(tr.cfg.crop_template).points(tr.cfg.image_size))
+    assert 0 < t < b_ < tr.cfg.image_size and 0 < l < r < tr.cfg.image_size
+    seen = []
+    tr.D_F.register_forward_hook(lambda m, i, o: seen.append(i[0].shape))
+    batch = tr.next_batch()
+    torch.manual_seed(0)
+    terms, _ = tr.forward(batch)
+    assert seen[-1][-2:] == (b_ - t, r - l) and seen[-1][0] == 8  # G(x) and y, both cropped
+    outside = dict(batch, y=batch["y"].clone())
+    outside["y"][..., :t, :] = torch.rand_like(outside["y"][..., :t, :]) * 2 - 1
+    torch.manual_seed(0)
+    moved, _ = tr.forward(outside)
+    assert torch.equal(moved["L_DF"], terms["L_DF"]) and not torch.equal(moved["L_DR"], terms["L_DR"])
+    objs = objectives(terms, cfg)
+    without = objectives({k: v for k, v in terms.items() if k not in ("L_GF", "L_DF")}, cfg)
+    assert torch.allclose(objs["G"] - without["G"], 0.5 * terms["L_GF"])
+    assert torch.allclose(objs["D"] - without["D"], terms["L_DF"])
+    before = [p.detach().clone() for p in tr.D_F.parameters()]
+    tr.train_step()
+    assert all(not torch.equal(p, q) for p, q in zip(tr.D_F.parameters(), before))
+
+
+def test_split_generator_corrects_the_drawn_face_and_the_background_apart():
+    """``split_background``: a residual G whose output layer's first three channels correct the
+    pixels the render has drawn (any channel above -1) and its last three the black background.
+    Zeroing one half's weights leaves exactly its pixels as rendered and the others as they were.
+    Mutants caught: the mask inverted or taken where every channel (not any) is above -1, the two
+    halves swapped, the split applied to a non-residual G."""
+    torch.manual_seed(0)
+    g = Generator(width=4, residual=True, split=True, dropout=0.0).eval()
+    x = torch.rand(1, 3, 24, 24) * 2 - 1
+    x[..., :, :8] = -1.0  # background: the render's 8-bit 0
+    x[0, 0, 12, 12] = x[0, 1, 12, 12] = -1.0  # a drawn pixel black in two channels is still drawn
+    assert torch.equal(g(x), x)  # starts as a copy
+    torch.nn.init.normal_(g.c7s1_3.conv.weight, 0.0, 0.05)
+    both = g(x).detach()
+    drawn = (x > -1).any(1, keepdim=True).expand_as(x)
+    w = g.c7s1_3.conv.weight.data
+    keep = w.clone()
+    w[3:] = 0  # no background correction
+    face_only = g(x).detach()
+    assert torch.equal(face_only[~drawn], x[~drawn]) and torch.equal(face_only[drawn], both[drawn])
+    w.copy_(keep)
+    w[:3] = 0  # no face correction
+    bg_only = g(x).detach()
+    assert torch.equal(bg_only[drawn], x[drawn]) and torch.equal(bg_only[~drawn], both[~drawn])
+    with pytest.raises(ValueError, match="needs residual"):
+        Generator(width=4, split=True)
+    with pytest.raises(UserError, match="needs residual: true"):
+        TrainConfig(split_background=True)
+
+
+def test_train_takes_the_face_discriminator_and_the_split_from_the_command_line(tmp_path, sets):
+    """``refine train --lambda-face W --split-background``: the run's config records both and its
+    checkpoint holds D_F and a G with two corrections. Mutant caught: either flag not passed on to
+    the config (the checkpoint then holds no D_F, or G's output layer has three channels)."""
+    import yaml
+    from click.testing import CliRunner
+
+    from cli.refine import main as refine
+    from refine.checkpoint import load_checkpoint
+
+    (tmp_path / "small.yaml").write_text("g_width: 8\nd_hidden: 8\n")
+    res = CliRunner().invoke(refine, [str(a) for a in (
+        "train", "--synthetic", sets / "synthetic.h5", "--real", sets / "real.h5", "--variant", "no_pairs",
+        "--steps", 1, "--out", tmp_path / "run", "--config", tmp_path / "small.yaml", "--residual",
+        "--lambda-face", 0.25, "--split-background")])
+    assert res.exit_code == 0, res.output
+    cfg = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
+    assert cfg["lambda_face"] == 0.25 and cfg["split_background"] is True
+    st = load_checkpoint(tmp_path / "run" / "checkpoints" / "step_00000001.pt")
+    assert "D_F" in st["nets"] and st["nets"]["G"]["c7s1_3.conv.weight"].shape[0] == 6

@@ -38,6 +38,15 @@ each of them on renders whose realistic version is known:
   discriminator's (patch, projected) loss, ``nonsaturating`` or ``hinge`` [nonsaturating]; ``r1``:
   the R1 penalty's gamma on its real inputs [0]; ``history``: SimGAN's buffer of refined images, half of each
   batch of D_R's generated inputs drawn from it [0: none];
+- ``lambda_face``: the weight in Eq. 8 of a second discriminator of G's images, D_F, that sees only
+  the face box of the aligned crop (``refine.gan.losses.face_box``) and scores its patches
+  (``refine.gan.nets.PatchDiscriminator``) with the least-squares loss (``losses.lsgan_losses``):
+  SimGAN's local adversarial loss restricted to the face, beside D_R's game on the whole image;
+  0: no D_F [0];
+- ``split_background``: a residual G with two corrections, one for the face the render has drawn
+  and one for its black background (joined by the render's mask, its pixels above -1 in any
+  channel), so that the large change of the background does not bleed into the face's edge
+  (``refine.gan.nets.Generator``; G' is unchanged) [false];
 - ``face_weight``: the weight of the crop template's face box in the BEGAN discriminators'
   reconstruction (``refine.gan.losses.face_weight_map``), the background's being 1 [1: the
   authors' plain mean].
@@ -71,7 +80,7 @@ RANGES = {
     "lambda_k": ("float", 0.0, 1.0, ""), "eta": ("float", 0.0, 1e3, ""),
     "centroid_momentum": ("float", 0.0, 1.0, ")"), "ema_decay": ("float", 0.0, 1.0, ")"),
     "lambda_adv": ("float", 0.0, 1e6, ""), "r1": ("float", 0.0, 1e6, ""), "history": ("int", 0, 1_000_000, ""),
-    "face_weight": ("float", 0.0, 1e3, "("),
+    "face_weight": ("float", 0.0, 1e3, "("), "lambda_face": ("float", 0.0, 1e6, ""),
 }
 #: choices of the string settings, the authors' first
 CHOICES = {"variant": VARIANTS, "norm": ("authors", "instance"), "upsample": ("transpose", "resize"), "lr_schedule": ("paper", "constant", "tail"),
@@ -126,6 +135,8 @@ class TrainConfig:
     r1: float = 0.0  # R1 penalty gamma on a patch discriminator's real inputs
     history: int = 0  # refined images kept for D_R (SimGAN's history buffer); 0: none
     face_weight: float = 1.0  # weight of the face box in the BEGAN D's reconstruction; 1: authors'
+    lambda_face: float = 0.0  # weight of the face discriminator D_F's term in Eq. 8; 0: no D_F
+    split_background: bool = False  # residual G: separate corrections of face and background
 
     def __post_init__(self):
         for name, (kind, low, high, open_ends) in RANGES.items():
@@ -144,9 +155,12 @@ class TrainConfig:
         if self.crop_template is not None:
             from morph.align.template import crop_template
             crop_template(self.crop_template)
-        for name in ("amp", "residual"):
+        for name in ("amp", "residual", "split_background"):
             if not isinstance(getattr(self, name), bool):
                 raise UserError(f"{name} must be true or false (got {getattr(self, name)!r}).")
+        if self.split_background and not self.residual:
+            raise UserError("split_background corrects the render in two parts, so it needs residual: true; "
+                            "add it or drop split_background.")
         if self.discriminator != "began" and self.face_weight != 1.0:
             raise UserError("face_weight applies to the BEGAN discriminators; drop it or use discriminator: began.")
         if self.discriminator == "began" and (self.r1 > 0 or self.gan_loss != "nonsaturating" or self.history):
@@ -193,8 +207,12 @@ class TrainConfig:
                                               "crop_template")}
         # the networks' new options enter only when set, so that earlier checkpoints keep their key
         keys.update({k: getattr(self, k) for k, old in (("residual", False), ("discriminator", "began"),
-                                                                ("upsample", "transpose"))
+                                                                ("upsample", "transpose"),
+                                                                ("split_background", False))
                      if getattr(self, k) != old})
+        if self.lambda_face > 0:
+            keys["face_discriminator"] = True
+
         return hashlib.sha256(json.dumps(keys, sort_keys=True).encode()).hexdigest()[:16]
 
     def to_dict(self) -> dict:

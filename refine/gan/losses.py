@@ -32,21 +32,29 @@ def l1(a: torch.Tensor, b: torch.Tensor, per_image: bool = False, weight: torch.
     return d.flatten(1).mean(1) if per_image else d.mean()
 
 
-def face_weight_map(size: int, points: np.ndarray, weight: float) -> torch.Tensor:
-    """(1, 1, size, size): ``weight`` on the face box of an aligned crop, 1 elsewhere.
-
-    The box is the crop template's five points (eyes, nose tip, mouth corners at ``size`` px)
-    widened by 0.6 of the eye distance on each side and by 0.8 of it above the eyes and below the
-    mouth, so that it holds brows, cheeks and chin: the part of an aligned image a render shares
-    with a photo. It lets the BEGAN discriminators spend their reconstruction on the face rather
-    than on the background, which is about half of every render (``face_weight``, issue 24)."""
+def face_box(size: int, points: np.ndarray) -> tuple[int, int, int, int]:
+    """(top, bottom, left, right) pixel rows and columns, bottom and right exclusive, of the face
+    box of an aligned ``size`` crop whose template points (eyes, nose tip, mouth corners) are
+    ``points``: their box widened by 0.6 of the eye distance on each side and by 0.8 of it above
+    the eyes and below the mouth, so that it holds brows, cheeks and chin - the part of an aligned
+    image a render shares with a photo. A pixel is inside when its centre is."""
     p = np.asarray(points, np.float64)
     eye = float(np.linalg.norm(p[1] - p[0]))
     x0, x1 = p[:, 0].min() - 0.6 * eye, p[:, 0].max() + 0.6 * eye
     y0, y1 = p[:, 1].min() - 0.8 * eye, p[:, 1].max() + 0.8 * eye
-    c = torch.arange(size, dtype=torch.float32) + 0.5  # pixel centres
-    inside = ((c >= x0) & (c <= x1))[None, :] & ((c >= y0) & (c <= y1))[:, None]
-    return torch.where(inside, torch.tensor(float(weight)), torch.tensor(1.0))[None, None]
+    first = lambda lo: max(0, int(np.ceil(lo - 0.5)))  # noqa: E731  (first centre >= lo)
+    last = lambda hi: min(size, int(np.floor(hi - 0.5)) + 1)  # noqa: E731  (one past the last centre <= hi)
+    return first(y0), last(y1), first(x0), last(x1)
+
+
+def face_weight_map(size: int, points: np.ndarray, weight: float) -> torch.Tensor:
+    """(1, 1, size, size): ``weight`` on the face box (``face_box``) of an aligned crop, 1 elsewhere.
+    It lets the BEGAN discriminators spend their reconstruction on the face rather than on the
+    background, which is about half of every render (``face_weight``, issue 24)."""
+    t, b, l, r = face_box(size, points)
+    w = torch.ones(1, 1, size, size)
+    w[..., t:b, l:r] = float(weight)
+    return w
 
 
 def cycle_loss(x: torch.Tensor, x_cyc: torch.Tensor, per_image: bool = False) -> torch.Tensor:
@@ -159,6 +167,14 @@ def identity_loss(x: torch.Tensor, gx: torch.Tensor) -> torch.Tensor:
     background to black while D_R pushes it towards the photos' backgrounds."""
     mask = (x > -1.0).to(torch.float32)
     return (mask * (_f32(x) - _f32(gx)).abs()).mean()
+
+
+def lsgan_losses(logits_fake: torch.Tensor, logits_real: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The least-squares GAN's terms (Mao et al. 2017, Eq. 2 with a = 0, b = c = 1; CycleGAN's
+    ``GANLoss('lsgan')``): the generator's E (D(f) - 1)^2 and the discriminator's
+    E (D(y) - 1)^2 + E D(f)^2, each a mean over every patch logit. Returns (L_G, L_D)."""
+    f, y = _f32(logits_fake), _f32(logits_real)
+    return (f - 1.0).pow(2).mean(), (y - 1.0).pow(2).mean() + f.pow(2).mean()
 
 
 def ema_decay(decay: float, step: int) -> float:

@@ -141,10 +141,16 @@ class Generator(nn.Module):
     the change (SimGAN's refiner learns a correction of its input, Shrivastava et al. 2017; the
     zero start replaces the refiner warm-up). The factor 2 lets the correction reach any value
     in [-1, 1] from any input; the output is not clipped (``refine.images.to_uint8`` clips).
+
+    ``split`` (not the authors'; ``TrainConfig.split_background``, residual only): the output layer
+    gives two corrections, one taken where the render has drawn (any channel above -1, the 8-bit 0
+    of a render's background) and one elsewhere, so that the background's large change (black to
+    a photo's surroundings) and the face's small one need not share the pixels at the silhouette.
     """
 
     def __init__(self, skips: bool = True, dropout: float = 0.1, channels: int = 3, norm: str = "authors",
-                 width: int = 32, n_blocks: int = 3, residual: bool = False, upsample: str = "transpose"):
+                 width: int = 32, n_blocks: int = 3, residual: bool = False, upsample: str = "transpose",
+                 split: bool = False):
         super().__init__()
         if norm not in NORMS:
             raise ValueError(f"norm must be one of {NORMS}, got {norm!r}")
@@ -161,7 +167,10 @@ class Generator(nn.Module):
         resize = upsample == "resize"
         self.u64 = _Up(4 * width, 2 * width, outer, resize)
         self.u32 = _Up((4 if skips else 2) * width, width, outer, resize)
-        self.c7s1_3 = _Conv((2 if skips else 1) * width, channels, 7, 1, False, "tanh")
+        if split and not residual:
+            raise ValueError("split needs residual: it joins two corrections of the input")
+        self.split = bool(split)
+        self.c7s1_3 = _Conv((2 if skips else 1) * width, channels * (2 if split else 1), 7, 1, False, "tanh")
         init_weights(self)
         self.residual = bool(residual)
         if self.residual:
@@ -202,6 +211,10 @@ class Generator(nn.Module):
         h = self.u64(h, e2.shape[-2:])
         h = self.u32(torch.cat([h, e2], 1) if self.skips else h, e1.shape[-2:])
         out = self.c7s1_3(torch.cat([h, e1], 1) if self.skips else h)
+        if self.split:  # the face's correction where the render has drawn, the background's elsewhere
+            face, background = out.chunk(2, 1)
+            drawn = (x > -1.0).any(1, keepdim=True).to(out.dtype)
+            out = drawn * face + (1.0 - drawn) * background
         return x + 2.0 * out if self.residual else out
 
 
@@ -280,7 +293,8 @@ def build_nets(cfg) -> dict[str, nn.Module]:
     ``Gp`` (G') and ``D_S``. Weights are freshly initialised (torch's global generator).
     ``residual`` makes G and G' residual, ``upsample: resize`` resizes then convolves in their
     decoders; ``discriminator: patch`` makes D_R and D_S patch discriminators, ``projected``
-    Projected GAN's (``refine.gan.projected``) (defaults: the authors' networks)."""
+    Projected GAN's (``refine.gan.projected``) (defaults: the authors' networks); ``lambda_face``
+    above 0 adds ``D_F``, a patch discriminator of the face box."""
     get = cfg.get if isinstance(cfg, dict) else lambda k, d=None: getattr(cfg, k, d)
     size, width, norm = int(get("image_size", 108)), int(get("g_width", 32)), get("norm", "authors")
     hidden, residual = int(get("d_hidden", 64)), bool(get("residual", False))
@@ -292,11 +306,14 @@ def build_nets(cfg) -> dict[str, nn.Module]:
     else:
         disc = (lambda: PatchDiscriminator(hidden)) if kind == "patch" else \
             (lambda: BEGANDiscriminator(size, hidden=hidden))
-    nets = {"G": Generator(skips=True, dropout=0.1, norm=norm, width=width, residual=residual, upsample=up),
+    nets = {"G": Generator(skips=True, dropout=0.1, norm=norm, width=width, residual=residual, upsample=up,
+                           split=bool(get("split_background", False))),
             "D_R": disc()}
     if get("variant", "ours") != "simgan":
         nets["Gp"] = Generator(skips=False, dropout=0.0, norm=norm, width=width, residual=residual, upsample=up)
         nets["D_S"] = disc()
+    if float(get("lambda_face", 0.0)) > 0:
+        nets["D_F"] = PatchDiscriminator(hidden)
     nets["ema"] = copy.deepcopy(nets["G"]).eval().requires_grad_(False)
     return nets
 

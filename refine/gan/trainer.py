@@ -11,10 +11,11 @@ For a batch x of 3DMM renders (identity labels i_x), a batch y of real faces and
     L_DP = |s - G'(r)| - k_P L_cyc                                           Eq. 6
     L_C = identity-set loss of C(T(G(x))) against the centroids              Eq. 7
     L_id = |x - G(x)| on the rendered face                                   (lambda_id 0.1)
+    L_GF, L_DF = LSGAN terms of D_F on the face box of [G(x), y]          (lambda_face; not the paper's)
 
-    theta_G  <- argmin L_G + l_cyc L_cyc + l_C L_C + l_id L_id               Eq. 8
+    theta_G  <- argmin L_G + l_cyc L_cyc + l_C L_C + l_id L_id (+ l_face L_GF) Eq. 8
     theta_G' <- argmin L_G' + l_cyc L_cyc + l_DP L_DP                        Eq. 9
-    theta_D  <- argmin L_DR + L_DS                                           Eq. 10
+    theta_D  <- argmin L_DR + L_DS (+ L_DF)                                  Eq. 10
 
 The three updates are simultaneous: each network's gradient is taken of its own objective on one
 shared forward graph (``torch.autograd.grad`` restricted to that network's parameters), then the
@@ -70,7 +71,9 @@ def objectives(terms: dict[str, torch.Tensor], cfg: TrainConfig) -> dict[str, to
     for reg in ("L_reg", "L_recons"):  # the ablations' extra terms (config.py)
         if reg in terms:
             g = g + cfg.lambda_reg * terms[reg]
-    out = {"G": g, "D": terms["L_DR"] + terms.get("L_DS", 0.0)}
+    if "L_GF" in terms:
+        g = g + cfg.lambda_face * terms["L_GF"]
+    out = {"G": g, "D": terms["L_DR"] + terms.get("L_DS", 0.0) + terms.get("L_DF", 0.0)}
     if "L_Gp" in terms:
         gp = terms["L_Gp"] + cfg.lambda_cyc * terms["L_cyc"]
         if "L_DP" in terms:
@@ -119,6 +122,7 @@ class Trainer:
         layout = torch.channels_last if self.device.type == "cpu" else torch.contiguous_format
         self.nets = {k: v.to(self.device, memory_format=layout) for k, v in build_nets(cfg).items()}
         self.G, self.D_R, self.ema = self.nets["G"], self.nets["D_R"], self.nets["ema"]
+        self.D_F = self.nets.get("D_F")
         self.Gp, self.D_S = self.nets.get("Gp"), self.nets.get("D_S")
         self.C = self.transform = None
         if cfg.uses_identity:
@@ -146,11 +150,12 @@ class Trainer:
         self.history = torch.zeros(0, 3, cfg.image_size, cfg.image_size, device=self.device)
         self.face_weight = None if cfg.face_weight == 1.0 else L.face_weight_map(
             cfg.image_size, crop_template(cfg.crop_template).points(cfg.image_size), cfg.face_weight).to(self.device)
+        self.face_box = L.face_box(cfg.image_size, crop_template(cfg.crop_template).points(cfg.image_size))
         self.step = 0
 
     def d_params(self):
         """D_R's and D_S's trainable parameters (a projected D's frozen backbone is not)."""
-        return [p for n in (self.D_R, self.D_S) if n is not None for p in n.parameters() if p.requires_grad]
+        return [p for n in (self.D_R, self.D_S, self.D_F) if n is not None for p in n.parameters() if p.requires_grad]
 
     def params(self) -> dict[str, list[torch.nn.Parameter]]:
         """Each optimiser's parameters: what its objective's gradient is restricted to."""
@@ -184,6 +189,10 @@ class Trainer:
         t["L_G"], t["L_DR"], real_r = self.adversarial(self.D_R, gx, y, k["R"], self.history_sample(gx))  # Eq. 2, 4
         if real_r is not None:
             t["L_real_R"] = real_r
+        if self.D_F is not None:  # the face discriminator (lambda_face): D_F once on both face boxes
+            top, bottom, left, right = self.face_box
+            logits = self.D_F(torch.cat([gx, y])[..., top:bottom, left:right])
+            t["L_GF"], t["L_DF"] = L.lsgan_losses(logits[:n], logits[n:])
         if self.Gp is not None:
             paired = cfg.uses_pairs
             out = self.Gp(torch.cat([gx, b["r"]]) if paired else gx)
