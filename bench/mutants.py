@@ -1,5 +1,5 @@
-"""Mutation check of the method's tests: break the trainer (and the landmark fit) one rule at a
-time, and show that a default-suite test fails for each break.
+"""Mutation check of the method's tests: break the trainer (its options, and the landmark fit) one
+rule at a time, and show that a default-suite test fails for each break.
 
 Each mutant is one exact text substitution in the package (the script refuses to run when a
 substitution's original text is no longer found exactly once, so mutants cannot go stale
@@ -27,6 +27,7 @@ TESTS = ["tests/test_method.py", "tests/test_losses.py", "tests/test_nets.py", "
 T, LOSS, NETS = "refine/gan/trainer.py", "refine/gan/losses.py", "refine/gan/nets.py"
 KNOWN_GAP = "tests/test_known_gap.py"
 FIT, FITTING = "morph/fitting/landmarks.py", "tests/test_fitting.py"
+OPTIONS = "tests/test_train_options.py"
 #: (name, file, original text, mutated text[, the tests to run instead of --tests])
 MUTANTS = [
     ("Eq. 8: -L_G", T, 'g = terms["L_G"]\n', 'g = -terms["L_G"]\n'),
@@ -76,6 +77,22 @@ MUTANTS = [
     ("fit: contour re-matched at every yaw", FIT, "CONTOUR_MIN_YAW = 30.0", "CONTOUR_MIN_YAW = 0.0", [FITTING]),
     ("fit: expression left out", FIT, "parts = [p for p in (model.shape, model.expression) if p is not None]",
      "parts = [p for p in (model.shape,) if p is not None]", [FITTING]),
+    # issue 24's face discriminator and split refiner (tests/test_train_options.py)
+    ("options: D_F given the whole image", T, "self.D_F(torch.cat([gx, y])[..., top:bottom, left:right])",
+     "self.D_F(torch.cat([gx, y]))", [OPTIONS]),
+    ("options: L_GF left out of Eq. 8", T, 'g = g + cfg.lambda_face * terms["L_GF"]', "g = g", [OPTIONS]),
+    ("options: L_GF unweighted", T, 'g = g + cfg.lambda_face * terms["L_GF"]', 'g = g + terms["L_GF"]', [OPTIONS]),
+    ("options: D_F not optimised", T, "for n in (self.D_R, self.D_S, self.D_F)", "for n in (self.D_R, self.D_S)",
+     [OPTIONS]),
+    ("options: least-squares targets swapped", LOSS,
+     "return (f - 1.0).pow(2).mean(), (y - 1.0).pow(2).mean() + f.pow(2).mean()",
+     "return f.pow(2).mean(), y.pow(2).mean() + (f - 1.0).pow(2).mean()", [OPTIONS]),
+    ("options: split's mask inverted", NETS, "out = drawn * face + (1.0 - drawn) * background",
+     "out = (1.0 - drawn) * face + drawn * background", [OPTIONS]),
+    ("options: split's mask where every channel is drawn", NETS, "drawn = (x > -1.0).any(1, keepdim=True)",
+     "drawn = (x > -1.0).all(1, keepdim=True)", [OPTIONS]),
+    ("options: split's halves swapped", NETS, "face, background = out.chunk(2, 1)",
+     "background, face = out.chunk(2, 1)", [OPTIONS]),
 ]
 
 

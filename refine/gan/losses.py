@@ -170,9 +170,11 @@ def identity_loss(x: torch.Tensor, gx: torch.Tensor) -> torch.Tensor:
 
 
 def lsgan_losses(logits_fake: torch.Tensor, logits_real: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """The least-squares GAN's terms (Mao et al. 2017, Eq. 2 with a = 0, b = c = 1; CycleGAN's
-    ``GANLoss('lsgan')``): the generator's E (D(f) - 1)^2 and the discriminator's
-    E (D(y) - 1)^2 + E D(f)^2, each a mean over every patch logit. Returns (L_G, L_D)."""
+    """The least-squares GAN's terms (Mao et al. 2017, Eq. 2 with a = 0, b = c = 1): the
+    generator's E (D(f) - 1)^2 and the discriminator's E (D(y) - 1)^2 + E D(f)^2, each a mean over
+    every patch logit - the mean squared error against targets 1 and 0 that ``GANLoss`` with
+    ``gan_mode='lsgan'`` computes (taesungp/contrastive-unpaired-translation, ``models/networks.py``).
+    Returns (L_G, L_D)."""
     f, y = _f32(logits_fake), _f32(logits_real)
     return (f - 1.0).pow(2).mean(), (y - 1.0).pow(2).mean() + f.pow(2).mean()
 
