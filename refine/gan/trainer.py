@@ -154,7 +154,7 @@ class Trainer:
         self.step = 0
 
     def d_params(self):
-        """D_R's and D_S's trainable parameters (a projected D's frozen backbone is not)."""
+        """D_R's, D_S's and D_F's trainable parameters (a projected D's frozen backbone is not)."""
         return [p for n in (self.D_R, self.D_S, self.D_F) if n is not None for p in n.parameters() if p.requires_grad]
 
     def params(self) -> dict[str, list[torch.nn.Parameter]]:
