@@ -36,11 +36,13 @@ dropout seeded by its index as ``refine export-dataset`` does.
 Recipes (``--recipe``; ``--set key=value`` adds TrainConfig keys to every level):
 - ``authors``: the authors' networks and losses as ``bench/learn.py`` runs them on a CPU (lr 2e-4,
   refiner warm-up for the first quarter of the steps, lambda_k 0.01, lambda_C 0.01);
-- ``learns``: the options of issue 24 that measured best here: the same with ``residual`` G, no
-  warm-up, ``lr_schedule: tail``, BEGAN's ``gamma`` 1 with a k step (``lambda_k``) of 0.1, and
-  ``upsample: resize`` (bench/README.md has the table; ``bench/learn.py``'s defaults are these but for
-  ``upsample``, not yet measured on real faces).
-Both: variant ``no_pairs``, G width 16, D width 16, batch 16 (4 identities x 4), ``--steps``.
+- ``learns``: the options of issue 24 that measured best on T1 (the test's recipe): the same with
+  ``residual`` G, no warm-up, ``lr_schedule: tail``, BEGAN's ``gamma`` 1 with a k step
+  (``lambda_k``) of 0.1, and ``upsample: resize`` (bench/README.md has the table);
+- ``face``: ``learns`` with a least-squares patch discriminator of the face box beside D_R
+  (``lambda_face`` 0.1) and G correcting the drawn face and the background apart
+  (``split_background``): ``bench/learn.py``'s defaults (measured best on real faces).
+All: variant ``no_pairs``, G width 16, D width 16, batch 16 (4 identities x 4), ``--steps``.
 
     python bench/known_gap.py [--recipe learns] [--levels identity,T1,T2,T3,T2:lambda_adv=0]
                               [--steps 300] [--size 64] [--set residual=true ...] [--out DIR]
@@ -101,6 +103,7 @@ RECIPES = {
     "learns": {"lr": 2e-4, "lambda_k": 0.1, "lambda_c": 0.01, "residual": True, "lr_schedule": "tail",
                "gamma": 1.0, "upsample": "resize"},
 }
+RECIPES["face"] = {**RECIPES["learns"], "lambda_face": 0.1, "split_background": True}
 
 
 # ------------------------------------------------------------------------------- the transforms --

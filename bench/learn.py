@@ -11,9 +11,12 @@ From scratch, with the installed commands:
 4. ``refine train`` (variant ``no_pairs``; ``--variant ours``: the paper's full method, its pairs
    made from the training photos by ``morph fit`` and ``morph render-pairs --fits``) for ``--steps``, with
    the settings of ``--config`` over these defaults, the recipe that measured best on 2 CPU cores
-   within 90 minutes (issue 24; bench/README.md): widths 16 (3.8 s a step in float32 on 2 AVX2
-   cores), ``residual`` G and G', no warm-up, ``lr_schedule: tail``, lr 2e-4, BEGAN ``gamma`` 1
-   with a k step of 0.1 (at the authors' 0.5, k stays 0 and D_R never opposes G), 1,000 steps;
+   within 90 minutes (issue 24; bench/README.md): widths 16 (2.1-3.8 s a step in float32 on 2
+   AVX2 cores), ``residual`` G and G', no warm-up, ``lr_schedule: tail``, lr 2e-4, BEGAN ``gamma``
+   1 with a k step of 0.1 (at the authors' 0.5, k stays 0 and D_R never opposes G), resize
+   upsampling, a least-squares patch discriminator of the face box beside D_R (``lambda_face``
+   0.1) and G correcting the drawn face and the background apart (``split_background``) - the
+   known gap's ``face`` recipe - 1,000 steps;
 5. ``refine export-dataset`` of new identities (seed 1, hdf5, no scores) -> ``refined.h5``, and the
    raw renders of the very same draws -> ``raw.h5`` (images, identity labels, masks);
 6. judged in the embedding space of dlib's ResNet (through its face chip), raw and refined alike,
@@ -229,7 +232,8 @@ def main():
     steps = a.steps or (20000 if a.paper else 1000)
     cfg = {"g_width": 32, "d_hidden": 64, "lr": 8e-5} if a.paper else \
         {"g_width": 16, "d_hidden": 16, "lr": 2e-4, "warmup_steps": 0, "lambda_k": 0.1, "lambda_c": 0.01,
-         "residual": True, "lr_schedule": "tail", "gamma": 1.0}
+         "residual": True, "lr_schedule": "tail", "gamma": 1.0, "upsample": "resize", "lambda_face": 0.1,
+         "split_background": True}
     amp = a.amp == "on" or (a.amp == "auto" and (a.device.startswith("cuda") or
                                                  torch.ops.mkldnn._is_mkldnn_bf16_supported()))
     t0 = time.perf_counter()
