@@ -41,10 +41,11 @@ Recipes (``--recipe``; ``--set key=value`` adds TrainConfig keys to every level)
   (``lambda_k``) of 0.1, and ``upsample: resize`` (bench/README.md has the table);
 - ``face``: ``learns`` with a least-squares patch discriminator of the face box beside D_R
   (``lambda_face`` 0.1) and G correcting the drawn face and the background apart
-  (``split_background``): ``bench/learn.py``'s defaults (measured best on real faces).
+  (``split_background``): ``bench/learn.py``'s defaults, and this script's (measured best on T2,
+  T3 and real faces).
 All: variant ``no_pairs``, G width 16, D width 16, batch 16 (4 identities x 4), ``--steps``.
 
-    python bench/known_gap.py [--recipe learns] [--levels identity,T1,T2,T3,T2:lambda_adv=0]
+    python bench/known_gap.py [--recipe face] [--levels identity,T1,T2,T3,T2:lambda_adv=0]
                               [--steps 300] [--size 64] [--set residual=true ...] [--out DIR]
                               [--small] [--seed 0]
 
@@ -314,7 +315,7 @@ def run_level(spec: str, sets: dict[str, Path], d: Path, cfg_values: dict, seed:
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--recipe", choices=sorted(RECIPES), default="learns")
+    ap.add_argument("--recipe", choices=sorted(RECIPES), default="face")
     ap.add_argument("--levels", default="identity,T1,T2,T3,T2:lambda_adv=0",
                     help="levels, each with optional :key=value,key=value training overrides (see above)")
     ap.add_argument("--steps", type=int, default=None, help="training steps [300; --small: 150]")
