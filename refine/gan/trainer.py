@@ -148,9 +148,10 @@ class Trainer:
         # the discriminators' input augmentation and the history buffer's draws (issue 24's options)
         self.d_aug_gen = torch.Generator().manual_seed(cfg.seed * 1000 + 600 + self.ddp.rank)
         self.history = torch.zeros(0, 3, cfg.image_size, cfg.image_size, device=self.device)
+        points = crop_template(cfg.crop_template).points(cfg.image_size)  # the aligned crop's five points
         self.face_weight = None if cfg.face_weight == 1.0 else L.face_weight_map(
-            cfg.image_size, crop_template(cfg.crop_template).points(cfg.image_size), cfg.face_weight).to(self.device)
-        self.face_box = L.face_box(cfg.image_size, crop_template(cfg.crop_template).points(cfg.image_size))
+            cfg.image_size, points, cfg.face_weight).to(self.device)
+        self.face_box = L.face_box(cfg.image_size, points)
         self.step = 0
 
     def d_params(self):
