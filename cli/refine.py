@@ -45,7 +45,8 @@ def main():
               help="CPU threads (default: OMP_NUM_THREADS, else all cores). A resumed run repeats the "
                    "uninterrupted one bit for bit with the same threads (README, Reproducibility).")
 @click.option("--lambda-adv", type=FiniteRange(0, 1e6), default=None,
-              help="Weight of G's adversarial term L_G in Eq. 8 [1]; 0 is a control (G ignores D_R).")
+              help="Weight of G's adversarial terms in Eq. 8, D_R's L_G and D_F's [1]; 0 is a control (G ignores "
+                   "every discriminator).")
 @click.option("--residual/--no-residual", default=None,
               help="G and G' output their input plus a bounded correction, starting as copies [off: the authors'].")
 @click.option("--lr-schedule", type=click.Choice(CHOICES["lr_schedule"]), default=None,

@@ -1,5 +1,6 @@
 """The training options of issue 24 (``refine/gan/config.py``): each does what it says, and at their
 defaults nothing of the authors' training changes (``test_method.py`` holds the method itself)."""
+import dataclasses
 import copy
 import math
 
@@ -151,16 +152,21 @@ def test_face_weight_map_covers_the_template_face_and_weights_d_rs_reconstructio
     assert not torch.allclose(terms["L_G"], L.l1(gx, tr.D_R(torch.cat([gx, b["y"]]))[:4]), rtol=1e-4)
 
 
-def test_lambda_adv_zero_leaves_g_without_d_rs_gradient(sets, tmp_path):
+def test_lambda_adv_zero_leaves_g_without_any_discriminators_gradient(sets, tmp_path):
+    """With ``lambda_adv`` 0, G's objective holds no adversarial term: neither D_R's L_G nor the
+    face discriminator's L_GF (mutant: L_GF left outside lambda_adv, so the no-adversary control
+    still moves the face); at 0.5 both are halved (mutant: lambda_adv on L_G only)."""
     from refine.gan.trainer import objectives
 
     cfg = TrainConfig(g_width=8, d_hidden=8, batch_size=4, images_per_identity=2, steps=10, variant="no_pairs",
-                      lambda_adv=0.0)
+                      lambda_adv=0.0, lambda_face=0.3)
     tr = Trainer(cfg, sets / "synthetic.h5", sets / "real.h5", None, tmp_path / "c")
     terms, _ = tr.forward(tr.next_batch())
-    g = objectives(terms, cfg)["G"]
-    want = cfg.lambda_cyc * terms["L_cyc"] + cfg.lambda_c * terms["L_C"] + cfg.lambda_id * terms["L_id"]
-    assert torch.allclose(g, want)
+    assert terms["L_GF"].item() > 0
+    rest = cfg.lambda_cyc * terms["L_cyc"] + cfg.lambda_c * terms["L_C"] + cfg.lambda_id * terms["L_id"]
+    assert torch.allclose(objectives(terms, cfg)["G"], rest)
+    half = objectives(terms, dataclasses.replace(cfg, lambda_adv=0.5))["G"]
+    assert torch.allclose(half, rest + 0.5 * (terms["L_G"] + cfg.lambda_face * terms["L_GF"]))
 
 
 def test_an_export_of_a_residual_refiner_starts_from_the_renders(tmp_path, sets):

@@ -21,8 +21,9 @@ Variants (the paper's Fig. 5 and Table 1) as ``variant``:
 Training options that are not the authors' (issue 24: the authors' settings did not learn in a
 CPU hour); at their defaults the training is the authors' exactly. ``bench/known_gap.py`` measures
 each of them on renders whose realistic version is known:
-- ``lambda_adv``: the weight of G's adversarial term L_G (Eq. 2) in Eq. 8 [1]; 0 switches G's
-  side of the game off (a control: then nothing may move towards the real set);
+- ``lambda_adv``: the weight of G's adversarial terms in Eq. 8, L_G (Eq. 2) and, with
+  ``lambda_face``, D_F's L_GF [1]; 0 switches G's side of every game off (a control: then nothing
+  may move towards the real set);
 - ``residual``: G and G' output their input plus a bounded correction, starting as copies
   (``refine.gan.nets.Generator``) [false];
 - ``upsample``: the two upsampling layers of G and G', ``transpose`` (the authors' 3x3
@@ -125,7 +126,7 @@ class TrainConfig:
     device: str = "cpu"
     amp: bool = False  # bfloat16 autocast of the networks (CUDA; CPUs with AMX or AVX512-BF16)
     # not the authors' (issue 24; the module docstring): defaults keep their training exactly
-    lambda_adv: float = 1.0  # weight of L_G in Eq. 8
+    lambda_adv: float = 1.0  # weight of L_G (and of lambda_face L_GF) in Eq. 8
     residual: bool = False  # G, G' = input + bounded correction, starting as copies
     upsample: str = "transpose"  # G's upsampling: transpose (authors') or resize (+ conv)
     lr_schedule: str = "paper"  # paper, constant, tail

@@ -13,7 +13,8 @@ For a batch x of 3DMM renders (identity labels i_x), a batch y of real faces and
     L_id = |x - G(x)| on the rendered face                                   (lambda_id 0.1)
     L_GF, L_DF = LSGAN terms of D_F on the face box of [G(x), y]          (lambda_face; not the paper's)
 
-    theta_G  <- argmin L_G + l_cyc L_cyc + l_C L_C + l_id L_id (+ l_face L_GF) Eq. 8
+    theta_G  <- argmin l_adv (L_G + l_face L_GF) + l_cyc L_cyc + l_C L_C + l_id L_id    Eq. 8
+                (l_adv 1 and no D_F: the paper's Eq. 8)
     theta_G' <- argmin L_G' + l_cyc L_cyc + l_DP L_DP                        Eq. 9
     theta_D  <- argmin L_DR + L_DS (+ L_DF)                                  Eq. 10
 
@@ -71,8 +72,8 @@ def objectives(terms: dict[str, torch.Tensor], cfg: TrainConfig) -> dict[str, to
     for reg in ("L_reg", "L_recons"):  # the ablations' extra terms (config.py)
         if reg in terms:
             g = g + cfg.lambda_reg * terms[reg]
-    if "L_GF" in terms:
-        g = g + cfg.lambda_face * terms["L_GF"]
+    if "L_GF" in terms:  # D_F's term is adversarial too: lambda_adv 0 must switch it off as well
+        g = g + cfg.lambda_adv * cfg.lambda_face * terms["L_GF"]
     out = {"G": g, "D": terms["L_DR"] + terms.get("L_DS", 0.0) + terms.get("L_DF", 0.0)}
     if "L_Gp" in terms:
         gp = terms["L_Gp"] + cfg.lambda_cyc * terms["L_cyc"]
