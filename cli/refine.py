@@ -74,9 +74,12 @@ def main():
                    "D_R [0: no D_F].")
 @click.option("--split-background/--no-split-background", default=None,
               help="A residual G corrects the drawn face and the render's black background apart [off].")
+@click.option("--id-loss", type=click.Choice(CHOICES["id_loss"]), default=None,
+              help="What L_id holds G to: every change of the face (pixel, the authors') or only what no "
+                   "per-image colour map explains (structure) [pixel].")
 def train(synthetic, real, pairs, run_dir, config_path, steps, batch_size, lr, variant, embedder, device, seed,
           checkpoint_every, resume, amp, threads, lambda_adv, residual, lr_schedule, augment, discriminator,
-          gan_loss, r1, history, upsample, face_weight, lambda_face, split_background):
+          gan_loss, r1, history, upsample, face_weight, lambda_face, split_background, id_loss):
     """Train G, G', D_R and D_S (paper Eq. 1-10). Ctrl-C saves a checkpoint; --resume continues
     exactly where it stopped. Under 'torchrun --nproc_per_node K' each process trains on its
     own batches and only rank 0 writes."""
@@ -87,7 +90,8 @@ def train(synthetic, real, pairs, run_dir, config_path, steps, batch_size, lr, v
                       embedder=embedder, device=device, seed=seed, checkpoint_every=checkpoint_every, amp=amp,
                       lambda_adv=lambda_adv, residual=residual, lr_schedule=lr_schedule, augment=augment,
                       discriminator=discriminator, gan_loss=gan_loss, r1=r1, history=history, upsample=upsample,
-                      face_weight=face_weight, lambda_face=lambda_face, split_background=split_background)
+                      face_weight=face_weight, lambda_face=lambda_face, split_background=split_background,
+                      id_loss=id_loss)
     last = run(cfg, synthetic, real, pairs, run_dir, resume=resume, threads=threads)
     if last is not None:
         click.echo(f"{run_dir}: trained to step {cfg.steps}; checkpoint {last}")

@@ -305,6 +305,57 @@ def test_split_generator_corrects_the_drawn_face_and_the_background_apart():
         TrainConfig(split_background=True)
 
 
+def test_structure_identity_loss_is_blind_to_colour_maps_and_not_to_drawing():
+    """``id_loss: structure``: L_id of a per-image, per-channel affine change of the face's colours
+    is 0 (and its gradient has no part along an offset or a gain), background pixels do not count, and a change that differs
+    between pixels of one colour costs about what the pixel L_id charges. Mutants caught: the
+    mean change not removed (an offset costs), the slope not fitted (a gain costs), the fit taken
+    over the background too (the black background then sets the slope), the mask dropped."""
+    from refine.gan import losses as L
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(3, 3, 20, 20, generator=g) * 1.6 - 0.8
+    x[..., :6] = -1.0  # the render's black background
+    drawn = (x > -1).float()
+    gain = torch.rand(3, 3, 1, 1, generator=g) + 0.5
+    offset = torch.rand(3, 3, 1, 1, generator=g) * 0.4 - 0.2
+    coloured = (drawn * (gain * x + offset) + (1 - drawn) * (torch.rand(3, 3, 20, 20, generator=g) * 2 - 1))
+    coloured.requires_grad_(True)
+    loss = L.structure_identity_loss(x, coloured)
+    assert loss.item() < 1e-6
+    loss.backward()  # nor does its gradient push along a colour map: zero against an offset and a gain
+    grad = coloured.grad * drawn
+    assert grad.sum((2, 3)).abs().max().item() < 1e-6 and (grad * x).sum((2, 3)).abs().max().item() < 1e-6
+    drawing = x + drawn * 0.2 * torch.randn(x.shape, generator=g)
+    s, p = L.structure_identity_loss(x, drawing).item(), L.identity_loss(x, drawing).item()
+    assert 0.8 * p < s <= p
+    assert L.identity_loss(x, coloured).item() > 0.05  # the authors' L_id charges the colour map
+
+
+def test_id_loss_option_chooses_the_trainers_l_id(sets, tmp_path):
+    """The trainer's L_id is the structure loss under ``id_loss: structure`` and the authors' pixel
+    loss by default, of the same G(x). Mutant caught: the option ignored."""
+    from refine.gan import losses as L
+
+    got = {}
+    for kind, fn in (("pixel", L.identity_loss), ("structure", L.structure_identity_loss)):
+        torch.manual_seed(0)
+        cfg = TrainConfig(g_width=8, d_hidden=8, batch_size=4, images_per_identity=2, steps=10,
+                          variant="no_pairs", residual=True, id_loss=kind)
+        tr = Trainer(cfg, sets / "synthetic.h5", sets / "real.h5", None, tmp_path / kind)
+        torch.nn.init.normal_(tr.G.c7s1_3.conv.weight, 0.0, 0.05)
+        tr.G.dropout = 0.0  # G(x) the same in the trainer's forward and here
+        b = tr.next_batch()
+        terms, _ = tr.forward(b)
+        with torch.no_grad():
+            want = fn(b["x"], tr.G(b["x"]))
+        assert torch.allclose(terms["L_id"].detach(), want, rtol=1e-5)
+        got[kind] = want.item()
+    assert got["structure"] < 0.99 * got["pixel"]  # the two differ on this G, so the check above tells them apart
+    with pytest.raises(UserError, match="id_loss"):
+        TrainConfig(id_loss="colour")
+
+
 def test_train_takes_the_face_discriminator_and_the_split_from_the_command_line(tmp_path, sets):
     """``refine train --lambda-face W --split-background``: the run's config records both and its
     checkpoint holds D_F and a G with two corrections. Mutant caught: either flag not passed on to

@@ -48,6 +48,11 @@ each of them on renders whose realistic version is known:
   and one for its black background (joined by the render's mask, its pixels above -1 in any
   channel), so that the large change of the background does not bleed into the face's edge
   (``refine.gan.nets.Generator``; G' is unchanged) [false];
+- ``id_loss``: what L_id holds G to: ``pixel``, |x - G(x)| on the rendered face (the authors'),
+  or ``structure``, only the part of G(x) - x that no per-image affine map of each colour channel
+  of x explains (``refine.gan.losses.structure_identity_loss``), so that L_id keeps G from
+  drawing over the face while leaving its colour, brightness and contrast to the adversaries
+  [pixel];
 - ``face_weight``: the weight of the crop template's face box in the BEGAN discriminators'
   reconstruction (``refine.gan.losses.face_weight_map``), the background's being 1 [1: the
   authors' plain mean].
@@ -86,7 +91,7 @@ RANGES = {
 #: choices of the string settings, the authors' first
 CHOICES = {"variant": VARIANTS, "norm": ("authors", "instance"), "upsample": ("transpose", "resize"), "lr_schedule": ("paper", "constant", "tail"),
            "augment": ("none", "diffaugment"), "discriminator": ("began", "patch", "projected"),
-           "gan_loss": ("nonsaturating", "hinge")}
+           "gan_loss": ("nonsaturating", "hinge"), "id_loss": ("pixel", "structure")}
 #: the share of ``steps`` over which ``lr_schedule: tail`` decays the learning rate to 0
 TAIL = 0.2
 PAPER_STEPS = 248_000
@@ -138,6 +143,7 @@ class TrainConfig:
     face_weight: float = 1.0  # weight of the face box in the BEGAN D's reconstruction; 1: authors'
     lambda_face: float = 0.0  # weight of the face discriminator D_F's term in Eq. 8; 0: no D_F
     split_background: bool = False  # residual G: separate corrections of face and background
+    id_loss: str = "pixel"  # L_id on every change (authors') or only on what no colour map explains
 
     def __post_init__(self):
         for name, (kind, low, high, open_ends) in RANGES.items():

@@ -11,6 +11,7 @@ For a batch x of 3DMM renders (identity labels i_x), a batch y of real faces and
     L_DP = |s - G'(r)| - k_P L_cyc                                           Eq. 6
     L_C = identity-set loss of C(T(G(x))) against the centroids              Eq. 7
     L_id = |x - G(x)| on the rendered face                                   (lambda_id 0.1)
+           (id_loss: structure - only what no per-image colour map of x explains; not the paper's)
     L_GF, L_DF = LSGAN terms of D_F on the face box of [G(x), y]          (lambda_face; not the paper's)
 
     theta_G  <- argmin l_adv (L_G + l_face L_GF) + l_cyc L_cyc + l_C L_C + l_id L_id    Eq. 8
@@ -208,7 +209,7 @@ class Trainer:
         if cfg.variant == "simgan":
             t["L_reg"] = L.l1(x, gx)  # SimGAN's self-regularisation in place of L_id
         else:
-            t["L_id"] = L.identity_loss(x, gx)
+            t["L_id"] = (L.structure_identity_loss if cfg.id_loss == "structure" else L.identity_loss)(x, gx)
         if cfg.variant == "recons":
             t["L_recons"] = L.l1(b["r"], self.G(b["s"]))
         emb = None
