@@ -47,7 +47,7 @@ All: variant ``no_pairs``, G width 16, D width 16, batch 16 (4 identities x 4), 
 
     python bench/known_gap.py [--recipe face] [--levels identity,T1,T2,T3,T2:lambda_adv=0]
                               [--steps 300] [--size 64] [--set residual=true ...] [--out DIR]
-                              [--small] [--seed 0]
+                              [--small] [--seed 0] [--trace 50]
 
 ``--small`` runs the reduced form of the test (``SMALL``, ``SMALL_SETS``: 32 px, 150 steps, G width 8,
 batch 8, 16 + 16 + 8 identities): a screen for options at about 1.5 CPU-minutes a level. Its
@@ -56,7 +56,9 @@ an option that screens well must still be run at the full scale the targets are 
 
 Prints progress and, as its last line, one JSON object: per level the gap closed on face and
 background, the identity cosine (and that of x with T(x) itself), the training loss at the end,
-CPU-minutes (this process's CPU time: training and judging) and the targets. ``TAG_LEVEL.png`` in
+CPU-minutes (this process's CPU time: training and judging) and the targets; with ``--trace N``,
+also the gap closed every N steps (G's moving average swings with the game, so one run's last
+figure is one point of a curve). ``TAG_LEVEL.png`` in
 ``--out``: rows x, G(x), T(x) of ten held-out renders.
 """
 from __future__ import annotations
@@ -274,7 +276,21 @@ def picture(rows: list[np.ndarray], path: Path, n: int = 10) -> None:
     Image.fromarray(np.concatenate([np.concatenate(list(r[:n]), 1) for r in rows], 0)).save(path)
 
 
-def run_level(spec: str, sets: dict[str, Path], d: Path, cfg_values: dict, seed: int, tag: str = "run") -> dict:
+def gaps_closed(net, x_u8: np.ndarray, masks: np.ndarray, truth_u8: np.ndarray) -> dict:
+    """The gap closed on face and background by ``net`` (dropout seeded per image, as ``judge``),
+    without the embeddings: ``--trace``'s figures along training."""
+    from refine.images import to_tensor, to_uint8
+
+    with torch.no_grad():
+        g = np.concatenate([to_uint8(net(to_tensor(x_u8[i:i + 32]), noise_seeds=list(range(i, i + len(x_u8[i:i + 32])))))
+                            for i in range(0, len(x_u8), 32)]).astype(np.float64)
+    x, t = x_u8.astype(np.float64), truth_u8.astype(np.float64)
+    return {name: round(float(1 - np.abs(g - t)[m].mean() / np.abs(x - t)[m].mean()), 3)
+            for name, m in (("face", masks), ("background", ~masks))}
+
+
+def run_level(spec: str, sets: dict[str, Path], d: Path, cfg_values: dict, seed: int, tag: str = "run",
+              trace: int = 0) -> dict:
     from refine.gan.config import TrainConfig
     from refine.gan.trainer import Trainer
 
@@ -293,15 +309,22 @@ def run_level(spec: str, sets: dict[str, Path], d: Path, cfg_values: dict, seed:
     cfg = TrainConfig(**values)
     with tempfile.TemporaryDirectory() as run:
         tr = Trainer(cfg, sets["train"], real, None, Path(run))
-        last = {}
+        last, trail = {}, []
         for _ in range(cfg.steps):
             last = tr.train_step()
             if tr.step % 50 == 0:
                 print(f"  {spec} step {tr.step}: " + ", ".join(f"{k} {v:.3g}" for k, v in last.items()
                                                             if k.startswith(("L_", "k_R"))), flush=True)
+            if trace and tr.step % trace == 0 and level != "identity" and tr.step < cfg.steps:
+                closed = gaps_closed(tr.ema.eval(), x_h, m_h, truth)
+                trail.append({"step": tr.step, **closed})
+                print(f"  {spec} step {tr.step}: gap closed {closed}", flush=True)
         tr.syn.close()
         tr.real.close()
         result, refined = judge(tr, x_h, m_h, truth, level)
+    if trail:
+        result["trace"] = trail + [{"step": cfg.steps, "face": result.get("gap_closed_face"),
+                                    "background": result.get("gap_closed_background")}]
     result["cpu_minutes"] = round((time.process_time() - c0) / 60, 2)
     result["wall_minutes"] = round((time.perf_counter() - w0) / 60, 2)
     result["last_losses"] = {k: round(v, 4) for k, v in last.items() if k.startswith("L_")}
@@ -327,6 +350,9 @@ def main():
     ap.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
                     help="a TrainConfig setting for every level (repeatable)")
     ap.add_argument("--tag", default=None, help="prefix of the pictures' names [the recipe]")
+    ap.add_argument("--trace", type=int, default=0, metavar="N",
+                    help="also judge the gap closed every N steps (no embeddings; counted in the CPU-minutes) [0: "
+                         "at the end only]")
     ap.add_argument("--out", type=Path, default=ROOT / "out" / "known_gap",
                     help="renders, real sets and pictures (kept; renders are reused)")
     a = ap.parse_args()
@@ -345,7 +371,7 @@ def main():
     out = {"recipe": a.recipe, "settings": {k: v for k, v in values.items() if not k.endswith("_every")},
            "levels": {}}
     for spec in specs:
-        out["levels"][spec] = run_level(spec, sets, a.out, values, a.seed, a.tag or a.recipe)
+        out["levels"][spec] = run_level(spec, sets, a.out, values, a.seed, a.tag or a.recipe, a.trace)
     out["targets"] = {f"gap_closed_{k}_at_least": v for k, v in TARGETS.items() if k.startswith("T")}
     out["targets"]["identity_cosine_at_least"] = TARGETS["identity_cosine"]
     print(json.dumps(out))
