@@ -178,9 +178,9 @@ def structure_identity_loss(x: torch.Tensor, gx: torch.Tensor) -> torch.Tensor:
 
     i.e. the residual of regressing G(x) on x over the face. A colour, brightness or contrast
     change of the whole face costs nothing; a change that differs between pixels of the same
-    colour (drawn shapes, noise, blur) costs about what it costs under ``identity_loss``. Measured on
-    the known gap's T1 (a colour map the pixel L_id resists): the face's red stayed about 8 levels
-    short of the truth under ``pixel`` with L_id's pull the largest term against D_F's
+    colour (drawn shapes, noise, blur) costs about what ``identity_loss`` charges. Measured on the
+    known gap's T1 (a colour map the pixel L_id resists): the face's red stayed about 8 levels
+    short of the truth under ``pixel``, with L_id's pull the largest term against D_F's
     (bench/README.md)."""
     mask = (x > -1.0).to(torch.float32)
     x, d = _f32(x), _f32(gx) - _f32(x)
