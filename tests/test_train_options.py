@@ -357,9 +357,10 @@ def test_id_loss_option_chooses_the_trainers_l_id(sets, tmp_path):
 
 
 def test_train_takes_the_face_discriminator_and_the_split_from_the_command_line(tmp_path, sets):
-    """``refine train --lambda-face W --split-background``: the run's config records both and its
-    checkpoint holds D_F and a G with two corrections. Mutant caught: either flag not passed on to
-    the config (the checkpoint then holds no D_F, or G's output layer has three channels)."""
+    """``refine train --lambda-face W --split-background --id-loss structure``: the run's config
+    records all three and its checkpoint holds D_F and a G with two corrections. Mutant caught: a
+    flag not passed on to the config (the checkpoint then holds no D_F, or G's output layer has
+    three channels, or the config's id_loss is pixel)."""
     import yaml
     from click.testing import CliRunner
 
@@ -370,9 +371,9 @@ def test_train_takes_the_face_discriminator_and_the_split_from_the_command_line(
     res = CliRunner().invoke(refine, [str(a) for a in (
         "train", "--synthetic", sets / "synthetic.h5", "--real", sets / "real.h5", "--variant", "no_pairs",
         "--steps", 1, "--out", tmp_path / "run", "--config", tmp_path / "small.yaml", "--residual",
-        "--lambda-face", 0.25, "--split-background")])
+        "--lambda-face", 0.25, "--split-background", "--id-loss", "structure")])
     assert res.exit_code == 0, res.output
     cfg = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
-    assert cfg["lambda_face"] == 0.25 and cfg["split_background"] is True
+    assert cfg["lambda_face"] == 0.25 and cfg["split_background"] is True and cfg["id_loss"] == "structure"
     st = load_checkpoint(tmp_path / "run" / "checkpoints" / "step_00000001.pt")
     assert "D_F" in st["nets"] and st["nets"]["G"]["c7s1_3.conv.weight"].shape[0] == 6
