@@ -80,8 +80,12 @@ MUTANTS = [
     # issue 24's face discriminator and split refiner (tests/test_train_options.py)
     ("options: D_F given the whole image", T, "self.D_F(torch.cat([gx, y])[..., top:bottom, left:right])",
      "self.D_F(torch.cat([gx, y]))", [OPTIONS]),
-    ("options: L_GF left out of Eq. 8", T, 'g = g + cfg.lambda_face * terms["L_GF"]', "g = g", [OPTIONS]),
-    ("options: L_GF unweighted", T, 'g = g + cfg.lambda_face * terms["L_GF"]', 'g = g + terms["L_GF"]', [OPTIONS]),
+    ("options: L_GF left out of Eq. 8", T, 'g = g + cfg.lambda_adv * cfg.lambda_face * terms["L_GF"]', "g = g",
+     [OPTIONS]),
+    ("options: L_GF unweighted", T, 'g = g + cfg.lambda_adv * cfg.lambda_face * terms["L_GF"]',
+     'g = g + cfg.lambda_adv * terms["L_GF"]', [OPTIONS]),
+    ("options: L_GF outside lambda_adv", T, 'g = g + cfg.lambda_adv * cfg.lambda_face * terms["L_GF"]',
+     'g = g + cfg.lambda_face * terms["L_GF"]', [OPTIONS]),
     ("options: D_F not optimised", T, "for n in (self.D_R, self.D_S, self.D_F)", "for n in (self.D_R, self.D_S)",
      [OPTIONS]),
     ("options: least-squares targets swapped", LOSS,
@@ -93,6 +97,17 @@ MUTANTS = [
      "drawn = (x > -1.0).all(1, keepdim=True)", [OPTIONS]),
     ("options: split's halves swapped", NETS, "face, background = out.chunk(2, 1)",
      "background, face = out.chunk(2, 1)", [OPTIONS]),
+    # L_id on structure only (id_loss: structure)
+    ("options: structure L_id keeps the mean change", LOSS,
+     "dc = mask * (d - (mask * d).sum((2, 3), keepdim=True) / n)", "dc = mask * d", [OPTIONS]),
+    ("options: structure L_id fits no slope", LOSS,
+     "a = (xc * dc).sum((2, 3), keepdim=True) / (xc * xc).sum((2, 3), keepdim=True).clamp_min(1e-6)", "a = 0.0",
+     [OPTIONS]),
+    ("options: structure L_id fitted over the background too", LOSS,
+     "mask = (x > -1.0).to(torch.float32)\n    x, d = _f32(x)", "mask = torch.ones_like(x)\n    x, d = _f32(x)",
+     [OPTIONS]),
+    ("options: id_loss ignored", T, '(L.structure_identity_loss if cfg.id_loss == "structure" else L.identity_loss)',
+     "L.identity_loss", [OPTIONS]),
 ]
 
 
