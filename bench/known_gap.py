@@ -233,12 +233,10 @@ def level_spec(spec: str) -> tuple[str, dict]:
 
 @torch.no_grad()
 def judge(trainer, x_u8: np.ndarray, masks: np.ndarray, truth_u8: np.ndarray, level: str) -> tuple[dict, np.ndarray]:
-    from refine.images import to_tensor, to_uint8
+    from refine.images import to_tensor
     from refine.embedders import load_embedder
 
-    ema = trainer.ema.eval()
-    refined = np.concatenate([to_uint8(ema(to_tensor(x_u8[i:i + 32]), noise_seeds=list(range(i, i + len(x_u8[i:i + 32])))))
-                              for i in range(0, len(x_u8), 32)])
+    refined = refined_images(trainer.ema.eval(), x_u8)
     x, g, t = (a.astype(np.float64) for a in (x_u8, refined, truth_u8))
     face, bg = masks, ~masks
     out = {}
@@ -279,14 +277,20 @@ def picture(rows: list[np.ndarray], path: Path, n: int = 10) -> None:
     Image.fromarray(np.concatenate([np.concatenate(list(r[:n]), 1) for r in rows], 0)).save(path)
 
 
-def gaps_closed(net, x_u8: np.ndarray, masks: np.ndarray, truth_u8: np.ndarray) -> dict:
-    """The gap closed on face and background by ``net`` (dropout seeded per image, as ``judge``),
-    without the embeddings: ``--trace``'s figures along training."""
+def refined_images(net, x_u8: np.ndarray) -> np.ndarray:
+    """G's images of the uint8 renders ``x_u8``, in batches of 32, each image's dropout seeded by
+    its index as ``refine export-dataset`` does; uint8."""
     from refine.images import to_tensor, to_uint8
 
     with torch.no_grad():
-        g = np.concatenate([to_uint8(net(to_tensor(x_u8[i:i + 32]), noise_seeds=list(range(i, i + len(x_u8[i:i + 32])))))
-                            for i in range(0, len(x_u8), 32)]).astype(np.float64)
+        return np.concatenate([to_uint8(net(to_tensor(x_u8[i:i + 32]), noise_seeds=list(range(i, min(i + 32, len(x_u8))))))
+                               for i in range(0, len(x_u8), 32)])
+
+
+def gaps_closed(net, x_u8: np.ndarray, masks: np.ndarray, truth_u8: np.ndarray) -> dict:
+    """The gap closed on face and background by ``net`` (``refined_images``), without the
+    embeddings: ``--trace``'s figures along training."""
+    g = refined_images(net, x_u8).astype(np.float64)
     x, t = x_u8.astype(np.float64), truth_u8.astype(np.float64)
     return {name: round(float(1 - np.abs(g - t)[m].mean() / np.abs(x - t)[m].mean()), 3)
             for name, m in (("face", masks), ("background", ~masks))}
