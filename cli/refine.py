@@ -45,8 +45,8 @@ def main():
               help="CPU threads (default: OMP_NUM_THREADS, else all cores). A resumed run repeats the "
                    "uninterrupted one bit for bit with the same threads (README, Reproducibility).")
 @click.option("--lambda-adv", type=FiniteRange(0, 1e6), default=None,
-              help="Weight of G's adversarial terms in Eq. 8, D_R's L_G and D_F's [1]; 0 is a control (G ignores "
-                   "every discriminator).")
+              help="Weight of G's adversarial terms in Eq. 8, D_R's L_G, D_F's and L_hist [1]; 0 is a control "
+                   "(G ignores every discriminator and the real set).")
 @click.option("--residual/--no-residual", default=None,
               help="G and G' output their input plus a bounded correction, starting as copies [off: the authors'].")
 @click.option("--lr-schedule", type=click.Choice(CHOICES["lr_schedule"]), default=None,
@@ -74,12 +74,20 @@ def main():
                    "D_R [0: no D_F].")
 @click.option("--split-background/--no-split-background", default=None,
               help="A residual G corrects the drawn face and the render's black background apart [off].")
+@click.option("--face-discriminator", type=click.Choice(CHOICES["face_discriminator"]), default=None,
+              help="D_F's network: a patch discriminator trained from scratch, or heads on frozen MTCNN "
+                   "O-Net features (projected) [patch].")
 @click.option("--id-loss", type=click.Choice(CHOICES["id_loss"]), default=None,
-              help="What L_id holds G to: every change of the face (pixel, the authors') or only what no "
-                   "per-image colour map explains (structure) [pixel].")
+              help="What L_id holds G to: every change of the face (pixel, the authors'), only what no "
+                   "per-image colour map explains (structure), or only what no colour curve shared by the "
+                   "batch explains (curve) [pixel].")
+@click.option("--lambda-hist", type=FiniteRange(0, 1e6), default=None,
+              help="Weight in Eq. 8 of L_hist, the distance between the colour distributions of G's batch "
+                   "and the real batch, in the face box and outside it [0: none].")
 def train(synthetic, real, pairs, run_dir, config_path, steps, batch_size, lr, variant, embedder, device, seed,
           checkpoint_every, resume, amp, threads, lambda_adv, residual, lr_schedule, augment, discriminator,
-          gan_loss, r1, history, upsample, face_weight, lambda_face, split_background, id_loss):
+          gan_loss, r1, history, upsample, face_weight, lambda_face, split_background, face_discriminator,
+          id_loss, lambda_hist):
     """Train G, G', D_R and D_S (paper Eq. 1-10). Ctrl-C saves a checkpoint; --resume continues
     exactly where it stopped. Under 'torchrun --nproc_per_node K' each process trains on its
     own batches and only rank 0 writes."""
@@ -91,7 +99,7 @@ def train(synthetic, real, pairs, run_dir, config_path, steps, batch_size, lr, v
                       lambda_adv=lambda_adv, residual=residual, lr_schedule=lr_schedule, augment=augment,
                       discriminator=discriminator, gan_loss=gan_loss, r1=r1, history=history, upsample=upsample,
                       face_weight=face_weight, lambda_face=lambda_face, split_background=split_background,
-                      id_loss=id_loss)
+                      face_discriminator=face_discriminator, id_loss=id_loss, lambda_hist=lambda_hist)
     last = run(cfg, synthetic, real, pairs, run_dir, resume=resume, threads=threads)
     if last is not None:
         click.echo(f"{run_dir}: trained to step {cfg.steps}; checkpoint {last}")

@@ -275,6 +275,89 @@ def test_face_discriminator_judges_only_the_face_box_with_the_least_squares_loss
     assert all(not torch.equal(p, q) for p, q in zip(tr.D_F.parameters(), before))
 
 
+def test_projected_face_discriminator_judges_the_face_box_on_frozen_o_net_features(sets, tmp_path):
+    """``face_discriminator: projected``: D_F is Projected GAN's discriminator (O-Net's frozen trunk,
+    trainable heads) on the face box, D's optimiser holds its heads and not its trunk, and a step
+    moves the heads and leaves the trunk. Mutants caught: the option ignored (D_F a patch
+    discriminator), the trunk left trainable, the architecture key unchanged (a patch D_F's
+    checkpoint would then load into a projected one)."""
+    from refine.gan.projected import ProjectedDiscriminator
+
+    base = dict(g_width=8, d_hidden=8, batch_size=4, images_per_identity=2, steps=10, variant="no_pairs",
+                residual=True, lambda_face=0.5)
+    cfg = TrainConfig(**base, face_discriminator="projected")
+    assert cfg.architecture_key() != TrainConfig(**base).architecture_key()
+    assert TrainConfig(**base).architecture_key() == TrainConfig(**base, face_discriminator="patch").architecture_key()
+    tr = Trainer(cfg, sets / "synthetic.h5", sets / "real.h5", None, tmp_path / "pf")
+    assert isinstance(tr.D_F, ProjectedDiscriminator)
+    heads = {id(p) for p in tr.D_F.heads.parameters()}
+    trunk = {id(p) for p in tr.D_F.backbone.parameters()}
+    held = {id(p) for p in tr.d_params()}
+    assert heads <= held and not trunk & held
+    before = copy.deepcopy(tr.D_F.state_dict())
+    tr.train_step()
+    after = tr.D_F.state_dict()
+    assert all(torch.equal(w, after[k]) for k, w in before.items() if not k.startswith("heads."))
+    assert any(not torch.equal(w, after[k]) for k, w in before.items() if k.startswith("heads.") and "weight" in k)
+
+
+def test_colour_histogram_loss_compares_distributions_region_by_region():
+    """``colour_histogram_loss``: batches with the same colours in other images and places cost 0,
+    an offset c costs |c|, colours right overall but swapped between the face box and the rest
+    cost their difference, and the gradient moves G's colours towards the real ones. Mutants
+    caught: the sort left out (a pixel-by-pixel L1: the shuffled batch would cost), the two
+    regions pooled (the swap would cost 0.3), the sign of the difference dropped."""
+    from refine.gan.losses import colour_histogram_loss
+
+    box = (4, 12, 3, 13)
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(4, 3, 16, 16, generator=g) * 2 - 1
+    inside = torch.zeros(16, 16, dtype=torch.bool)
+    inside[4:12, 3:13] = True
+    shuffled = x[[2, 0, 3, 1]].clone()
+    shuffled[..., inside] = shuffled[..., inside].flip(-1)  # other images, other places in each region
+    assert colour_histogram_loss(x, shuffled, box) == 0
+    assert torch.isclose(colour_histogram_loss(x, x - 0.2, box), torch.tensor(0.2), atol=1e-6)
+    a, b = torch.full((2, 3, 16, 16), 0.5), torch.full((2, 3, 16, 16), -0.3)
+    fake = torch.where(inside, a, b)
+    real = torch.where(inside, b, a)
+    # (80 of 256 pixels inside: pooled, only the surplus of one colour over the other would cost, 0.3)
+    assert torch.isclose(colour_histogram_loss(fake, real, box), torch.tensor(0.8), atol=1e-6)
+    p = x.clone().requires_grad_(True)
+    colour_histogram_loss(p, x + 0.3, box).backward()
+    assert (p.grad < 0).all()  # descending raises every colour towards the real batch's
+    with pytest.raises(ValueError):
+        colour_histogram_loss(x, x[:2], box)
+
+
+def test_lambda_hist_adds_l_hist_to_g_scaled_by_lambda_adv(sets, tmp_path):
+    """``lambda_hist``: the trainer computes L_hist of G(x) against the real batch in its face
+    box, and Eq. 8 adds lambda_adv * lambda_hist * L_hist to G's objective alone. Mutants caught:
+    L_hist left out of Eq. 8, left unweighted, left outside lambda_adv (the lambda_adv 0 control
+    would then still pull G towards the real set), added to D's objective."""
+    from refine.gan import losses as L
+    from refine.gan.trainer import objectives
+
+    cfg = TrainConfig(g_width=8, d_hidden=8, batch_size=4, images_per_identity=2, steps=10, variant="no_pairs",
+                      residual=True, lambda_hist=0.7)
+    tr = Trainer(cfg, sets / "synthetic.h5", sets / "real.h5", None, tmp_path / "h")
+    batch = tr.next_batch()
+    torch.manual_seed(0)
+    terms, _ = tr.forward(batch)
+    torch.manual_seed(0)
+    gx = tr.G(batch["x"])
+    assert torch.allclose(terms["L_hist"], L.colour_histogram_loss(gx, batch["y"], tr.face_box))
+    assert terms["L_hist"] > 0
+    without = {k: v for k, v in terms.items() if k != "L_hist"}
+    for adv in (1.0, 0.5, 0.0):
+        c = dataclasses.replace(cfg, lambda_adv=adv)
+        objs, base = objectives(terms, c), objectives(without, c)
+        assert torch.allclose(objs["G"] - base["G"], adv * 0.7 * terms["L_hist"])
+        assert torch.equal(objs["D"], base["D"])
+    assert "L_hist" not in Trainer(dataclasses.replace(cfg, lambda_hist=0.0), sets / "synthetic.h5",
+                                   sets / "real.h5", None, tmp_path / "h0").forward(batch)[0]
+
+
 def test_split_generator_corrects_the_drawn_face_and_the_background_apart():
     """``split_background``: a residual G whose output layer's first three channels correct the
     pixels the render has drawn (any channel above -1) and its last three the black background.
@@ -332,13 +415,41 @@ def test_structure_identity_loss_is_blind_to_colour_maps_and_not_to_drawing():
     assert L.identity_loss(x, coloured).item() > 0.05  # the authors' L_id charges the colour map
 
 
+def test_curve_identity_loss_frees_the_batchs_shared_colour_curve_and_nothing_else():
+    """``id_loss: curve``: a colour map shared by every image of the batch (a channel mix and a
+    cubic curve) costs nearly nothing, the background does not count, one image's own tone change
+    costs (``structure`` charges it nothing), and drawing costs about what the pixel L_id charges.
+    Mutants caught: the curve fitted per image (the one image's change would cost 0), the fit left
+    out (the shared map would cost), the mask dropped (the background's change would cost)."""
+    from refine.gan import losses as L
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(4, 3, 20, 20, generator=g) * 1.6 - 0.8
+    x[..., :6] = -1.0  # the render's black background
+    drawn = (x > -1).float()
+    mix = torch.tensor([[0.9, 0.1, 0.0], [0.05, 1.0, -0.05], [0.0, 0.1, 0.8]])
+    shared = torch.einsum("oc,bchw->bohw", mix, x) + 0.1 + 0.15 * x ** 3 - 0.1 * x ** 2
+    shared = drawn * shared + (1 - drawn) * (torch.rand(x.shape, generator=g) * 2 - 1)
+    assert L.curve_identity_loss(x, shared).item() < 1e-4
+    assert L.identity_loss(x, shared).item() > 0.05 and L.structure_identity_loss(x, shared).item() > 1e-3
+    own = x.clone()
+    own[0] = drawn[0] * (0.7 * x[0] + 0.2) + (1 - drawn[0]) * x[0]  # one face's tone, alone
+    assert L.structure_identity_loss(x, own).item() < 1e-6
+    assert L.curve_identity_loss(x, own).item() > 0.3 * L.identity_loss(x, own).item()
+    drawing = x + drawn * 0.2 * torch.randn(x.shape, generator=g)
+    c, p = L.curve_identity_loss(x, drawing).item(), L.identity_loss(x, drawing).item()
+    assert 0.8 * p < c <= p
+
+
 def test_id_loss_option_chooses_the_trainers_l_id(sets, tmp_path):
-    """The trainer's L_id is the structure loss under ``id_loss: structure`` and the authors' pixel
-    loss by default, of the same G(x). Mutant caught: the option ignored."""
+    """The trainer's L_id is the structure loss under ``id_loss: structure``, the curve loss under
+    ``curve`` and the authors' pixel loss by default, of the same G(x). Mutant caught: the option
+    ignored (or one value taken for another)."""
     from refine.gan import losses as L
 
     got = {}
-    for kind, fn in (("pixel", L.identity_loss), ("structure", L.structure_identity_loss)):
+    for kind, fn in (("pixel", L.identity_loss), ("structure", L.structure_identity_loss),
+                     ("curve", L.curve_identity_loss)):
         torch.manual_seed(0)
         cfg = TrainConfig(g_width=8, d_hidden=8, batch_size=4, images_per_identity=2, steps=10,
                           variant="no_pairs", residual=True, id_loss=kind)
@@ -351,16 +462,18 @@ def test_id_loss_option_chooses_the_trainers_l_id(sets, tmp_path):
             want = fn(b["x"], tr.G(b["x"]))
         assert torch.allclose(terms["L_id"].detach(), want, rtol=1e-5)
         got[kind] = want.item()
-    assert got["structure"] < 0.99 * got["pixel"]  # the two differ on this G, so the check above tells them apart
+    # the three differ on this G, so the check above tells them apart
+    assert len({round(v, 6) for v in got.values()}) == 3, got
     with pytest.raises(UserError, match="id_loss"):
         TrainConfig(id_loss="colour")
 
 
 def test_train_takes_the_face_discriminator_and_the_split_from_the_command_line(tmp_path, sets):
-    """``refine train --lambda-face W --split-background --id-loss structure``: the run's config
-    records all three and its checkpoint holds D_F and a G with two corrections. Mutant caught: a
-    flag not passed on to the config (the checkpoint then holds no D_F, or G's output layer has
-    three channels, or the config's id_loss is pixel)."""
+    """``refine train --lambda-face W --split-background --id-loss curve --lambda-hist H
+    --face-discriminator projected``: the run's config records all five and its checkpoint holds a
+    projected D_F and a G with two corrections. Mutant caught: a flag not passed on to the config
+    (the checkpoint then holds no D_F or a patch one, or G's output layer has three channels, or
+    the config's id_loss is pixel or its lambda_hist 0)."""
     import yaml
     from click.testing import CliRunner
 
@@ -371,9 +484,12 @@ def test_train_takes_the_face_discriminator_and_the_split_from_the_command_line(
     res = CliRunner().invoke(refine, [str(a) for a in (
         "train", "--synthetic", sets / "synthetic.h5", "--real", sets / "real.h5", "--variant", "no_pairs",
         "--steps", 1, "--out", tmp_path / "run", "--config", tmp_path / "small.yaml", "--residual",
-        "--lambda-face", 0.25, "--split-background", "--id-loss", "structure")])
+        "--lambda-face", 0.25, "--split-background", "--id-loss", "curve", "--lambda-hist", 0.5,
+        "--face-discriminator", "projected")])
     assert res.exit_code == 0, res.output
     cfg = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
-    assert cfg["lambda_face"] == 0.25 and cfg["split_background"] is True and cfg["id_loss"] == "structure"
+    assert cfg["lambda_face"] == 0.25 and cfg["split_background"] is True and cfg["id_loss"] == "curve"
+    assert cfg["lambda_hist"] == 0.5 and cfg["face_discriminator"] == "projected"
     st = load_checkpoint(tmp_path / "run" / "checkpoints" / "step_00000001.pt")
-    assert "D_F" in st["nets"] and st["nets"]["G"]["c7s1_3.conv.weight"].shape[0] == 6
+    assert any(k.startswith("heads.") for k in st["nets"]["D_F"])  # Projected GAN's heads, not a patch D
+    assert st["nets"]["G"]["c7s1_3.conv.weight"].shape[0] == 6

@@ -43,7 +43,9 @@ each of them on renders whose realistic version is known:
   the face box of the aligned crop (``refine.gan.losses.face_box``) and scores its patches
   (``refine.gan.nets.PatchDiscriminator``) with the least-squares loss (``losses.lsgan_losses``):
   SimGAN's local adversarial loss restricted to the face, beside D_R's game on the whole image;
-  0: no D_F [0];
+  0: no D_F [0]; ``face_discriminator``: D_F's network, ``patch`` (trained from scratch) or
+  ``projected`` (``refine.gan.projected.ProjectedDiscriminator``: trainable heads on the frozen
+  trunk of MTCNN's O-Net, which already tells photographed faces from renders) [patch];
 - ``split_background``: a residual G with two corrections, one for the face the render has drawn
   and one for its black background (joined by the render's mask, its pixels above -1 in any
   channel), so that the large change of the background does not bleed into the face's edge
@@ -53,6 +55,10 @@ each of them on renders whose realistic version is known:
   of x explains (``refine.gan.losses.structure_identity_loss``), so that L_id keeps G from
   drawing over the face while leaving its colour, brightness and contrast to the adversaries
   [pixel];
+- ``lambda_hist``: the weight in Eq. 8 of L_hist, the per-channel Wasserstein distance between
+  the colours of G's batch and of the real batch, in the face box and outside it
+  (``refine.gan.losses.colour_histogram_loss``): the two sets' colour distributions matched
+  without a discriminator; like the adversarial terms it is scaled by ``lambda_adv`` [0];
 - ``face_weight``: the weight of the crop template's face box in the BEGAN discriminators'
   reconstruction (``refine.gan.losses.face_weight_map``), the background's being 1 [1: the
   authors' plain mean].
@@ -87,11 +93,13 @@ RANGES = {
     "centroid_momentum": ("float", 0.0, 1.0, ")"), "ema_decay": ("float", 0.0, 1.0, ")"),
     "lambda_adv": ("float", 0.0, 1e6, ""), "r1": ("float", 0.0, 1e6, ""), "history": ("int", 0, 1_000_000, ""),
     "face_weight": ("float", 0.0, 1e3, "("), "lambda_face": ("float", 0.0, 1e6, ""),
+    "lambda_hist": ("float", 0.0, 1e6, ""),
 }
 #: choices of the string settings, the authors' first
 CHOICES = {"variant": VARIANTS, "norm": ("authors", "instance"), "upsample": ("transpose", "resize"), "lr_schedule": ("paper", "constant", "tail"),
            "augment": ("none", "diffaugment"), "discriminator": ("began", "patch", "projected"),
-           "gan_loss": ("nonsaturating", "hinge"), "id_loss": ("pixel", "structure")}
+           "gan_loss": ("nonsaturating", "hinge"), "id_loss": ("pixel", "structure", "curve"),
+           "face_discriminator": ("patch", "projected")}
 #: the share of ``steps`` over which ``lr_schedule: tail`` decays the learning rate to 0
 TAIL = 0.2
 PAPER_STEPS = 248_000
@@ -142,6 +150,8 @@ class TrainConfig:
     history: int = 0  # refined images kept for D_R (SimGAN's history buffer); 0: none
     face_weight: float = 1.0  # weight of the face box in the BEGAN D's reconstruction; 1: authors'
     lambda_face: float = 0.0  # weight of the face discriminator D_F's term in Eq. 8; 0: no D_F
+    face_discriminator: str = "patch"  # D_F: patch (from scratch) or projected (frozen O-Net trunk)
+    lambda_hist: float = 0.0  # weight of the colour histogram term L_hist in Eq. 8; 0: none
     split_background: bool = False  # residual G: separate corrections of face and background
     id_loss: str = "pixel"  # L_id on every change (authors') or only on what no colour map explains
 
@@ -218,7 +228,7 @@ class TrainConfig:
                                                                 ("split_background", False))
                      if getattr(self, k) != old})
         if self.lambda_face > 0:
-            keys["face_discriminator"] = True
+            keys["face_discriminator"] = True if self.face_discriminator == "patch" else self.face_discriminator
 
         return hashlib.sha256(json.dumps(keys, sort_keys=True).encode()).hexdigest()[:16]
 

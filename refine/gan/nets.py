@@ -294,7 +294,7 @@ def build_nets(cfg) -> dict[str, nn.Module]:
     ``residual`` makes G and G' residual, ``upsample: resize`` resizes then convolves in their
     decoders; ``discriminator: patch`` makes D_R and D_S patch discriminators, ``projected``
     Projected GAN's (``refine.gan.projected``) (defaults: the authors' networks); ``lambda_face``
-    above 0 adds ``D_F``, a patch discriminator of the face box."""
+    above 0 adds ``D_F``, a discriminator of the face box (``face_discriminator``: patch or projected)."""
     get = cfg.get if isinstance(cfg, dict) else lambda k, d=None: getattr(cfg, k, d)
     size, width, norm = int(get("image_size", 108)), int(get("g_width", 32)), get("norm", "authors")
     hidden, residual = int(get("d_hidden", 64)), bool(get("residual", False))
@@ -313,7 +313,11 @@ def build_nets(cfg) -> dict[str, nn.Module]:
         nets["Gp"] = Generator(skips=False, dropout=0.0, norm=norm, width=width, residual=residual, upsample=up)
         nets["D_S"] = disc()
     if float(get("lambda_face", 0.0)) > 0:
-        nets["D_F"] = PatchDiscriminator(hidden)
+        if get("face_discriminator", "patch") == "projected":
+            from refine.gan.projected import ProjectedDiscriminator
+            nets["D_F"] = ProjectedDiscriminator(hidden)
+        else:
+            nets["D_F"] = PatchDiscriminator(hidden)
     nets["ema"] = copy.deepcopy(nets["G"]).eval().requires_grad_(False)
     return nets
 

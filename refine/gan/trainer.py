@@ -13,9 +13,10 @@ For a batch x of 3DMM renders (identity labels i_x), a batch y of real faces and
     L_id = |x - G(x)| on the rendered face                                   (lambda_id 0.1)
            (id_loss: structure - only what no per-image colour map of x explains; not the paper's)
     L_GF, L_DF = LSGAN terms of D_F on the face box of [G(x), y]          (lambda_face; not the paper's)
+    L_hist = per-channel Wasserstein distance of G(x)'s and y's colours    (lambda_hist; not the paper's)
 
-    theta_G  <- argmin l_adv (L_G + l_face L_GF) + l_cyc L_cyc + l_C L_C + l_id L_id    Eq. 8
-                (l_adv 1 and no D_F: the paper's Eq. 8)
+    theta_G  <- argmin l_adv (L_G + l_face L_GF + l_hist L_hist) + l_cyc L_cyc + l_C L_C + l_id L_id
+                (Eq. 8; l_adv 1, no D_F and no L_hist: the paper's)
     theta_G' <- argmin L_G' + l_cyc L_cyc + l_DP L_DP                        Eq. 9
     theta_D  <- argmin L_DR + L_DS (+ L_DF)                                  Eq. 10
 
@@ -75,6 +76,8 @@ def objectives(terms: dict[str, torch.Tensor], cfg: TrainConfig) -> dict[str, to
             g = g + cfg.lambda_reg * terms[reg]
     if "L_GF" in terms:  # D_F's term is adversarial too: lambda_adv 0 must switch it off as well
         g = g + cfg.lambda_adv * cfg.lambda_face * terms["L_GF"]
+    if "L_hist" in terms:  # as is L_hist, G's other pull towards the real set
+        g = g + cfg.lambda_adv * cfg.lambda_hist * terms["L_hist"]
     out = {"G": g, "D": terms["L_DR"] + terms.get("L_DS", 0.0) + terms.get("L_DF", 0.0)}
     if "L_Gp" in terms:
         gp = terms["L_Gp"] + cfg.lambda_cyc * terms["L_cyc"]
@@ -196,6 +199,8 @@ class Trainer:
             top, bottom, left, right = self.face_box
             logits = self.D_F(torch.cat([gx, y])[..., top:bottom, left:right])
             t["L_GF"], t["L_DF"] = L.lsgan_losses(logits[:n], logits[n:])
+        if cfg.lambda_hist > 0:  # the colour distributions of G's batch and the real batch
+            t["L_hist"] = L.colour_histogram_loss(gx, y, self.face_box)
         if self.Gp is not None:
             paired = cfg.uses_pairs
             out = self.Gp(torch.cat([gx, b["r"]]) if paired else gx)
@@ -209,7 +214,8 @@ class Trainer:
         if cfg.variant == "simgan":
             t["L_reg"] = L.l1(x, gx)  # SimGAN's self-regularisation in place of L_id
         else:
-            t["L_id"] = (L.structure_identity_loss if cfg.id_loss == "structure" else L.identity_loss)(x, gx)
+            t["L_id"] = {"structure": L.structure_identity_loss, "curve": L.curve_identity_loss}.get(
+                cfg.id_loss, L.identity_loss)(x, gx)
         if cfg.variant == "recons":
             t["L_recons"] = L.l1(b["r"], self.G(b["s"]))
         emb = None
