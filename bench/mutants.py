@@ -107,8 +107,31 @@ MUTANTS = [
     ("options: structure L_id fitted over the background too", LOSS,
      "mask = (x > -1.0).to(torch.float32)\n    x, d = _f32(x)", "mask = torch.ones_like(x)\n    x, d = _f32(x)",
      [OPTIONS]),
-    ("options: id_loss ignored", T, '(L.structure_identity_loss if cfg.id_loss == "structure" else L.identity_loss)',
-     "L.identity_loss", [OPTIONS]),
+    ("options: id_loss ignored", T, '{"structure": L.structure_identity_loss, "curve": L.curve_identity_loss}.get(\n'
+     '                cfg.id_loss, L.identity_loss)', "L.identity_loss", [OPTIONS]),
+    # L_id on what no colour curve shared by the batch explains (id_loss: curve)
+    ("options: curve L_id fitted per image", LOSS,
+     "    mask = (x > -1.0).any(1)  # (B, H, W): the pixels the render has drawn\n",
+     "    if x.shape[0] > 1:\n        return sum(curve_identity_loss(x[i:i + 1], gx[i:i + 1]) for i in range(x.shape[0])) / x.shape[0]\n"
+     "    mask = (x > -1.0).any(1)  # (B, H, W): the pixels the render has drawn\n", [OPTIONS]),
+    ("options: curve L_id fits no curve", LOSS, "total = total + (pd[:, c] - f @ w).abs().sum()",
+     "total = total + pd[:, c].abs().sum()", [OPTIONS]),
+    ("options: curve L_id over the background too", LOSS,
+     "    mask = (x > -1.0).any(1)  # (B, H, W): the pixels the render has drawn\n",
+     "    mask = (x > -2.0).any(1)  # (B, H, W): the pixels the render has drawn\n", [OPTIONS]),
+    # the colour histogram term (lambda_hist)
+    ("options: L_hist left out of Eq. 8", T, 'g = g + cfg.lambda_adv * cfg.lambda_hist * terms["L_hist"]', "g = g",
+     [OPTIONS]),
+    ("options: L_hist outside lambda_adv", T, 'g = g + cfg.lambda_adv * cfg.lambda_hist * terms["L_hist"]',
+     'g = g + cfg.lambda_hist * terms["L_hist"]', [OPTIONS]),
+    ("options: L_hist without the sort", LOSS,
+     "out.append((a.sort(dim=1).values - c.sort(dim=1).values).abs().mean())", "out.append((a - c).abs().mean())",
+     [OPTIONS]),
+    ("options: L_hist's regions pooled", LOSS, "    for region in (inside, ~inside):\n",
+     "    for region in (torch.ones_like(inside),):\n", [OPTIONS]),
+    # D_F on O-Net's frozen features (face_discriminator: projected)
+    ("options: face_discriminator ignored", NETS, 'if get("face_discriminator", "patch") == "projected":',
+     "if False:", [OPTIONS]),
 ]
 
 
