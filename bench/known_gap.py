@@ -34,8 +34,9 @@ learns from the two sets alone, so a difference between their identities' skin t
 as if it were part of T: ``matcher_gap_closed_face`` is the gap that the best such learner, a
 per-channel map of the training faces' colours onto the real set's (``colour_matcher``), closes
 on the face - the ceiling of ``gap_closed_face`` (0.76 on T1 with the earlier split of identities
-0-39 against 40-79, 0.89 with this one; ``--small`` keeps that earlier split, ``SMALL_SETS``). Training is ``refine.gan.trainer.Trainer`` (what ``refine train`` runs),
-stepped in this process; the images judged are those of G's moving average, with each image's
+0-39 against 40-79, 0.89 with this one; ``--small`` keeps that earlier split, ``SMALL_SETS``);
+``bench/known_gap_sets.py`` makes the sets. Training is ``refine.gan.trainer.Trainer`` (what
+``refine train`` runs), stepped in this process; the images judged are those of G's moving average, with each image's
 dropout seeded by its index as ``refine export-dataset`` does.
 
 Recipes (``--recipe``; ``--set key=value`` adds TrainConfig keys to every level):
@@ -78,7 +79,6 @@ import argparse
 import io
 import json
 import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -86,12 +86,14 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # its sibling known_gap_sets.py
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as the CLI does (cli/common.py)
 
-import h5py
 import numpy as np
 import torch
 import yaml
+
+from known_gap_sets import SETS, SMALL_SETS, colour_matcher, read, renders, write_real  # noqa: E402,F401
 
 T1_GAIN = np.array([1.10, 0.95, 0.85])
 T1_GAMMA = np.array([0.80, 1.00, 1.20])
@@ -100,14 +102,10 @@ BG_COLOUR = np.array([0.55, 0.50, 0.42])
 T3_BLUR = 0.6  # Gaussian sigma in px at 64 px (scaled with the image size)
 T3_NOISE = 0.015  # sensor noise: Gaussian sigma in [0, 1] units
 T3_JPEG = 50  # JPEG quality
-#: the renders: (name, first identity, identities, images each); ``pool`` is dealt into ``train`` and
-#: ``real`` by ``stratified_split`` (40 identities each)
-SETS = (("pool", 0, 80, 8), ("heldout", 80, 20, 4))
 SET_CODE = {"real": 1, "heldout": 2}
 #: ``--small``: the reduced form ``tests/test_known_gap.py`` holds, a screen for options at about
 #: 1.5 CPU-minutes a level (its figures are not comparable with a full level's; bench/README.md has
 #: both): fewer identities, 32 px, 150 steps, G width 8, batch 8 (2 identities x 4)
-SMALL_SETS = (("train", 0, 16, 8), ("real", 40, 16, 8), ("heldout", 80, 8, 4))
 SMALL = {"steps": 150, "image_size": 32, "g_width": 8, "d_hidden": 16, "batch_size": 8, "images_per_identity": 4}
 TARGETS = {"T1": 0.7, "T2": 0.5, "T3": 0.3, "identity_cosine": 0.9}
 
@@ -180,82 +178,6 @@ def transform_set(level: str, images: np.ndarray, masks: np.ndarray, seed: int, 
 
 # -------------------------------------------------------------------------------------- the sets --
 
-def morph(*args) -> None:
-    cmd = [sys.executable, "-m", "cli.morph", *map(str, args)]
-    p = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
-    if p.returncode:
-        raise SystemExit(f"morph {args[0]} failed (exit {p.returncode}):\n{p.stdout}\n{p.stderr}")
-
-
-def renders(d: Path, size: int, threads: int, sets=SETS) -> dict[str, Path]:
-    """The render sets of ``sets`` ((name, first identity, identities, images each)) at ``size`` px
-    in ``d``, made once by the morph commands and reused; a ``pool`` is dealt into ``train`` and
-    ``real`` (``stratified_split``)."""
-    out = {}
-    for name, first, n, k in sets:
-        ids, path = d / f"ids_{name}.h5", d / f"{name}_{size}.h5"
-        if not path.exists():
-            print(f"morph sample-identities + render: {name} (identities {first}-{first + n - 1}, {k} each)",
-                  flush=True)
-            morph("sample-identities", "--model", "default", "--n-identities", n, "--images-per-identity", k,
-                  "--seed", 0, "--first-identity", first, "-o", ids)
-            morph("render", ids, "--size", size, "--threads", threads, "-o", path)
-        out[name] = path
-    if "pool" in out:
-        out.update(stratified_split(out.pop("pool"), d, size))
-    return out
-
-
-def stratified_split(pool: Path, d: Path, size: int) -> dict[str, Path]:
-    """Deal the pool's identities into ``train`` and ``real`` so that the two sets hold the same
-    spread of skin tones: identities sorted by their faces' mean brightness (over every image's
-    drawn pixels), each neighbouring pair split between the sets, the darker one going to
-    ``train`` in even pairs and to ``real`` in odd ones. Why: a refiner learns to move the
-    training renders' colours onto the real set's, so any difference between the two sets' skin
-    tones is learnt as part of T. With the earlier split by identity number (0-39 and 40-79) the
-    "real" identities were about 5 levels brighter, and a perfect per-channel matcher of the two
-    sets' face colours (``matcher_gap_closed_face``) closed only 0.76 of T1's face gap; random
-    splits of the same 80 identities range from 0.22 to 0.76 (bench/README.md). Files:
-    ``train_strat_S.h5`` and ``real_strat_S.h5``, every dataset of the pool's file cut to the
-    set's rows (and its attributes kept)."""
-    paths = {name: d / f"{name}_strat_{size}.h5" for name in ("train", "real")}
-    if all(p.exists() for p in paths.values()):
-        return paths
-    with h5py.File(pool, "r") as f:
-        labels, images, masks = f["labels"][()], f["images"][()], f["masks"][()]
-        ids = np.unique(labels)
-        brightness = np.array([images[labels == i][masks[labels == i]].mean() for i in ids])
-        pairs = ids[np.argsort(brightness, kind="stable")].reshape(-1, 2)
-        train_ids = np.array([p[k % 2] for k, p in enumerate(pairs)])
-        for name, rows in (("train", np.isin(labels, train_ids)), ("real", ~np.isin(labels, train_ids))):
-            tmp = paths[name].with_name(paths[name].name + ".partial")
-            with h5py.File(tmp, "w") as g:
-                def cut(key, obj, g=g, rows=rows):
-                    if isinstance(obj, h5py.Dataset):
-                        g[key] = obj[()][rows] if obj.shape and obj.shape[0] == len(labels) else obj[()]
-                f.visititems(cut)
-                g.attrs.update(dict(f.attrs))
-                g.attrs["n_images"] = int(rows.sum())
-                g.attrs["source"] = f"bench/known_gap.py: {name} identities of {pool.name}, split by skin tone"
-            os.replace(tmp, paths[name])
-    return paths
-
-
-def read(path: Path) -> tuple[np.ndarray, np.ndarray, str]:
-    with h5py.File(path, "r") as f:
-        return f["images"][()], f["masks"][()], f.attrs.get("crop_template", "ganfaces108")
-
-
-def write_real(path: Path, images: np.ndarray, template: str, level: str) -> None:
-    tmp = path.with_name(path.name + ".partial")
-    with h5py.File(tmp, "w") as f:
-        f["images"] = images
-        f.attrs["crop_template"] = template
-        f.attrs["source"] = f"bench/known_gap.py: renders of other identities through T = {level}"
-        f.attrs["complete"] = True
-    os.replace(tmp, path)
-
-
 # ----------------------------------------------------------------------------- train and judge --
 
 def parse_value(text: str):
@@ -318,21 +240,6 @@ def structure_error(a: np.ndarray, t: np.ndarray, masks: np.ndarray) -> float:
             p, q = np.polyfit(u, v, 1) if u.std() > 0 else (0.0, v.mean())
             errs.append(np.abs(v - (p * u + q)))
     return float(np.concatenate(errs).mean())
-
-
-def colour_matcher(train_faces: np.ndarray, real_faces: np.ndarray):
-    """The per-channel map that takes the training renders' face colours (N, 3) onto the real set's
-    source renders' (M, 3) by matching their quantiles: the best a refiner can do that learns the
-    real set's colours from the sets alone (it cannot tell T from a difference between the two
-    sets' identities). Returns a function of (K, 3) uint8 colours, uint8."""
-    qs = np.linspace(0.0, 1.0, 257)
-    src = [np.quantile(train_faces[:, c].astype(np.float64), qs) for c in range(3)]
-    dst = [np.quantile(real_faces[:, c].astype(np.float64), qs) for c in range(3)]
-
-    def q(v: np.ndarray) -> np.ndarray:
-        out = np.stack([np.interp(v[:, c].astype(np.float64), src[c], dst[c]) for c in range(3)], 1)
-        return np.clip(np.round(out), 0, 255).astype(np.uint8)
-    return q
 
 
 def picture(rows: list[np.ndarray], path: Path, n: int = 10) -> None:

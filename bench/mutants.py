@@ -107,8 +107,7 @@ MUTANTS = [
     ("options: structure L_id fitted over the background too", LOSS,
      "mask = (x > -1.0).to(torch.float32)\n    x, d = _f32(x)", "mask = torch.ones_like(x)\n    x, d = _f32(x)",
      [OPTIONS]),
-    ("options: id_loss ignored", T, '{"structure": L.structure_identity_loss, "curve": L.curve_identity_loss}.get(\n'
-     '                cfg.id_loss, L.identity_loss)', "L.identity_loss", [OPTIONS]),
+    ("options: id_loss ignored", T, "L.IDENTITY_LOSSES[cfg.id_loss](x, gx)", "L.identity_loss(x, gx)", [OPTIONS]),
     # L_id on what no colour curve shared by the batch explains (id_loss: curve)
     ("options: curve L_id fitted per image", LOSS,
      "    mask = (x > -1.0).any(1)  # (B, H, W): the pixels the render has drawn\n",

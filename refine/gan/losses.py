@@ -221,6 +221,23 @@ def curve_identity_loss(x: torch.Tensor, gx: torch.Tensor) -> torch.Tensor:
     return total / x.numel()
 
 
+#: L_id by ``TrainConfig.id_loss``
+IDENTITY_LOSSES = {"pixel": identity_loss, "structure": structure_identity_loss, "curve": curve_identity_loss}
+
+
+def logit_gan_losses(fake_g: torch.Tensor, fake_d: torch.Tensor, real: torch.Tensor, kind: str
+                     ) -> tuple[torch.Tensor, torch.Tensor]:
+    """A logit discriminator's terms (``discriminator: patch`` or ``projected``): (G's, D's), each
+    a mean over every logit. ``nonsaturating``: E softplus(-D(f)) and E softplus(D(f)) + E
+    softplus(-D(y)); ``hinge``: -E D(f) and E relu(1 + D(f)) + E relu(1 - D(y)). ``fake_g``: the
+    logits of G's images for G's term, ``fake_d``: those D's term sees (with ``history``, partly
+    earlier images)."""
+    if kind == "hinge":
+        return -fake_g.mean(), torch.relu(1 + fake_d).mean() + torch.relu(1 - real).mean()
+    sp = torch.nn.functional.softplus
+    return sp(-fake_g).mean(), sp(fake_d).mean() + sp(-real).mean()
+
+
 def lsgan_losses(logits_fake: torch.Tensor, logits_real: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """The least-squares GAN's terms (Mao et al. 2017, Eq. 2 with a = 0, b = c = 1): the
     generator's E (D(f) - 1)^2 and the discriminator's E (D(y) - 1)^2 + E D(f)^2, each a mean over

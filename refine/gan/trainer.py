@@ -21,17 +21,16 @@ For a batch x of 3DMM renders (identity labels i_x), a batch y of real faces and
     theta_D  <- argmin L_DR + L_DS (+ L_DF)                                  Eq. 10
 
 The three updates are simultaneous: each network's gradient is taken of its own objective on one
-shared forward graph (``torch.autograd.grad`` restricted to that network's parameters), then the
-three Adam optimisers step. Then the BEGAN balance terms move, k <- clip(k + lambda_k (gamma
-L_real - L_fake), 0, 1), the centroids move towards this batch's embeddings and G's moving
-average is updated with TensorFlow's warm-up (``losses.ema_decay``).
+shared forward graph (``torch.autograd.grad`` restricted to its parameters), then the three Adam
+optimisers step; then the BEGAN balance terms move, k <- clip(k + lambda_k (gamma L_real -
+L_fake), 0, 1), the centroids move towards this batch's embeddings and G's moving average is
+updated with TensorFlow's warm-up (``losses.ema_decay``).
 
 Several processes (``torchrun``): each rank draws its own batches from its own shard of each set
-(generators seeded by seed and rank); gradients are averaged over ranks with ``all_reduce``
-before each step (data-parallel, as DDP does - DDP's reducer expects one backward per forward,
-and this step takes three gradients of one graph), the balance terms move by the rank-averaged
-losses and the centroids by the all-gathered embeddings, so every rank holds identical networks,
-k's and centroids.
+(generators seeded by seed and rank); gradients are averaged with ``all_reduce`` before each step
+(data-parallel as DDP is; DDP's reducer expects one backward per forward, this step takes three
+gradients of one graph), k moves by the rank-averaged losses and the centroids by the gathered
+embeddings, so every rank holds identical networks, k's and centroids.
 """
 from __future__ import annotations
 
@@ -214,8 +213,7 @@ class Trainer:
         if cfg.variant == "simgan":
             t["L_reg"] = L.l1(x, gx)  # SimGAN's self-regularisation in place of L_id
         else:
-            t["L_id"] = {"structure": L.structure_identity_loss, "curve": L.curve_identity_loss}.get(
-                cfg.id_loss, L.identity_loss)(x, gx)
+            t["L_id"] = L.IDENTITY_LOSSES[cfg.id_loss](x, gx)  # id_loss: pixel (the authors'), structure, curve
         if cfg.variant == "recons":
             t["L_recons"] = L.l1(b["r"], self.G(b["s"]))
         emb = None
@@ -252,13 +250,7 @@ class Trainer:
         logits = D(torch.cat(parts)).float()
         lf, ly = logits[:n], logits[n:n + real.shape[0]]
         lf_d = lf if past is None else torch.cat([lf[:n - past.shape[0]], logits[n + real.shape[0]:]])
-        if cfg.gan_loss == "hinge":
-            l_g = -lf.mean()
-            l_d = torch.relu(1 + lf_d).mean() + torch.relu(1 - ly).mean()
-        else:
-            sp = torch.nn.functional.softplus
-            l_g = sp(-lf).mean()
-            l_d = sp(lf_d).mean() + sp(-ly).mean()
+        l_g, l_d = L.logit_gan_losses(lf, lf_d, ly, cfg.gan_loss)
         if cfg.r1 > 0:
             # the gradient of each image's mean patch logit, as R1 takes it of one logit per image
             (grad,) = torch.autograd.grad(ly.flatten(1).mean(1).sum(), parts[1], create_graph=True)
