@@ -17,7 +17,8 @@ From scratch, with the installed commands:
    upsampling, a least-squares patch discriminator of the face box beside D_R (``lambda_face``
    0.1), G correcting the drawn face and the background apart (``split_background``) and L_id on
    what no colour map of the render explains (``id_loss: structure``) - the known gap's
-   ``structure`` recipe - 1,000 steps;
+   ``structure`` recipe - and the colour histogram term at 0.3 (``lambda_hist``: G's batch's
+   colours matched to the photos' as distributions; at 1 it cost realism here), 1,000 steps;
 5. ``refine export-dataset`` of new identities (seed 1, hdf5, no scores) -> ``refined.h5``, and the
    raw renders of the very same draws -> ``raw.h5`` (images, identity labels, masks);
 6. judged in the embedding space of dlib's ResNet (through its face chip), raw and refined alike,
@@ -234,7 +235,7 @@ def main():
     cfg = {"g_width": 32, "d_hidden": 64, "lr": 8e-5} if a.paper else \
         {"g_width": 16, "d_hidden": 16, "lr": 2e-4, "warmup_steps": 0, "lambda_k": 0.1, "lambda_c": 0.01,
          "residual": True, "lr_schedule": "tail", "gamma": 1.0, "upsample": "resize", "lambda_face": 0.1,
-         "split_background": True, "id_loss": "structure"}
+         "split_background": True, "id_loss": "structure", "lambda_hist": 0.3}
     amp = a.amp == "on" or (a.amp == "auto" and (a.device.startswith("cuda") or
                                                  torch.ops.mkldnn._is_mkldnn_bf16_supported()))
     t0 = time.perf_counter()
