@@ -53,8 +53,10 @@ each of them on renders whose realistic version is known:
 - ``id_loss``: what L_id holds G to: ``pixel``, |x - G(x)| on the rendered face (the authors'),
   or ``structure``, only the part of G(x) - x that no per-image affine map of each colour channel
   of x explains (``refine.gan.losses.structure_identity_loss``), so that L_id keeps G from
-  drawing over the face while leaving its colour, brightness and contrast to the adversaries
-  [pixel];
+  drawing over the face while leaving its colour, brightness and contrast to the adversaries,
+  or ``curve``, only what no colour curve shared by the whole batch explains
+  (``refine.gan.losses.curve_identity_loss``: a colour change of the whole domain is free, one
+  image's own is not) [pixel];
 - ``lambda_hist``: the weight in Eq. 8 of L_hist, the per-channel Wasserstein distance between
   the colours of G's batch and of the real batch, in the face box and outside it
   (``refine.gan.losses.colour_histogram_loss``): the two sets' colour distributions matched
@@ -153,7 +155,7 @@ class TrainConfig:
     face_discriminator: str = "patch"  # D_F: patch (from scratch) or projected (frozen O-Net trunk)
     lambda_hist: float = 0.0  # weight of the colour histogram term L_hist in Eq. 8; 0: none
     split_background: bool = False  # residual G: separate corrections of face and background
-    id_loss: str = "pixel"  # L_id on every change (authors') or only on what no colour map explains
+    id_loss: str = "pixel"  # L_id on every change (authors'), or what no colour map / shared curve explains
 
     def __post_init__(self):
         for name, (kind, low, high, open_ends) in RANGES.items():

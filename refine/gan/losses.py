@@ -201,9 +201,11 @@ def curve_identity_loss(x: torch.Tensor, gx: torch.Tensor) -> torch.Tensor:
     gamma). A colour change that the whole domain shares (the gap between renders and photos)
     costs nothing; a change that differs between images - one face's skin tone moved towards
     another's - or between pixels of one colour - drawn shapes, blur, noise - costs about what
-    ``identity_loss`` charges. ``structure`` frees each image's own affine map, so that tones may
-    converge to one skin colour at no cost (measured on the known gap's T1: dark faces brightened
-    and pale ones darkened; bench/README.md); here an image keeps its place among the others."""
+    ``identity_loss`` charges. ``structure`` frees each image's own affine map, so that one face's
+    tone may move towards another's at no cost; here an image keeps its place among the others.
+    Measured on the known gap's T1 (bench/README.md): both forms end at the same figure (0.625
+    against 0.630 with ``lambda_hist`` 1), and both leave dark faces brightened and pale ones
+    darkened, so that compression of tones is not L_id's doing."""
     mask = (x > -1.0).any(1)  # (B, H, W): the pixels the render has drawn
     x32 = _f32(x)
     d = _f32(gx) - x32
@@ -255,9 +257,10 @@ def colour_histogram_loss(fake: torch.Tensor, real: torch.Tensor, box: tuple[int
     Wasserstein-1 distance between the two batches' pixel values, the mean absolute difference
     of their sorted values (their quantiles), taken inside the face box (``face_box``: top, bottom,
     left, right) and outside it separately, and the two averaged. Histogram matching is the
-    textbook colour transfer between two sets (a per-channel monotone map: Gonzalez and Woods;
-    a differentiable loss on sorted values: Risser et al. 2017, "Stable and Controllable Neural
-    Texture Synthesis and Style Transfer Using Histogram Losses"). It compares the two sets'
+    textbook colour transfer between two sets (histogram specification, a per-channel monotone
+    map); as a training loss it follows the idea of Risser et al. 2017, "Stable and Controllable
+    Neural Texture Synthesis and Style Transfer Using Histogram Losses" (the distance of values
+    to their histogram-matched version; their code not read). It compares the two sets'
     distributions only, never one image with another, so it holds each batch's spread of skin
     tones; it needs no discriminator, so it pulls steadily where the adversarial game swings.
     Both batches must have the same size (each region then has as many values on either side)."""
