@@ -20,9 +20,10 @@ From scratch, with the installed commands:
    ``structure`` recipe - and the colour histogram term at 0.3 (``lambda_hist``: G's batch's
    colours matched to the photos' as distributions; at 1 it cost realism here), with L_id at the
    authors' weight 0.1 (at 1, the known gap's ``strict`` recipe, G kept the renders' faces:
-   KID ratio 0.93), for 2,000 steps where bf16 autocast runs (``--amp auto``: CUDA, or CPUs with
-   native bf16 such as AMX) and 1,000 in float32 - the most that fit 90 minutes (doubling the
-   steps took the classifier from -0.009 to -0.024 on an AMX Xeon);
+   KID ratio 0.93), for 3,000 steps where bf16 autocast runs (``--amp auto``: CUDA, or CPUs with
+   bf16 units: AMX or AVX512-BF16) and 1,000 in float32 - the most that fit 90 minutes (the
+   classifier moved -0.009 at 1,000 steps, -0.024 at 2,000 on an AMX Xeon, -0.036 at 3,000 on an
+   AVX-512 BF16 EPYC);
 5. ``refine export-dataset`` of new identities (seed 1, hdf5, no scores) -> ``refined.h5``, and the
    raw renders of the very same draws -> ``raw.h5`` (images, identity labels, masks);
 6. judged in the embedding space of dlib's ResNet (through its face chip), raw and refined alike,
@@ -222,10 +223,10 @@ def main():
     ap.add_argument("--out", type=Path, default=None, help="keep everything here (and resume from it)")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--steps", type=int, default=None,
-                    help="training steps (default: 2000 with bf16 autocast, 1000 in float32; --paper 20000)")
+                    help="training steps (default: 3000 with bf16 autocast, 1000 in float32; --paper 20000)")
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--amp", choices=("auto", "on", "off"), default="auto",
-                    help="bfloat16 autocast (auto: on CUDA and on CPUs with native bf16)")
+                    help="bfloat16 autocast (auto: on CUDA and on CPUs with bf16 units, AMX or AVX512-BF16)")
     ap.add_argument("--train-identities", type=int, default=50)
     ap.add_argument("--train-images", type=int, default=32, help="renders per training identity")
     ap.add_argument("--identities", type=int, default=100, help="new identities exported and judged")
@@ -240,11 +241,13 @@ def main():
         {"g_width": 16, "d_hidden": 16, "lr": 2e-4, "warmup_steps": 0, "lambda_k": 0.1, "lambda_c": 0.01,
          "residual": True, "lr_schedule": "tail", "gamma": 1.0, "upsample": "resize", "lambda_face": 0.1,
          "split_background": True, "id_loss": "structure", "lambda_hist": 0.3}
-    amp = a.amp == "on" or (a.amp == "auto" and (a.device.startswith("cuda") or
-                                                 torch.ops.mkldnn._is_mkldnn_bf16_supported()))
-    # The most steps that fit the issue's 90 minutes on 2 cores: 2,000 in bf16 (44 minutes on an
-    # AMX Xeon, 1.3 s a step), 1,000 in float32 (39-72 minutes on AVX2 cores, 2.1-3.8 s a step).
-    steps = a.steps or (20000 if a.paper else 2000 if amp else 1000)
+    from refine.export.refiner import cpu_bf16_units
+
+    amp = a.amp == "on" or (a.amp == "auto" and (a.device.startswith("cuda") or cpu_bf16_units()))
+    # The most steps that fit the issue's 90 minutes on 2 cores: 3,000 in bf16 (80 minutes in all on
+    # an AVX-512 BF16 EPYC at 1.5 s a step; 1.3 s on an AMX Xeon), 1,000 in float32 (39-72 minutes
+    # on AVX2 cores, 2.1-3.8 s a step).
+    steps = a.steps or (20000 if a.paper else 3000 if amp else 1000)
     t0 = time.perf_counter()
     tmp, d = work_dir(a.out)
     log = d / "commands.log"

@@ -95,7 +95,7 @@ def main():
         out["cpu_s_per_step"] = round(f32["s_per_step"], 3)
         out["cpu_process_cpu_s_per_step"] = round(f32["cpu_s_per_step"], 3)
         print(f"  float32: {out['cpu_s_per_step']} s/step ({out['cpu_process_cpu_s_per_step']} CPU-s)", flush=True)
-        if torch.ops.mkldnn._is_mkldnn_bf16_supported():  # bf16 units (AMX / AVX512-BF16)
+        if torch.ops.mkldnn._is_mkldnn_bf16_supported():  # oneDNN runs bf16 (fast with AMX / AVX512-BF16)
             bf = run_steps("cpu", True, a.steps, a.batch_size, d)
             out["cpu_bf16_s_per_step"] = round(bf["s_per_step"], 3)
             out["cpu_bf16_process_cpu_s_per_step"] = round(bf["cpu_s_per_step"], 3)

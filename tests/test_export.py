@@ -583,3 +583,18 @@ def test_a_real_file_size_limit_stops_with_one_line_and_resumes(ckpt, reference,
     res = run(refine, *args)
     assert res.exit_code == 0, res.output
     assert tree(out) == tree(reference / "imagefolder")
+
+
+def test_cpu_bf16_units_ask_for_bf16_instructions(monkeypatch):
+    """AVX-512 alone (Skylake, Ice Lake) is not bf16 units: ATen's mkldnn check passes there, but
+    oneDNN emulates bf16, slower than float32, so scoring and ``bench/learn.py --amp auto`` must
+    stay in float32. Mutants caught: the AVX512-BF16 / AMX check dropped, or its ``or`` made ``and``."""
+    from refine.export import refiner
+
+    monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: True)
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX512")
+    monkeypatch.delenv("ONEDNN_MAX_CPU_ISA", raising=False)
+    for avx512_bf16, amx, want in ((False, False, False), (True, False, True), (False, True, True)):
+        monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda v=avx512_bf16: v)
+        monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda v=amx: v)
+        assert refiner.cpu_bf16_units() is want, (avx512_bf16, amx)

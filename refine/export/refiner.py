@@ -77,9 +77,14 @@ def check_new_identities(state: dict, source: Path, seed: int, first: int, n: in
 
 
 def cpu_bf16_units() -> bool:
-    """Whether this CPU has bf16 units that torch and oneDNN both use (not when they are held to
-    AVX2: ``ATEN_CPU_CAPABILITY`` / ``ONEDNN_MAX_CPU_ISA``, where oneDNN would emulate bf16 slowly)."""
+    """Whether this CPU has bf16 units (AMX tiles or AVX512-BF16 dot products) that torch and
+    oneDNN both use (not when they are held to AVX2: ``ATEN_CPU_CAPABILITY`` /
+    ``ONEDNN_MAX_CPU_ISA``). ``torch.ops.mkldnn._is_mkldnn_bf16_supported`` alone is not enough: it
+    asks only for AVX-512 BW/VL/DQ (ATen's ``mkldnn_bf16_device_check``), which Skylake and Ice Lake
+    cores have without bf16 instructions, where oneDNN emulates bf16 more slowly than float32."""
     if not torch.ops.mkldnn._is_mkldnn_bf16_supported():
+        return False
+    if not (torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()):
         return False
     isa = os.environ.get("ONEDNN_MAX_CPU_ISA", "ALL").upper()
     return torch.backends.cpu.get_cpu_capability() == "AVX512" and (isa == "ALL" or "AVX512" in isa or "AMX" in isa)
