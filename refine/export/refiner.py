@@ -80,8 +80,10 @@ def cpu_bf16_units() -> bool:
     """Whether this CPU has bf16 units (AMX tiles or AVX512-BF16 dot products) that torch and
     oneDNN both use (not when they are held to AVX2: ``ATEN_CPU_CAPABILITY`` /
     ``ONEDNN_MAX_CPU_ISA``). ``torch.ops.mkldnn._is_mkldnn_bf16_supported`` alone is not enough: it
-    asks only for AVX-512 BW/VL/DQ (ATen's ``mkldnn_bf16_device_check``), which Skylake and Ice Lake
-    cores have without bf16 instructions, where oneDNN emulates bf16 more slowly than float32."""
+    is ATen's ``mkldnn_bf16_device_check`` (aten/src/ATen/native/mkldnn/Utils.h), which asks older
+    releases' cpuinfo for AVX-512 BW/VL/DQ and newer releases' ideep (``has_bf16_type_support``) for
+    an ISA of at least oneDNN's ``avx512_core``; Skylake and Ice Lake cores pass either without bf16
+    instructions, and oneDNN emulates bf16 there more slowly than float32."""
     if not torch.ops.mkldnn._is_mkldnn_bf16_supported():
         return False
     if not (torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()):
